@@ -1,0 +1,3 @@
+#!/bin/sh
+# Prints the greeting.
+echo "Hello, world!"

@@ -1,0 +1,147 @@
+//! Operator configuration: what the people running kiln decide, never the job author.
+//!
+//! Read from `--config FILE` (TOML); every field has a default, so kiln runs with none.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::job::{Limits, StageSpec};
+
+/// A sandbox default a job may loosen, if the operator permits it here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Loosening {
+    /// The container gets Docker's default bridge network instead of none.
+    Network,
+    /// The root filesystem is writable.
+    WritableRootfs,
+    /// The command runs as root (uid 0) inside the container.
+    RootUser,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Work branches must start with this; it must end in `/`.
+    pub branch_prefix: String,
+    /// Branch names kiln refuses whatever the prefix.
+    pub protected_branches: Vec<String>,
+    /// The most attempts any job may ask for in `[retry] max_attempts`.
+    pub max_attempts: u32,
+    /// Which sandbox defaults a job's `[sandbox]` table may loosen. Empty: none.
+    pub permit_loosening: Vec<Loosening>,
+    /// Where each job's artifacts go (`<dir>/<job id>/`), unless `--artifacts` says otherwise.
+    pub artifacts_dir: PathBuf,
+    /// Default limits for jobs that leave a `[limits]` field out.
+    pub limits: Limits,
+    /// Author and committer of the commit kiln makes on the work branch.
+    pub commit: CommitIdentity,
+    /// Stages used by jobs that give none (the seed article's JSON job record has no images).
+    pub defaults: StageDefaults,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CommitIdentity {
+    pub name: String,
+    pub email: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageDefaults {
+    pub generate: Option<StageSpec>,
+    pub test: Option<StageSpec>,
+}
+
+impl Default for CommitIdentity {
+    fn default() -> Self {
+        CommitIdentity {
+            name: "kiln".into(),
+            email: "kiln@localhost".into(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            branch_prefix: "factory/".into(),
+            protected_branches: [
+                "main",
+                "master",
+                "trunk",
+                "develop",
+                "production",
+                "release",
+                "HEAD",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_attempts: 3,
+            permit_loosening: Vec::new(),
+            artifacts_dir: PathBuf::from(".kiln/jobs"),
+            limits: Limits::default(),
+            commit: CommitIdentity::default(),
+            defaults: StageDefaults::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read operator config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("operator config {path} is invalid: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Invalid {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        config.check().map_err(|message| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.branch_prefix.ends_with('/') || self.branch_prefix.len() < 2 {
+            return Err(format!(
+                "branch_prefix `{}` must be a name ending in `/`",
+                self.branch_prefix
+            ));
+        }
+        if !(1..=10).contains(&self.max_attempts) {
+            return Err(format!(
+                "max_attempts is {}; it must be between 1 and 10",
+                self.max_attempts
+            ));
+        }
+        self.limits.check().map_err(|e| format!("[limits]: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_unknown_keys_and_bad_prefix() {
+        assert!(toml::from_str::<Config>("branch_prefx = 'x/'").is_err());
+        let config: Config = toml::from_str("branch_prefix = 'factory'").unwrap();
+        assert!(config.check().is_err());
+    }
+}

@@ -1,0 +1,71 @@
+//! kiln's errors, and the one place they map to the documented exit codes.
+
+use crate::config::ConfigError;
+use crate::images::ImageError;
+use crate::job::JobError;
+use crate::sandbox::SandboxError;
+use crate::workspace::WorkspaceError;
+
+/// kiln's exit codes. Stable: CI systems branch on them. Documented in README.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// The job succeeded: tests passed and the change is committed on the work branch.
+    Success = 0,
+    /// An error kiln did not foresee (a bug); the message says what.
+    Internal = 1,
+    /// The job file, operator config or command line is invalid; nothing ran.
+    Invalid = 2,
+    /// The machine failed: Docker unreachable, an image missing, a disk full.
+    Infrastructure = 3,
+    /// Reserved: a policy escalated the change to a human.
+    PolicyEscalate = 10,
+    /// Reserved: a policy denied the change.
+    PolicyDeny = 11,
+    /// Tests still failed after the last attempt, or the attempts stopped converging.
+    TestsFailed = 12,
+    /// kiln was interrupted (Ctrl-C or SIGTERM) and cleaned up.
+    Interrupted = 130,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Job(#[from] JobError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Workspace(#[from] WorkspaceError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Io { context, source }
+    }
+
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            Error::Job(_) | Error::Config(_) | Error::Usage(_) => ExitCode::Invalid,
+            Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
+            Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
+            Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {
+                ExitCode::Infrastructure
+            }
+            Error::Internal(_) => ExitCode::Internal,
+        }
+    }
+}

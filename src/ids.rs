@@ -1,0 +1,78 @@
+//! Shared vocabulary: the identifiers every stage passes around.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A job's id: a ULID, so ids sort by creation time and name everything a job leaves behind
+/// (artifacts folder, container labels, workspace folder).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    pub fn new() -> Self {
+        JobId(ulid::Ulid::new().to_string().to_lowercase())
+    }
+
+    /// Accepts only what `new` makes: 26 lowercase Crockford base32 characters. Ids reach
+    /// container labels and file names, so nothing else gets through.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = s.len() == 26
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
+        ok.then(|| JobId(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which container of an attempt: the generator or the test run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    Generate,
+    Test,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Generate => "generate",
+            Stage::Test => "test",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_ids_parse_back_and_foreign_ids_do_not() {
+        let id = JobId::new();
+        assert_eq!(JobId::parse(id.as_str()), Some(id));
+        assert_eq!(JobId::parse("../../etc/passwd"), None);
+        assert_eq!(JobId::parse("01HZZZZZZZZZZZZZZZZZZZZZZZ"), None);
+    }
+}

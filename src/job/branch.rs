@@ -1,0 +1,158 @@
+//! The work branch: a name kiln may write, and nothing else.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A branch name that passed every check in [`BranchName::parse`]: under the configured prefix,
+/// not protected, and a name git's own ref-format rules accept. Only this type reaches git.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct BranchName(String);
+
+/// Why a branch name was refused; each says what to write instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BranchError {
+    #[error("branch `{name}` is not under the `{prefix}` prefix; name it `{prefix}<something>`")]
+    OutsidePrefix { name: String, prefix: String },
+    #[error("branch `{0}` is only the prefix; add a name after it")]
+    EmptyAfterPrefix(String),
+    #[error("branch `{0}` is protected; kiln never writes it")]
+    Protected(String),
+    #[error("branch `{name}` contains `{part}`, which kiln refuses in branch names")]
+    Forbidden { name: String, part: &'static str },
+    #[error("branch `{0}` contains a control character or a space")]
+    ControlCharacter(String),
+    #[error("branch `{0}` is not a valid git branch name")]
+    InvalidRef(String),
+}
+
+impl BranchName {
+    /// `prefix` must end in `/` (the operator config checks that); `protected` are full names.
+    pub fn parse(name: &str, prefix: &str, protected: &[String]) -> Result<Self, BranchError> {
+        for part in ["..", "@{", "//"] {
+            if name.contains(part) {
+                return Err(BranchError::Forbidden {
+                    name: name.into(),
+                    part,
+                });
+            }
+        }
+        if name.ends_with(".lock") || name.contains(".lock/") {
+            return Err(BranchError::Forbidden {
+                name: name.into(),
+                part: ".lock",
+            });
+        }
+        if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(BranchError::ControlCharacter(
+                name.escape_debug().to_string(),
+            ));
+        }
+        let bare = name.strip_prefix("refs/heads/").unwrap_or(name);
+        if protected.iter().any(|p| p == bare || p == name) {
+            return Err(BranchError::Protected(name.into()));
+        }
+        let Some(rest) = bare.strip_prefix(prefix) else {
+            return Err(BranchError::OutsidePrefix {
+                name: name.into(),
+                prefix: prefix.into(),
+            });
+        };
+        if rest.is_empty() || rest == "/" {
+            return Err(BranchError::EmptyAfterPrefix(name.into()));
+        }
+        let full = format!("refs/heads/{bare}");
+        if !git2::Reference::is_valid_name(&full) || bare.ends_with('/') || bare.ends_with('.') {
+            return Err(BranchError::InvalidRef(name.into()));
+        }
+        Ok(BranchName(bare.to_string()))
+    }
+
+    /// The short name, like `factory/fix-login`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The full ref, like `refs/heads/factory/fix-login`.
+    pub fn refname(&self) -> String {
+        format!("refs/heads/{}", self.0)
+    }
+}
+
+impl fmt::Display for BranchName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(name: &str) -> Result<BranchName, BranchError> {
+        BranchName::parse(
+            name,
+            "factory/",
+            &["main".into(), "master".into(), "factory/release".into()],
+        )
+    }
+
+    #[test]
+    fn accepts_names_under_the_prefix() {
+        assert_eq!(
+            parse("factory/fix-login").unwrap().as_str(),
+            "factory/fix-login"
+        );
+        assert_eq!(
+            parse("refs/heads/factory/a/b").unwrap().refname(),
+            "refs/heads/factory/a/b"
+        );
+    }
+
+    #[test]
+    fn rejects_branch_outside_factory_prefix() {
+        for name in [
+            "main",
+            "master",
+            "develop",
+            "refs/heads/main",
+            "factoryx/a",
+            "Factory/a",
+        ] {
+            assert!(parse(name).is_err(), "{name} accepted");
+        }
+        assert!(matches!(parse("main"), Err(BranchError::Protected(_))));
+        assert!(matches!(
+            parse("factory/release"),
+            Err(BranchError::Protected(_))
+        ));
+    }
+
+    #[test]
+    fn rejects_traversal_and_ref_syntax() {
+        for name in [
+            "factory/",
+            "factory/../main",
+            "factory/a..b",
+            "factory/a@{1}",
+            "factory//a",
+            "factory/a.lock",
+            "factory/a.lock/b",
+            "factory/a\u{7}",
+            "factory/a b",
+            "factory/a~1",
+            "factory/a^",
+            "factory/a:b",
+            "factory/a?",
+            "factory/a*",
+            "factory/a[",
+            "factory/a\\b",
+            "factory/.hidden",
+            "factory/a/",
+            "factory/a.",
+        ] {
+            assert!(parse(name).is_err(), "{name:?} accepted");
+        }
+    }
+}

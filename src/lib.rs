@@ -1,0 +1,20 @@
+//! kiln runs untrusted code-generation jobs: a job's repository is cloned on the host, an agent
+//! changes it inside a fresh locked-down container, the tests run in another, a failed run is fed
+//! back for up to `max_attempts`, and the passing change is committed on a `factory/*` branch.
+//!
+//! The flow, module by module: [`job`] parses and checks the job file; [`workspace`] clones the
+//! repository and turns trees into tar streams and back (all path handling lives there);
+//! [`sandbox`] runs one container with every default locked down; [`run`] drives the attempts and
+//! writes artifacts and the report; [`images`] builds the images kiln uses from nothing.
+
+pub mod bench;
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod images;
+pub mod job;
+pub mod run;
+pub mod sandbox;
+pub mod workspace;
+
+pub use error::{Error, ExitCode};

@@ -1,0 +1,741 @@
+//! One job end to end: clone, then up to `max_attempts` of generate → diff → test, feeding each
+//! failure back, stopping early when attempts stop converging; commit the passing tree on the
+//! work branch; write every attempt's artifacts and the report.
+
+mod progress;
+pub mod report;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use git2::Oid;
+use serde::Serialize;
+use tracing::{Instrument, info_span};
+
+pub use progress::Progress;
+pub use report::{Report, Status};
+
+use crate::config::{Config, Loosening};
+use crate::error::{Error, ExitCode};
+use crate::ids::Stage;
+use crate::job::{Job, RepoSource, StageSpec};
+use crate::sandbox::{
+    self, ContainerSpec, JOB_INPUT, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume,
+};
+use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
+use report::{
+    AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, StageReport, Timings,
+};
+
+/// Most bytes of the previous attempt's diff fed back to the generator.
+const FEEDBACK_DIFF_BYTES: usize = 64 << 10;
+/// Most bytes of the failing test output fed back to the generator.
+const FEEDBACK_TEST_BYTES: usize = 16 << 10;
+
+/// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub artifacts_root: PathBuf,
+    /// Repository the work branch is written to; default `<artifacts>/<id>/repo.git`.
+    pub out: Option<PathBuf>,
+}
+
+/// What the generator finds in `/kiln/job.json` (schema `kiln.job-input/v1`, docs/job.md).
+#[derive(Serialize)]
+struct JobInput<'a> {
+    schema: &'static str,
+    job_id: &'a str,
+    attempt: u32,
+    max_attempts: u32,
+    prompt: &'a str,
+    test_requirements: Option<&'a str>,
+    context_files: &'a [String],
+    branch: &'a str,
+    workspace: &'static str,
+    previous: Option<&'a Feedback>,
+}
+
+/// The previous attempt, as fed back to the generator.
+#[derive(Serialize)]
+struct Feedback {
+    attempt: u32,
+    /// The previous attempt's whole change against the base, as a unified diff.
+    diff: String,
+    diff_truncated: bool,
+    generator_exit_code: Option<i64>,
+    test_exit_code: Option<i64>,
+    test_timed_out: bool,
+    /// The last bytes of the failing test output.
+    test_output_tail: String,
+}
+
+/// Checks what must hold before anything runs: the images exist and `--out` can take the branch.
+pub async fn preflight(job: &Job, sandbox: &Sandbox, opts: &RunOptions) -> Result<(), Error> {
+    if let Some(out) = &opts.out {
+        crate::workspace::check_out_repo(out, &job.branch)?;
+    }
+    for image in [
+        job.generate.image.as_str(),
+        job.test.image.as_str(),
+        sandbox::volume_holder_image(),
+    ] {
+        sandbox.require_image(image).await?;
+    }
+    Ok(())
+}
+
+/// Runs `job` to its end and returns the report; the report is also written to the job's
+/// artifacts folder. Errors after artifacts exist are reported there with status `error`.
+pub async fn run_job(
+    job: &Job,
+    config: &Config,
+    sandbox: &Sandbox,
+    opts: &RunOptions,
+    progress: Progress,
+) -> Result<Report, Error> {
+    let started = Instant::now();
+    let artifacts = opts.artifacts_root.join(job.id.as_str());
+    std::fs::create_dir_all(&artifacts)
+        .map_err(Error::io(format!("cannot create {}", artifacts.display())))?;
+    let mut runner = Runner {
+        job,
+        config,
+        sandbox,
+        progress,
+        artifacts: artifacts.clone(),
+        attempts: Vec::new(),
+        context: Vec::new(),
+    };
+    let span = info_span!("job", job_id = %job.id);
+    let result = runner.execute(opts).instrument(span).await;
+    let (status, reason, commit, exit, timings, base_commit) = match result {
+        Ok(end) => (
+            end.status,
+            end.reason,
+            end.commit,
+            end.exit,
+            end.timings,
+            Some(end.base_commit),
+        ),
+        Err(e) => (
+            Status::Error,
+            e.to_string(),
+            None,
+            e.exit_code(),
+            Timings::default(),
+            None,
+        ),
+    };
+    let report = Report {
+        schema: report::SCHEMA,
+        job: JobSummary {
+            id: job.id.to_string(),
+            repo: match &job.repo {
+                RepoSource::Git(p) | RepoSource::Folder(p) => p.display().to_string(),
+            },
+            base: job.base.clone(),
+            base_commit: base_commit.map(|c: Oid| c.to_string()),
+            branch: job.branch.to_string(),
+            max_attempts: job.max_attempts,
+            context_files: runner.context,
+            seed: job.seed.clone(),
+        },
+        sandbox: SandboxSummary {
+            limits: job.limits.clone(),
+            loosened: job.loosened.clone(),
+            network: if job.loosened.contains(&Loosening::Network) {
+                "bridge"
+            } else {
+                "none"
+            },
+        },
+        attempts: runner.attempts,
+        status,
+        reason,
+        commit,
+        artifacts: artifacts.display().to_string(),
+        timings: Timings {
+            total_ms: started.elapsed().as_millis() as u64,
+            ..timings
+        },
+        exit_code: exit as u8,
+    };
+    write_json(&artifacts.join("report.json"), &report)?;
+    Ok(report)
+}
+
+struct Runner<'a> {
+    job: &'a Job,
+    config: &'a Config,
+    sandbox: &'a Sandbox,
+    progress: Progress,
+    artifacts: PathBuf,
+    attempts: Vec<AttemptReport>,
+    context: Vec<String>,
+}
+
+struct End {
+    status: Status,
+    reason: String,
+    commit: Option<CommitReport>,
+    exit: ExitCode,
+    timings: Timings,
+    base_commit: Oid,
+}
+
+/// Runs blocking git work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))?
+}
+
+impl Runner<'_> {
+    async fn execute(&mut self, opts: &RunOptions) -> Result<End, Error> {
+        let job = self.job;
+        let timer = self.progress.start("workspace");
+        let (id, repo, base, limit) = (
+            job.id.clone(),
+            job.repo.clone(),
+            job.base.clone(),
+            job.limits.workspace,
+        );
+        let ws = Arc::new(
+            blocking(move || Ok(Workspace::open(&id, &repo, base.as_deref(), limit)?)).await?,
+        );
+        let globs = crate::job::context_globs(&job.context_files).map_err(Error::Usage)?;
+        self.context = {
+            let ws = ws.clone();
+            blocking(move || Ok(ws.context_files(&globs)?)).await?
+        };
+        let workspace_ms = timer
+            .done(&format!("base {}", short(ws.base_commit)))
+            .as_millis() as u64;
+
+        let mut trees = vec![ws.base_tree];
+        let mut deltas: Vec<Vec<BlobChange>> = Vec::new();
+        let mut feedback: Option<Feedback> = None;
+        for n in 1..=job.max_attempts {
+            let span = info_span!("attempt", job_id = %job.id, attempt = n);
+            let step = self
+                .attempt(&ws, n, &trees, &deltas, feedback.as_ref())
+                .instrument(span)
+                .await?;
+            match step {
+                Step::Passed(tree) => {
+                    let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
+                    return Ok(End {
+                        status: Status::Succeeded,
+                        reason: format!("tests passed on attempt {n}"),
+                        commit: Some(CommitReport {
+                            oid: commit.to_string(),
+                            branch: job.branch.to_string(),
+                            repository,
+                        }),
+                        exit: ExitCode::Success,
+                        timings: Timings {
+                            workspace_ms,
+                            ..Timings::default()
+                        },
+                        base_commit: ws.base_commit,
+                    });
+                }
+                Step::NotConverging(reason) => {
+                    return Ok(self.failed(
+                        Status::NotConverging,
+                        reason,
+                        workspace_ms,
+                        ws.base_commit,
+                    ));
+                }
+                Step::Failed { tree, delta, next } => {
+                    trees.push(tree);
+                    deltas.push(delta);
+                    feedback = Some(next);
+                }
+            }
+        }
+        let reason = format!("tests still fail after {} attempts", job.max_attempts);
+        Ok(self.failed(Status::TestsFailed, reason, workspace_ms, ws.base_commit))
+    }
+
+    fn failed(&self, status: Status, reason: String, workspace_ms: u64, base_commit: Oid) -> End {
+        End {
+            status,
+            reason,
+            commit: None,
+            exit: ExitCode::TestsFailed,
+            timings: Timings {
+                workspace_ms,
+                ..Timings::default()
+            },
+            base_commit,
+        }
+    }
+
+    async fn attempt(
+        &mut self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        trees: &[Oid],
+        deltas: &[Vec<BlobChange>],
+        feedback: Option<&Feedback>,
+    ) -> Result<Step, Error> {
+        let job = self.job;
+        let dir = self.artifacts.join(format!("attempt-{n}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(Error::io(format!("cannot create {}", dir.display())))?;
+        let input = serde_json::to_vec_pretty(&JobInput {
+            schema: "kiln.job-input/v1",
+            job_id: job.id.as_str(),
+            attempt: n,
+            max_attempts: job.max_attempts,
+            prompt: &job.prompt,
+            test_requirements: job.test_requirements.as_deref(),
+            context_files: &self.context,
+            branch: job.branch.as_str(),
+            workspace: WORKSPACE_DIR,
+            previous: feedback,
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        write_file(&dir.join("job.json"), &input)?;
+
+        let label = format!("attempt {n}/{} · generate", job.max_attempts);
+        let timer = self.progress.start(label);
+        let previous_tree = *trees.last().expect("trees starts with the base tree");
+        let (generated, tree, ingested) = self.generate(ws, n, previous_tree, &input).await?;
+        let (diff, patch) = {
+            let (ws, base) = (ws.clone(), ws.base_tree);
+            blocking(move || Ok(ws.diff(base, tree)?)).await?
+        };
+        let delta = {
+            let ws = ws.clone();
+            blocking(move || Ok(ws.blob_changes(previous_tree, tree)?)).await?
+        };
+        timer.done(&format!("{}; {}", exit_note(&generated), diff_note(&diff)));
+        write_file(&dir.join("generate.log"), &generated.output_bytes)?;
+        write_file(&dir.join("diff.patch"), patch.as_bytes())?;
+        write_json(&dir.join("diff.json"), &diff)?;
+
+        let mut attempt = AttemptReport {
+            attempt: n,
+            generate: stage_report(&job.generate, &generated),
+            ignored_paths: ingested.skipped,
+            diff: diff.stats,
+            files: diff
+                .files
+                .iter()
+                .map(|f| FileSummary {
+                    path: f.path.clone(),
+                    status: f.status,
+                    additions: f.additions,
+                    deletions: f.deletions,
+                    binary: f.binary,
+                })
+                .collect(),
+            test: None,
+            passed: false,
+            artifacts: dir.display().to_string(),
+        };
+        if let Some(reason) = convergence(n, tree, &trees[1..], &delta, deltas) {
+            self.progress.line(&format!("  not converging: {reason}"));
+            self.attempts.push(attempt);
+            return Ok(Step::NotConverging(reason));
+        }
+
+        let label = format!("attempt {n}/{} · test", job.max_attempts);
+        let timer = self.progress.start(label);
+        let tested = self.test(ws, n, tree, &input).await?;
+        let passed = tested.succeeded();
+        timer.done(&if passed {
+            "passed".to_string()
+        } else {
+            format!("failed ({})", exit_note(&tested))
+        });
+        write_file(&dir.join("test.log"), &tested.output_bytes)?;
+        attempt.test = Some(stage_report(&job.test, &tested));
+        attempt.passed = passed;
+        self.attempts.push(attempt);
+        if passed {
+            return Ok(Step::Passed(tree));
+        }
+        let diff_truncated = patch.len() > FEEDBACK_DIFF_BYTES;
+        let mut diff_text = patch;
+        if diff_truncated {
+            let mut cut = FEEDBACK_DIFF_BYTES;
+            while !diff_text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            diff_text.truncate(cut);
+        }
+        let next = Feedback {
+            attempt: n,
+            diff: diff_text,
+            diff_truncated,
+            generator_exit_code: generated.exit_code,
+            test_exit_code: tested.exit_code,
+            test_timed_out: tested.timed_out,
+            test_output_tail: sandbox::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
+        };
+        Ok(Step::Failed { tree, delta, next })
+    }
+
+    /// The generator container: its workspace starts as `tree`; what it leaves is read back.
+    async fn generate(
+        &self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+    ) -> Result<(Ran, Oid, Ingested), Error> {
+        let volume = self.volume(ws, Stage::Generate, n, tree, input).await?;
+        let result = async {
+            let ran = self
+                .container(&volume, Stage::Generate, n, &self.job.generate)
+                .await?;
+            // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
+            let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
+            let (tree, ingested) = match volume.download_workspace(cap).await? {
+                Ok(tar) => {
+                    let ws = ws.clone();
+                    blocking(move || Ok(ws.ingest(&tar)?)).await?
+                }
+                Err(cap) => {
+                    let skipped = Skipped {
+                        path: "workspace".into(),
+                        reason: "archive larger than twice the workspace limit",
+                    };
+                    tracing::warn!(
+                        "workspace archive over {cap} bytes; the attempt keeps the previous tree"
+                    );
+                    (
+                        tree,
+                        Ingested {
+                            files: 0,
+                            skipped: vec![skipped],
+                        },
+                    )
+                }
+            };
+            Ok((ran, tree, ingested))
+        }
+        .await;
+        volume.remove().await;
+        result
+    }
+
+    /// The test container, on exactly the tree kiln diffed.
+    async fn test(
+        &self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+    ) -> Result<Ran, Error> {
+        let volume = self.volume(ws, Stage::Test, n, tree, input).await?;
+        let result = self
+            .container(&volume, Stage::Test, n, &self.job.test)
+            .await;
+        volume.remove().await;
+        result
+    }
+
+    async fn volume(
+        &self,
+        ws: &Arc<Workspace>,
+        stage: Stage,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+    ) -> Result<WorkVolume, Error> {
+        let role = format!("{stage}-{n}");
+        let volume =
+            WorkVolume::create(self.sandbox, &self.job.id, &role, self.job.limits.workspace)
+                .await?;
+        let tar = {
+            let (ws, input) = (ws.clone(), input.to_vec());
+            blocking(move || Ok(ws.tar_of_tree(tree, &input)?)).await
+        };
+        let uploaded = match tar {
+            Ok(tar) => volume.upload(tar).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = uploaded {
+            volume.remove().await;
+            return Err(e);
+        }
+        Ok(volume)
+    }
+
+    async fn container(
+        &self,
+        volume: &WorkVolume,
+        stage: Stage,
+        n: u32,
+        spec: &StageSpec,
+    ) -> Result<Ran, Error> {
+        let job = self.job;
+        let mut labels = sandbox::job_labels(&job.id);
+        labels.insert("kiln.stage".into(), stage.to_string());
+        labels.insert("kiln.attempt".into(), n.to_string());
+        let container = ContainerSpec {
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: vec![
+                ("KILN_JOB_ID".into(), job.id.to_string()),
+                ("KILN_ATTEMPT".into(), n.to_string()),
+                ("KILN_STAGE".into(), stage.to_string()),
+                ("KILN_JOB_INPUT".into(), JOB_INPUT.into()),
+                ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
+                ("HOME".into(), "/tmp".into()),
+            ],
+            limits: job.limits.clone(),
+            loosened: job.loosened.clone(),
+            volume: Some(volume.name().to_string()),
+            labels,
+        };
+        let span = info_span!("stage", job_id = %job.id, attempt = n, stage = %stage);
+        let outcome = self
+            .sandbox
+            .run(&container, spec.timeout)
+            .instrument(span)
+            .await?;
+        Ok(Ran::from(outcome))
+    }
+
+    async fn publish(
+        &self,
+        ws: &Arc<Workspace>,
+        tree: Oid,
+        attempts: u32,
+        opts: &RunOptions,
+    ) -> Result<(Oid, String), Error> {
+        let job = self.job;
+        let timer = self.progress.start("commit");
+        let first_line: String = job
+            .prompt
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(72)
+            .collect();
+        let message = format!(
+            "kiln: job {}\n\n{first_line}\n\nKiln-Job: {}\nKiln-Attempts: {attempts}\n",
+            job.id, job.id
+        );
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| self.artifacts.join("repo.git"));
+        let (ws, branch, who, target) = (
+            ws.clone(),
+            job.branch.clone(),
+            self.config.commit.clone(),
+            out.clone(),
+        );
+        let oid = blocking(move || {
+            let oid = ws.commit(tree, &branch, &who, &message)?;
+            ws.export(&branch, &target)?;
+            Ok(oid)
+        })
+        .await?;
+        timer.done(&format!(
+            "{} on {} in {}",
+            short(oid),
+            job.branch,
+            out.display()
+        ));
+        Ok((oid, out.display().to_string()))
+    }
+}
+
+enum Step {
+    Passed(Oid),
+    NotConverging(String),
+    Failed {
+        tree: Oid,
+        delta: Vec<BlobChange>,
+        next: Feedback,
+    },
+}
+
+/// A finished container with its output turned into bytes.
+struct Ran {
+    exit_code: Option<i64>,
+    timed_out: bool,
+    oom_killed: bool,
+    duration_ms: u64,
+    output_total: u64,
+    output_dropped: u64,
+    output_bytes: Vec<u8>,
+}
+
+impl From<RunOutcome> for Ran {
+    fn from(o: RunOutcome) -> Self {
+        Ran {
+            exit_code: o.exit_code,
+            timed_out: o.timed_out,
+            oom_killed: o.oom_killed,
+            duration_ms: o.duration.as_millis() as u64,
+            output_total: o.output.total_bytes(),
+            output_dropped: o.output.dropped_bytes(),
+            output_bytes: o.output.into_bytes(),
+        }
+    }
+}
+
+impl Ran {
+    fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// Why attempt `n` (tree `tree`, per-file change `delta` from the attempt before) shows the loop
+/// is not converging: it left the same tree as an earlier attempt, or it undid a change an
+/// earlier attempt made to some file (that file's blob went back from after to before).
+fn convergence(
+    n: u32,
+    tree: Oid,
+    earlier_trees: &[Oid],
+    delta: &[BlobChange],
+    earlier_deltas: &[Vec<BlobChange>],
+) -> Option<String> {
+    if let Some(k) = earlier_trees.iter().position(|t| *t == tree) {
+        return Some(format!(
+            "attempt {n} produced the same change as attempt {}",
+            k + 1
+        ));
+    }
+    for (k, earlier) in earlier_deltas.iter().enumerate() {
+        for change in delta {
+            if earlier
+                .iter()
+                .any(|e| e.path == change.path && e.old == change.new && e.new == change.old)
+            {
+                return Some(format!(
+                    "attempt {n} reverts attempt {}'s change to {}",
+                    k + 1,
+                    change.path
+                ));
+            }
+        }
+    }
+    None
+}
+
+fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
+    StageReport {
+        image: spec.image.clone(),
+        exit_code: ran.exit_code,
+        timed_out: ran.timed_out,
+        oom_killed: ran.oom_killed,
+        duration_ms: ran.duration_ms,
+        output_bytes: ran.output_total,
+        output_dropped_bytes: ran.output_dropped,
+    }
+}
+
+fn exit_note(ran: &Ran) -> String {
+    let mut note = match (ran.timed_out, ran.exit_code) {
+        (true, _) => "killed at timeout".to_string(),
+        (false, Some(code)) => format!("exit {code}"),
+        (false, None) => "no exit code".to_string(),
+    };
+    if ran.oom_killed {
+        note.push_str(", out of memory");
+    }
+    if ran.output_dropped > 0 {
+        note.push_str(&format!(", {} output bytes dropped", ran.output_dropped));
+    }
+    note
+}
+
+fn diff_note(diff: &Diff) -> String {
+    let s = diff.stats;
+    format!(
+        "{} file{} changed +{} -{}",
+        s.files_changed,
+        if s.files_changed == 1 { "" } else { "s" },
+        s.additions,
+        s.deletions
+    )
+}
+
+fn short(oid: Oid) -> String {
+    oid.to_string()[..10].to_string()
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, bytes).map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Error> {
+    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    bytes.push(b'\n');
+    write_file(path, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn oid(n: u8) -> Oid {
+        Oid::from_bytes(&[n; 20]).unwrap()
+    }
+
+    fn change(path: &str, old: u8, new: u8) -> BlobChange {
+        BlobChange {
+            path: path.into(),
+            old: oid(old),
+            new: oid(new),
+        }
+    }
+
+    #[test]
+    fn stops_on_a_repeated_tree() {
+        let reason = convergence(
+            3,
+            oid(7),
+            &[oid(7), oid(8)],
+            &[change("a", 8, 7)],
+            &[vec![change("a", 1, 7)], vec![change("a", 7, 8)]],
+        );
+        assert_eq!(
+            reason.as_deref(),
+            Some("attempt 3 produced the same change as attempt 1")
+        );
+    }
+
+    #[test]
+    fn stops_when_an_attempt_reverts_an_earlier_one() {
+        let reason = convergence(
+            3,
+            oid(9),
+            &[oid(5), oid(6)],
+            &[change("src/a.rs", 2, 1)],
+            &[vec![change("src/a.rs", 1, 2)], vec![change("b", 3, 4)]],
+        );
+        assert_eq!(
+            reason.as_deref(),
+            Some("attempt 3 reverts attempt 1's change to src/a.rs")
+        );
+    }
+
+    #[test]
+    fn a_new_change_keeps_going() {
+        assert_eq!(
+            convergence(
+                2,
+                oid(6),
+                &[oid(5)],
+                &[change("a", 2, 3)],
+                &[vec![change("a", 1, 2)]]
+            ),
+            None
+        );
+    }
+}

@@ -1,0 +1,104 @@
+//! The JSON report of one job (`--report`), schema `kiln.report/v1`, documented in docs/report.md.
+
+use serde::Serialize;
+
+use crate::config::Loosening;
+use crate::job::{Limits, SeedFields};
+use crate::workspace::{DiffStats, Skipped};
+
+pub const SCHEMA: &str = "kiln.report/v1";
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub schema: &'static str,
+    pub job: JobSummary,
+    pub sandbox: SandboxSummary,
+    pub attempts: Vec<AttemptReport>,
+    pub status: Status,
+    /// Why the job ended as it did, in a sentence.
+    pub reason: String,
+    pub commit: Option<CommitReport>,
+    /// The job's artifacts folder.
+    pub artifacts: String,
+    pub timings: Timings,
+    pub exit_code: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Succeeded,
+    TestsFailed,
+    NotConverging,
+    Error,
+    Interrupted,
+}
+
+#[derive(Debug, Serialize)]
+pub struct JobSummary {
+    pub id: String,
+    pub repo: String,
+    pub base: Option<String>,
+    pub base_commit: Option<String>,
+    pub branch: String,
+    pub max_attempts: u32,
+    pub context_files: Vec<String>,
+    pub seed: Option<SeedFields>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SandboxSummary {
+    pub limits: Limits,
+    /// Every default the job loosened (permitted by the operator); empty means all defaults on.
+    pub loosened: Vec<Loosening>,
+    pub network: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AttemptReport {
+    pub attempt: u32,
+    pub generate: StageReport,
+    /// Paths the generator wrote that kiln did not take (under `.git`, devices, outside the tree).
+    pub ignored_paths: Vec<Skipped>,
+    pub diff: DiffStats,
+    pub files: Vec<FileSummary>,
+    /// `None` when the attempt stopped before tests (not converging).
+    pub test: Option<StageReport>,
+    pub passed: bool,
+    pub artifacts: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FileSummary {
+    pub path: String,
+    pub status: crate::workspace::FileStatus,
+    pub additions: usize,
+    pub deletions: usize,
+    pub binary: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StageReport {
+    pub image: String,
+    pub exit_code: Option<i64>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+    pub duration_ms: u64,
+    pub output_bytes: u64,
+    /// Output bytes dropped by the cap (`limits.output`); kept are the first and last halves.
+    pub output_dropped_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CommitReport {
+    pub oid: String,
+    pub branch: String,
+    /// The repository the branch was written to.
+    pub repository: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Timings {
+    pub total_ms: u64,
+    pub workspace_ms: u64,
+}

@@ -1,0 +1,312 @@
+//! bollard: run one command in one fresh, locked-down container, stream its output through a
+//! byte cap, kill it at its deadline, and remove it. Also the workspace volume each container
+//! works on, and reaping what a crashed run left behind.
+
+mod output;
+mod spec;
+mod volume;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::query_parameters::{
+    AttachContainerOptions, KillContainerOptions, ListContainersOptions, ListVolumesOptions,
+    RemoveContainerOptions, RemoveVolumeOptions,
+};
+use futures_util::StreamExt;
+use tracing::{debug, warn};
+
+pub use output::{CappedLog, tail_text};
+pub use spec::{ContainerSpec, JOB_INPUT, KILN_DIR, SANDBOX_USER, WORKSPACE_DIR};
+pub use volume::WorkVolume;
+
+use crate::ids::JobId;
+
+/// Label on every container and volume kiln makes: the job it belongs to.
+pub const LABEL_JOB: &str = "kiln.job";
+/// Label naming the kiln process that made it, so `kiln gc` knows when its owner is gone.
+pub const LABEL_PID: &str = "kiln.pid";
+
+/// How long kiln waits for output to drain after a container stops.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How long any single Docker API call may take before kiln calls the engine stuck.
+const API_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("cannot reach the Docker engine ({0}); is dockerd running and is its socket readable?")]
+    Unreachable(String),
+    #[error("image `{image}` is not on this machine and kiln never pulls; {hint}")]
+    ImageMissing { image: String, hint: String },
+    #[error("Docker refused to {op}: {message}")]
+    Docker { op: &'static str, message: String },
+    #[error("the Docker engine did not answer `{0}` within {API_TIMEOUT:?}")]
+    Stuck(&'static str),
+}
+
+fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
+    move |e| SandboxError::Docker {
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Bounds a Docker API call in time: every wait has a timeout.
+async fn bounded<T, E>(
+    op: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<Result<T, E>, SandboxError> {
+    tokio::time::timeout(API_TIMEOUT, fut)
+        .await
+        .map_err(|_| SandboxError::Stuck(op))
+}
+
+/// How one container ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The command's exit code; `None` when kiln killed it at the deadline.
+    pub exit_code: Option<i64>,
+    pub timed_out: bool,
+    /// The kernel's OOM killer fired inside the container.
+    pub oom_killed: bool,
+    pub duration: Duration,
+    /// stdout and stderr interleaved, capped.
+    pub output: CappedLog,
+}
+
+impl RunOutcome {
+    pub fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// A connection to the Docker engine.
+#[derive(Clone)]
+pub struct Sandbox {
+    docker: Docker,
+}
+
+impl Sandbox {
+    /// Connects through `DOCKER_HOST` or the default socket and agrees on an API version.
+    pub async fn connect() -> Result<Self, SandboxError> {
+        let docker = Docker::connect_with_local_defaults()
+            .map_err(|e| SandboxError::Unreachable(e.to_string()))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| SandboxError::Unreachable("no answer within 10s".into()))?
+            .map_err(|e| SandboxError::Unreachable(e.to_string()))?;
+        Ok(Sandbox { docker })
+    }
+
+    pub fn docker(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Fails with the command that builds `image` when it is not on this machine.
+    pub async fn require_image(&self, image: &str) -> Result<(), SandboxError> {
+        match bounded("inspect image", self.docker.inspect_image(image)).await? {
+            Ok(_) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Err(SandboxError::ImageMissing {
+                image: image.into(),
+                hint: crate::images::build_hint(image),
+            }),
+            Err(e) => Err(docker_err("inspect an image")(e)),
+        }
+    }
+
+    /// Creates, starts and waits for one container, then removes it, whatever happened.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+    ) -> Result<RunOutcome, SandboxError> {
+        let created = bounded(
+            "create container",
+            self.docker.create_container(None, spec.to_create_body()),
+        )
+        .await?
+        .map_err(docker_err("create a container"))?;
+        let id = created.id;
+        let outcome = self
+            .run_created(&id, spec.limits.output.bytes() as usize, timeout)
+            .await;
+        self.remove_container(&id).await;
+        outcome
+    }
+
+    async fn run_created(
+        &self,
+        id: &str,
+        output_cap: usize,
+        timeout: Duration,
+    ) -> Result<RunOutcome, SandboxError> {
+        let attach = AttachContainerOptions {
+            stream: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        };
+        let attached = bounded("attach", self.docker.attach_container(id, Some(attach)))
+            .await?
+            .map_err(docker_err("attach to a container"))?;
+        let mut stream = attached.output;
+        let reader = tokio::spawn(async move {
+            let mut log = CappedLog::new(output_cap);
+            while let Some(item) = stream.next().await {
+                match item {
+                    Ok(chunk) => log.push(&chunk.into_bytes()),
+                    Err(e) => {
+                        debug!("output stream ended: {e}");
+                        break;
+                    }
+                }
+            }
+            log
+        });
+
+        let started = Instant::now();
+        bounded("start container", self.docker.start_container(id, None))
+            .await?
+            .map_err(docker_err("start a container"))?;
+        let mut wait = self.docker.wait_container(id, None);
+        let timed_out = tokio::time::timeout(timeout, wait.next()).await.is_err();
+        if timed_out {
+            let kill = KillContainerOptions {
+                signal: "KILL".into(),
+            };
+            if let Ok(Err(e)) =
+                bounded("kill container", self.docker.kill_container(id, Some(kill))).await
+            {
+                debug!("kill after timeout: {e}");
+            }
+            let _ = tokio::time::timeout(API_TIMEOUT, self.docker.wait_container(id, None).next())
+                .await;
+        }
+        let duration = started.elapsed();
+
+        let mut reader = reader;
+        let output = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
+            Ok(Ok(log)) => log,
+            _ => {
+                reader.abort();
+                warn!(
+                    container = id,
+                    "output did not drain within {DRAIN_GRACE:?}; kept none"
+                );
+                CappedLog::new(output_cap)
+            }
+        };
+        let state = bounded("inspect container", self.docker.inspect_container(id, None))
+            .await?
+            .map_err(docker_err("inspect a container"))?
+            .state
+            .unwrap_or_default();
+        Ok(RunOutcome {
+            exit_code: if timed_out { None } else { state.exit_code },
+            timed_out,
+            oom_killed: state.oom_killed.unwrap_or(false),
+            duration,
+            output,
+        })
+    }
+
+    async fn remove_container(&self, id: &str) {
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match bounded(
+            "remove container",
+            self.docker.remove_container(id, Some(opts)),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(container = id, "could not remove container: {e}"),
+            Err(e) => warn!(container = id, "{e}"),
+        }
+    }
+
+    /// Removes every container and volume labelled with `job`; safe to call more than once.
+    pub async fn reap_job(&self, job: &JobId) -> Result<usize, SandboxError> {
+        self.reap(&format!("{LABEL_JOB}={job}"), |_| true).await
+    }
+
+    /// Removes kiln-labelled containers and volumes whose owning kiln process is gone
+    /// (or all of them with `all`). Returns how many objects were removed.
+    pub async fn gc(&self, all: bool) -> Result<usize, SandboxError> {
+        self.reap(LABEL_JOB, |labels| all || !owner_alive(labels))
+            .await
+    }
+
+    async fn reap(
+        &self,
+        label: &str,
+        doomed: impl Fn(&HashMap<String, String>) -> bool,
+    ) -> Result<usize, SandboxError> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let list = ListContainersOptions {
+            all: true,
+            filters: Some(filters.clone()),
+            ..Default::default()
+        };
+        let containers = bounded("list containers", self.docker.list_containers(Some(list)))
+            .await?
+            .map_err(docker_err("list containers"))?;
+        let mut removed = 0;
+        for c in containers {
+            if doomed(&c.labels.unwrap_or_default()) {
+                if let Some(id) = c.id {
+                    self.remove_container(&id).await;
+                    removed += 1;
+                }
+            }
+        }
+        let list = ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let volumes = bounded("list volumes", self.docker.list_volumes(Some(list)))
+            .await?
+            .map_err(docker_err("list volumes"))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            if doomed(&v.labels) {
+                let opts = RemoveVolumeOptions { force: true };
+                match bounded(
+                    "remove volume",
+                    self.docker.remove_volume(&v.name, Some(opts)),
+                )
+                .await?
+                {
+                    Ok(()) => removed += 1,
+                    Err(e) => warn!(volume = v.name, "could not remove volume: {e}"),
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// Labels for everything made for `job`: the job id and this process, for `kiln gc`.
+pub fn job_labels(job: &JobId) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_JOB.to_string(), job.to_string()),
+        (LABEL_PID.to_string(), std::process::id().to_string()),
+    ])
+}
+
+/// Whether the kiln process named in `labels` still runs on this machine.
+fn owner_alive(labels: &HashMap<String, String>) -> bool {
+    labels
+        .get(LABEL_PID)
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(crate::workspace::process_alive)
+}
+
+/// The image the workspace holder runs, which every job therefore needs.
+pub fn volume_holder_image() -> &'static str {
+    volume::HOLDER_IMAGE
+}

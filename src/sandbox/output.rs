@@ -1,0 +1,113 @@
+//! Capped capture of a container's output: kiln keeps the first and last bytes up to a cap
+//! and counts what it dropped, so a flood costs bounded memory and the tail (where test
+//! failures usually are) survives.
+
+/// Output kept within `cap` bytes: the first half verbatim, then the most recent bytes.
+#[derive(Debug)]
+pub struct CappedLog {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    head_cap: usize,
+    tail_cap: usize,
+    dropped: u64,
+    total: u64,
+}
+
+impl CappedLog {
+    pub fn new(cap: usize) -> Self {
+        let head_cap = cap / 2;
+        CappedLog {
+            head: Vec::new(),
+            tail: std::collections::VecDeque::new(),
+            head_cap,
+            tail_cap: cap - head_cap,
+            dropped: 0,
+            total: 0,
+        }
+    }
+
+    pub fn push(&mut self, mut chunk: &[u8]) {
+        self.total += chunk.len() as u64;
+        let room = self.head_cap - self.head.len();
+        if room > 0 {
+            let take = room.min(chunk.len());
+            self.head.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+        }
+        if chunk.len() >= self.tail_cap {
+            self.dropped += (self.tail.len() + chunk.len() - self.tail_cap) as u64;
+            self.tail.clear();
+            self.tail.extend(&chunk[chunk.len() - self.tail_cap..]);
+            return;
+        }
+        let overflow = (self.tail.len() + chunk.len()).saturating_sub(self.tail_cap);
+        self.tail.drain(..overflow);
+        self.dropped += overflow as u64;
+        self.tail.extend(chunk);
+    }
+
+    /// Bytes the container wrote in all.
+    pub fn total_bytes(&self) -> u64 {
+        self.total
+    }
+
+    /// Bytes written but not kept.
+    pub fn dropped_bytes(&self) -> u64 {
+        self.dropped
+    }
+
+    /// What was kept, with one marker line where bytes were dropped.
+    pub fn into_bytes(self) -> Vec<u8> {
+        let mut out = self.head;
+        if self.dropped > 0 {
+            out.extend_from_slice(
+                format!("\n[kiln: {} bytes of output dropped here]\n", self.dropped).as_bytes(),
+            );
+        }
+        out.extend(self.tail);
+        out
+    }
+}
+
+/// The last `max` bytes of `bytes`, as text, for feeding back to the generator.
+pub fn tail_text(bytes: &[u8], max: usize) -> String {
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_head_and_tail_and_counts_the_drop() {
+        let mut log = CappedLog::new(8);
+        log.push(b"abcdef");
+        log.push(b"ghijklmnop");
+        assert_eq!(log.total_bytes(), 16);
+        assert_eq!(log.dropped_bytes(), 8);
+        let kept = String::from_utf8(log.into_bytes()).unwrap();
+        assert!(kept.starts_with("abcd"), "{kept}");
+        assert!(kept.ends_with("mnop"), "{kept}");
+        assert!(kept.contains("8 bytes of output dropped"), "{kept}");
+    }
+
+    #[test]
+    fn small_output_is_kept_whole() {
+        let mut log = CappedLog::new(1024);
+        log.push(b"hello ");
+        log.push(b"world");
+        assert_eq!(log.dropped_bytes(), 0);
+        assert_eq!(log.into_bytes(), b"hello world");
+    }
+
+    #[test]
+    fn many_small_pushes_stay_within_the_cap() {
+        let mut log = CappedLog::new(100);
+        for _ in 0..10_000 {
+            log.push(b"0123456789");
+        }
+        assert_eq!(log.dropped_bytes(), 100_000 - 100);
+        assert!(log.into_bytes().len() < 100 + 64);
+    }
+}

@@ -1,0 +1,162 @@
+//! The container spec: every sandbox default in one place, each loosening explicit.
+
+use std::collections::HashMap;
+
+use bollard::models::{
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+};
+
+use crate::config::Loosening;
+use crate::job::Limits;
+
+/// Where the workspace volume is mounted in every container: the tree at `/kiln/workspace`,
+/// the job input at `/kiln/job.json`.
+pub const KILN_DIR: &str = "/kiln";
+pub const WORKSPACE_DIR: &str = "/kiln/workspace";
+pub const JOB_INPUT: &str = "/kiln/job.json";
+
+/// The unprivileged user every command runs as (kiln's images name it `kiln`).
+pub const SANDBOX_USER: &str = "1000:1000";
+
+/// What one container is: image, argv, environment, limits and labels.
+#[derive(Clone, Debug)]
+pub struct ContainerSpec {
+    pub image: String,
+    pub command: Vec<String>,
+    /// Only these variables are set (besides what the image declares); none come from the host.
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    pub loosened: Vec<Loosening>,
+    /// The workspace volume mounted at [`KILN_DIR`], if any.
+    pub volume: Option<String>,
+    pub labels: HashMap<String, String>,
+}
+
+impl ContainerSpec {
+    /// The Docker create body with every default on: no network, no capabilities,
+    /// no-new-privileges, read-only root, capped /tmp, non-root user, memory without swap,
+    /// CPU quota, pids limit, an init, no log driver (output streams only to kiln).
+    pub fn to_create_body(&self) -> ContainerCreateBody {
+        let loosened = |l| self.loosened.contains(&l);
+        let memory = self.limits.memory.bytes() as i64;
+        let tmp = format!("rw,nosuid,nodev,size={},mode=1777", self.limits.tmp.bytes());
+        let mounts = self.volume.as_ref().map(|name| {
+            vec![Mount {
+                target: Some(KILN_DIR.into()),
+                source: Some(name.clone()),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                ..Default::default()
+            }]
+        });
+        let host = HostConfig {
+            network_mode: Some(
+                if loosened(Loosening::Network) {
+                    "bridge"
+                } else {
+                    "none"
+                }
+                .into(),
+            ),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            readonly_rootfs: Some(!loosened(Loosening::WritableRootfs)),
+            tmpfs: Some(HashMap::from([("/tmp".to_string(), tmp)])),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some((self.limits.cpus * 1e9) as i64),
+            pids_limit: Some(i64::from(self.limits.pids)),
+            init: Some(true),
+            ipc_mode: Some("private".into()),
+            shm_size: Some(self.limits.tmp.bytes().min(64 << 20) as i64),
+            ulimits: Some(vec![
+                ResourcesUlimits {
+                    name: Some("core".into()),
+                    soft: Some(0),
+                    hard: Some(0),
+                },
+                ResourcesUlimits {
+                    name: Some("nofile".into()),
+                    soft: Some(4096),
+                    hard: Some(4096),
+                },
+            ]),
+            oom_score_adj: Some(500),
+            log_config: Some(HostConfigLogConfig {
+                typ: Some("none".into()),
+                config: None,
+            }),
+            mounts,
+            privileged: Some(false),
+            publish_all_ports: Some(false),
+            auto_remove: Some(false),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(self.image.clone()),
+            cmd: Some(self.command.clone()),
+            env: Some(self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            user: Some(
+                if loosened(Loosening::RootUser) {
+                    "0:0"
+                } else {
+                    SANDBOX_USER
+                }
+                .into(),
+            ),
+            working_dir: self.volume.as_ref().map(|_| WORKSPACE_DIR.into()),
+            hostname: Some("kiln".into()),
+            labels: Some(self.labels.clone()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            attach_stdin: Some(false),
+            open_stdin: Some(false),
+            tty: Some(false),
+            network_disabled: Some(!loosened(Loosening::Network)),
+            host_config: Some(host),
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(loosened: Vec<Loosening>) -> ContainerSpec {
+        ContainerSpec {
+            image: "kiln/busybox".into(),
+            command: vec!["true".into()],
+            env: vec![("KILN_JOB_ID".into(), "x".into())],
+            limits: Limits::default(),
+            loosened,
+            volume: Some("v".into()),
+            labels: HashMap::new(),
+        }
+    }
+
+    #[test]
+    fn defaults_are_locked_down() {
+        let body = spec(vec![]).to_create_body();
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.memory, host.memory_swap);
+        assert_eq!(host.init, Some(true));
+        assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
+        assert_eq!(body.env, Some(vec!["KILN_JOB_ID=x".to_string()]));
+        let mounts = host.mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+    }
+
+    #[test]
+    fn each_loosening_changes_only_its_default() {
+        let body = spec(vec![Loosening::Network]).to_create_body();
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("bridge"));
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(body.user.as_deref(), Some(SANDBOX_USER));
+    }
+}

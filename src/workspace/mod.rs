@@ -1,0 +1,332 @@
+//! git2: the job's private repository on the host. Clone (or snapshot a plain folder), resolve
+//! the base, move trees into and out of containers as tar, diff, commit on the work branch and
+//! export that one branch. All path handling lives here.
+//!
+//! The repository is bare and never mounted into a container, so nothing a container writes
+//! can become git config, hooks or attributes that the host obeys; libgit2 runs no hooks, no
+//! filter drivers and no fsmonitor, and kiln reads no file a container wrote from the disk.
+
+mod diff;
+mod tree_tar;
+
+use std::path::{Path, PathBuf};
+
+use git2::{FetchOptions, Oid, Repository, Signature};
+use globset::GlobSet;
+
+pub use diff::{BlobChange, Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+pub use tree_tar::{Ingested, Skipped};
+
+use crate::config::CommitIdentity;
+use crate::ids::JobId;
+use crate::job::{BranchName, ByteSize, RepoSource};
+
+/// Workspace folders are named `kiln-ws-<job id>-*` in the temp folder, with the owner's pid inside.
+const WORKSPACE_PREFIX: &str = "kiln-ws-";
+const OWNER_FILE: &str = "owner.pid";
+/// Where the source repository's branches and tags land in the private repository.
+const SOURCE_NS: &str = "refs/kiln/source";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("cannot read repository {path}: {message}")]
+    Source { path: PathBuf, message: String },
+    #[error("base `{0}` is not a branch, tag or commit of the repository")]
+    UnknownBase(String),
+    #[error("the repository is a plain folder, so it has no `base` to choose; remove `base`")]
+    BaseOnFolder,
+    #[error("the folder {path} is larger than the workspace limit {limit}")]
+    FolderTooLarge { path: PathBuf, limit: ByteSize },
+    #[error("output repository {path}: {message}")]
+    Out { path: PathBuf, message: String },
+    #[error("workspace: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl WorkspaceError {
+    /// True when the user's input is at fault (exit 2), false for the machine (exit 3).
+    pub fn is_bad_input(&self) -> bool {
+        !matches!(self, WorkspaceError::Io(_) | WorkspaceError::Git(_))
+    }
+}
+
+/// The job's private repository in a temporary folder, removed when this is dropped.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+    pub base_commit: Oid,
+    pub base_tree: Oid,
+}
+
+impl Workspace {
+    /// Makes the private repository from the job's source and resolves `base`. Blocking.
+    pub fn open(
+        job: &JobId,
+        source: &RepoSource,
+        base: Option<&str>,
+        limit: ByteSize,
+    ) -> Result<Self, WorkspaceError> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{WORKSPACE_PREFIX}{job}-"))
+            .tempdir()?;
+        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
+        let repo = Repository::init_bare(dir.path().join("repo.git"))?;
+        let base_commit = match source {
+            RepoSource::Git(path) => {
+                fetch_source(&repo, path)?;
+                resolve_base(&repo, base)?
+            }
+            RepoSource::Folder(path) => {
+                if base.is_some() {
+                    return Err(WorkspaceError::BaseOnFolder);
+                }
+                snapshot_folder(&repo, path, limit)?
+            }
+        };
+        let base_tree = repo.find_commit(base_commit)?.tree_id();
+        Ok(Workspace {
+            dir,
+            base_commit,
+            base_tree,
+        })
+    }
+
+    fn repo(&self) -> Result<Repository, git2::Error> {
+        Repository::open_bare(self.dir.path().join("repo.git"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The tar a container's volume starts from: `tree` under `workspace/`, and `job.json`.
+    pub fn tar_of_tree(&self, tree: Oid, job_input: &[u8]) -> Result<Vec<u8>, WorkspaceError> {
+        Ok(tree_tar::tar_of_tree(&self.repo()?, tree, job_input)?)
+    }
+
+    /// Reads back the workspace tar a container left; see [`tree_tar`] for what is refused.
+    pub fn ingest(&self, tar: &[u8]) -> Result<(Oid, Ingested), WorkspaceError> {
+        Ok(tree_tar::tree_from_tar(&self.repo()?, tar)?)
+    }
+
+    pub fn diff(&self, old: Oid, new: Oid) -> Result<(Diff, String), WorkspaceError> {
+        Ok(diff::diff_trees(&self.repo()?, old, new)?)
+    }
+
+    pub fn blob_changes(&self, old: Oid, new: Oid) -> Result<Vec<BlobChange>, WorkspaceError> {
+        Ok(diff::blob_changes(&self.repo()?, old, new)?)
+    }
+
+    /// Paths of the base tree matched by the job's `context_files` globs (links included, as paths).
+    pub fn context_files(&self, globs: &GlobSet) -> Result<Vec<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let tree = repo.find_tree(self.base_tree)?;
+        let mut found = Vec::new();
+        tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                let path = format!("{dir}{}", String::from_utf8_lossy(entry.name_bytes()));
+                if globs.is_match(&path) {
+                    found.push(path);
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })?;
+        Ok(found)
+    }
+
+    /// Commits `tree` on top of the base as the work branch, in the private repository only.
+    pub fn commit(
+        &self,
+        tree: Oid,
+        branch: &BranchName,
+        who: &CommitIdentity,
+        message: &str,
+    ) -> Result<Oid, WorkspaceError> {
+        let repo = self.repo()?;
+        let signature = Signature::now(&who.name, &who.email)?;
+        let parent = repo.find_commit(self.base_commit)?;
+        let tree = repo.find_tree(tree)?;
+        let oid = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        repo.reference(&branch.refname(), oid, false, &format!("kiln: {message}"))?;
+        Ok(oid)
+    }
+
+    /// Writes the work branch, and no other ref, into the repository at `out` (made bare if
+    /// absent). Refuses when the branch already exists there.
+    pub fn export(&self, branch: &BranchName, out: &Path) -> Result<(), WorkspaceError> {
+        let out_repo = open_out(out, branch)?;
+        let refspec = format!("{0}:{0}", branch.refname());
+        let source = self.dir.path().join("repo.git");
+        let mut remote = out_repo.remote_anonymous(&source.to_string_lossy())?;
+        remote.fetch(&[&refspec], Some(&mut quiet_fetch()), None)?;
+        Ok(())
+    }
+}
+
+/// Checks, before anything runs, that `out` can take `branch`: it is a repository (or absent)
+/// and has no branch of that name.
+pub fn check_out_repo(out: &Path, branch: &BranchName) -> Result<(), WorkspaceError> {
+    if out.exists() {
+        open_out(out, branch)?;
+    }
+    Ok(())
+}
+
+fn open_out(out: &Path, branch: &BranchName) -> Result<Repository, WorkspaceError> {
+    let err = |message: String| WorkspaceError::Out {
+        path: out.into(),
+        message,
+    };
+    let repo = if out.exists() {
+        Repository::open(out).map_err(|e| err(format!("not a git repository ({})", e.message())))?
+    } else {
+        Repository::init_bare(out).map_err(|e| err(e.message().to_string()))?
+    };
+    if repo.find_reference(&branch.refname()).is_ok() {
+        return Err(err(format!(
+            "branch `{branch}` exists already; kiln never overwrites a branch"
+        )));
+    }
+    Ok(repo)
+}
+
+fn quiet_fetch() -> FetchOptions<'static> {
+    let mut opts = FetchOptions::new();
+    opts.download_tags(git2::AutotagOption::None);
+    opts
+}
+
+fn fetch_source(repo: &Repository, path: &Path) -> Result<(), WorkspaceError> {
+    let source_err = |e: git2::Error| WorkspaceError::Source {
+        path: path.into(),
+        message: e.message().to_string(),
+    };
+    let url = path.canonicalize().map_err(|e| WorkspaceError::Source {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    let mut remote = repo
+        .remote_anonymous(&url.to_string_lossy())
+        .map_err(source_err)?;
+    let refspecs = [
+        format!("+refs/heads/*:{SOURCE_NS}/heads/*"),
+        format!("+refs/tags/*:{SOURCE_NS}/tags/*"),
+        format!("+HEAD:{SOURCE_NS}/HEAD"),
+    ];
+    remote
+        .fetch(&refspecs, Some(&mut quiet_fetch()), None)
+        .map_err(source_err)
+}
+
+fn resolve_base(repo: &Repository, base: Option<&str>) -> Result<Oid, WorkspaceError> {
+    let Some(base) = base else {
+        let head = repo
+            .find_reference(&format!("{SOURCE_NS}/HEAD"))
+            .map_err(|_| WorkspaceError::UnknownBase("HEAD".into()))?;
+        return Ok(head.peel_to_commit()?.id());
+    };
+    for candidate in [
+        format!("{SOURCE_NS}/heads/{base}"),
+        format!("{SOURCE_NS}/tags/{base}"),
+    ] {
+        if let Ok(reference) = repo.find_reference(&candidate) {
+            return Ok(reference.peel_to_commit()?.id());
+        }
+    }
+    let is_hex = (4..=40).contains(&base.len()) && base.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex {
+        if let Ok(object) = repo.revparse_single(base) {
+            if let Ok(commit) = object.peel_to_commit() {
+                return Ok(commit.id());
+            }
+        }
+    }
+    Err(WorkspaceError::UnknownBase(base.into()))
+}
+
+/// Commits a plain folder as it is (links kept as links, never followed) as the base commit.
+fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oid, WorkspaceError> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut index = git2::Index::new()?;
+    let mut total = 0u64;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.path().symlink_metadata()?;
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("read_dir yields children of root")
+                .to_path_buf();
+            if rel.file_name().is_some_and(|n| n == ".git") {
+                continue;
+            }
+            let (content, mode) = if meta.is_dir() {
+                stack.push(entry.path());
+                continue;
+            } else if meta.file_type().is_symlink() {
+                (
+                    std::fs::read_link(entry.path())?
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec(),
+                    0o120000,
+                )
+            } else if meta.is_file() {
+                total += meta.len();
+                if total > limit.bytes() {
+                    return Err(WorkspaceError::FolderTooLarge {
+                        path: root.into(),
+                        limit,
+                    });
+                }
+                let exec = meta.permissions().mode() & 0o100 != 0;
+                (
+                    std::fs::read(entry.path())?,
+                    if exec { 0o100755 } else { 0o100644 },
+                )
+            } else {
+                continue;
+            };
+            let oid = repo.blob(&content)?;
+            tree_tar::add_entry(&mut index, rel.as_os_str().as_bytes(), oid, mode)?;
+        }
+    }
+    let tree = repo.find_tree(index.write_tree_to(repo)?)?;
+    let when = git2::Time::new(0, 0);
+    let signature = Signature::new("kiln", "kiln@localhost", &when)?;
+    let message = format!("kiln: snapshot of {}", root.display());
+    Ok(repo.commit(None, &signature, &signature, &message, &tree, &[])?)
+}
+
+/// Whether process `pid` runs on this machine (a process we may not signal still runs).
+pub fn process_alive(pid: i32) -> bool {
+    use nix::errno::Errno;
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// Removes workspace folders whose kiln process is gone (all of them with `all`).
+pub fn gc_workspaces(all: bool) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(std::env::temp_dir())? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(WORKSPACE_PREFIX) || !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let owner = std::fs::read_to_string(entry.path().join(OWNER_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse().ok());
+        if all || !owner.is_some_and(process_alive) {
+            std::fs::remove_dir_all(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
