@@ -260,13 +260,13 @@ impl JobFile {
         seed: Option<SeedFields>,
     ) -> Result<Job, FieldError> {
         let repo = repo_source(&self.repo, dir).map_err(|m| ("repo", m))?;
-        if let Some(base) = &self.base {
-            if base.is_empty() || base.starts_with('-') || base.chars().any(char::is_control) {
-                return Err((
-                    "base",
-                    format!("`{}` is not a branch, tag or commit", base.escape_debug()),
-                ));
-            }
+        if let Some(base) = &self.base
+            && (base.is_empty() || base.starts_with('-') || base.chars().any(char::is_control))
+        {
+            return Err((
+                "base",
+                format!("`{}` is not a branch, tag or commit", base.escape_debug()),
+            ));
         }
         let branch = BranchName::parse(
             &self.branch,

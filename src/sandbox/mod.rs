@@ -259,11 +259,11 @@ impl Sandbox {
             .map_err(docker_err("list containers"))?;
         let mut removed = 0;
         for c in containers {
-            if doomed(&c.labels.unwrap_or_default()) {
-                if let Some(id) = c.id {
-                    self.remove_container(&id).await;
-                    removed += 1;
-                }
+            if doomed(&c.labels.unwrap_or_default())
+                && let Some(id) = c.id
+            {
+                self.remove_container(&id).await;
+                removed += 1;
             }
         }
         let list = ListVolumesOptions {

@@ -235,12 +235,11 @@ fn resolve_base(repo: &Repository, base: Option<&str>) -> Result<Oid, WorkspaceE
         }
     }
     let is_hex = (4..=40).contains(&base.len()) && base.bytes().all(|b| b.is_ascii_hexdigit());
-    if is_hex {
-        if let Ok(object) = repo.revparse_single(base) {
-            if let Ok(commit) = object.peel_to_commit() {
-                return Ok(commit.id());
-            }
-        }
+    if is_hex
+        && let Ok(object) = repo.revparse_single(base)
+        && let Ok(commit) = object.peel_to_commit()
+    {
+        return Ok(commit.id());
     }
     Err(WorkspaceError::UnknownBase(base.into()))
 }
