@@ -1,0 +1,191 @@
+//! Helpers for the integration tests: they drive the real `kiln` binary against the real
+//! Docker engine, real git repositories made in temp folders, and kiln's own images.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+pub const BUSYBOX: &str = "kiln/busybox:latest";
+
+/// The images the tests need; `.ci/run` builds them. A missing one fails the test, never skips it.
+pub fn require_busybox() {
+    let out = Command::new("docker")
+        .args(["image", "inspect", BUSYBOX])
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "{BUSYBOX} is missing: run `cargo run -- image build busybox` (as .ci/run does)"
+    );
+}
+
+pub fn kiln() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.env_remove("KILN_CONFIG");
+    cmd
+}
+
+/// A temp folder holding a job file, its repository and its artifacts.
+pub struct Fixture {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Ran {
+    pub code: i32,
+    pub stderr: String,
+    pub report: Option<Value>,
+    pub artifacts: Option<PathBuf>,
+}
+
+impl Ran {
+    pub fn report(&self) -> &Value {
+        self.report
+            .as_ref()
+            .unwrap_or_else(|| panic!("no report; stderr:\n{}", self.stderr))
+    }
+
+    pub fn job_id(&self) -> String {
+        self.stderr
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("job "))
+            .expect("first line names the job")
+            .to_string()
+    }
+
+    /// A file from attempt `n`'s artifacts.
+    pub fn attempt_file(&self, n: u32, name: &str) -> String {
+        let path = self
+            .artifacts
+            .as_ref()
+            .expect("artifacts exist")
+            .join(format!("attempt-{n}"))
+            .join(name);
+        String::from_utf8_lossy(
+            &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .into_owned()
+    }
+}
+
+impl Fixture {
+    /// A fixture whose repository is a plain folder with `files`.
+    pub fn with_files(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let repo = dir.path().join("repo");
+        for (path, content) in files {
+            let path = repo.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, content).unwrap();
+        }
+        std::fs::create_dir_all(&repo).unwrap();
+        Fixture { dir }
+    }
+
+    /// A fixture whose repository is a real git repository with `files` committed on `main`.
+    pub fn with_git(files: &[(&str, &str)]) -> Self {
+        let fixture = Self::with_files(files);
+        let repo_path = fixture.path("repo");
+        let repo = git2::Repository::init_opts(
+            &repo_path,
+            git2::RepositoryInitOptions::new().initial_head("main"),
+        )
+        .unwrap();
+        let mut index = repo.index().unwrap();
+        index
+            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+            .unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("test", "test@localhost").unwrap();
+        let commit = repo
+            .commit(Some("HEAD"), &sig, &sig, "base", &tree, &[])
+            .unwrap();
+        repo.tag_lightweight("v1", &repo.find_object(commit, None).unwrap(), false)
+            .unwrap();
+        fixture
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn artifacts_root(&self) -> PathBuf {
+        self.path("artifacts")
+    }
+
+    /// Writes `job.toml`: `head` (top-level keys) plus a generator running `script` and a test
+    /// running `test` (both `sh -c`), and `extra` tables.
+    pub fn job(&self, head: &str, script: &str, test: &str, extra: &str) -> PathBuf {
+        let text = format!(
+            "repo = \"repo\"\n{head}\n\n[generate]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {script:?}]\n\n\
+             [test]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {test:?}]\n\n{extra}\n"
+        );
+        let path = self.path("job.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs `kiln run JOB` with artifacts under the fixture and the report read back.
+    pub fn run(&self, job: &Path, extra: &[&str]) -> Ran {
+        self.run_with(kiln().args(["run"]).arg(job), extra)
+    }
+
+    pub fn run_with(&self, cmd: &mut Command, extra: &[&str]) -> Ran {
+        let report = self.path("report.json");
+        let _ = std::fs::remove_file(&report);
+        let out: Output = cmd
+            .arg("--artifacts")
+            .arg(self.artifacts_root())
+            .arg("--report")
+            .arg(&report)
+            .args(extra)
+            .output()
+            .expect("kiln binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let report: Option<Value> = std::fs::read(&report)
+            .ok()
+            .map(|b| serde_json::from_slice(&b).expect("report is JSON"));
+        let artifacts = report
+            .as_ref()
+            .and_then(|r| r["artifacts"].as_str())
+            .map(PathBuf::from);
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stderr,
+            report,
+            artifacts,
+        }
+    }
+}
+
+/// Containers and volumes still labelled with `job`.
+pub fn leftovers(job: &str) -> Vec<String> {
+    let label = format!("label=kiln.job={job}");
+    let mut found = Vec::new();
+    for args in [
+        vec!["ps", "-a", "-q", "--filter", &label],
+        vec!["volume", "ls", "-q", "--filter", &label],
+    ] {
+        let out = Command::new("docker")
+            .args(&args)
+            .output()
+            .expect("docker CLI runs");
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from),
+        );
+    }
+    found
+}
+
+/// The greeting example's repository, shared by several tests.
+pub const HELLO_FILES: &[(&str, &str)] = &[
+    ("greet.sh", "#!/bin/sh\necho \"Hello, world!\"\n"),
+    (
+        "test.sh",
+        "want='Hello, kiln!'\ngot=$(sh greet.sh)\n[ \"$got\" = \"$want\" ] && exit 0\necho \"EXPECTED_GREETING=$want\"\nexit 1\n",
+    ),
+];
