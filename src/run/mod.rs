@@ -64,10 +64,44 @@ struct Feedback {
     diff: String,
     diff_truncated: bool,
     generator_exit_code: Option<i64>,
+    /// Set when kiln killed the generator (timeout, out of memory); the tests did not run.
+    generator_killed: Option<&'static str>,
     test_exit_code: Option<i64>,
     test_timed_out: bool,
     /// The last bytes of the failing test output.
     test_output_tail: String,
+}
+
+impl Feedback {
+    fn new(attempt: u32, mut diff: String, generated: &Ran, tested: Option<&Ran>) -> Self {
+        let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
+        if diff_truncated {
+            let mut cut = FEEDBACK_DIFF_BYTES;
+            while !diff.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            diff.truncate(cut);
+        }
+        let generator_killed = if generated.timed_out {
+            Some("killed at the timeout")
+        } else if generated.oom_killed {
+            Some("killed: out of memory")
+        } else {
+            None
+        };
+        Feedback {
+            attempt,
+            diff,
+            diff_truncated,
+            generator_exit_code: generated.exit_code,
+            generator_killed,
+            test_exit_code: tested.and_then(|t| t.exit_code),
+            test_timed_out: tested.is_some_and(|t| t.timed_out),
+            test_output_tail: tested
+                .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// Checks what must hold before anything runs: the images exist and `--out` can take the branch.
@@ -345,6 +379,12 @@ impl Runner<'_> {
             self.attempts.push(attempt);
             return Ok(Step::NotConverging(reason));
         }
+        // A generator cut off mid-write leaves a tree nobody should commit: the attempt fails untested.
+        if generated.timed_out || generated.oom_killed {
+            self.attempts.push(attempt);
+            let next = Feedback::new(n, patch, &generated, None);
+            return Ok(Step::Failed { tree, delta, next });
+        }
 
         let label = format!("attempt {n}/{} · test", job.max_attempts);
         let timer = self.progress.start(label);
@@ -362,24 +402,7 @@ impl Runner<'_> {
         if passed {
             return Ok(Step::Passed(tree));
         }
-        let diff_truncated = patch.len() > FEEDBACK_DIFF_BYTES;
-        let mut diff_text = patch;
-        if diff_truncated {
-            let mut cut = FEEDBACK_DIFF_BYTES;
-            while !diff_text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            diff_text.truncate(cut);
-        }
-        let next = Feedback {
-            attempt: n,
-            diff: diff_text,
-            diff_truncated,
-            generator_exit_code: generated.exit_code,
-            test_exit_code: tested.exit_code,
-            test_timed_out: tested.timed_out,
-            test_output_tail: sandbox::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
-        };
+        let next = Feedback::new(n, patch, &generated, Some(&tested));
         Ok(Step::Failed { tree, delta, next })
     }
 

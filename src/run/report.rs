@@ -62,7 +62,7 @@ pub struct AttemptReport {
     pub ignored_paths: Vec<Skipped>,
     pub diff: DiffStats,
     pub files: Vec<FileSummary>,
-    /// `None` when the attempt stopped before tests (not converging).
+    /// `None` when the tests did not run: the attempt was not converging, or the generator was killed.
     pub test: Option<StageReport>,
     pub passed: bool,
     pub artifacts: String,

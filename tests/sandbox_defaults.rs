@@ -1,0 +1,353 @@
+//! One test per sandbox default, each trying to break it from inside a real container.
+//! Every probe runs as a job's generator through the real `kiln` binary, so the spec under test
+//! is the one kiln really uses.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{Fixture, Ran, kiln, require_busybox};
+use serde_json::Value;
+
+/// Runs `script` as the generator of a one-attempt job and returns the run and its generator log.
+fn probe(script: &str, extra: &str) -> (Ran, String) {
+    probe_with(script, extra, &[])
+}
+
+fn probe_with(script: &str, extra: &str, env: &[(&str, &str)]) -> (Ran, String) {
+    require_busybox();
+    let fixture = Fixture::with_files(&[("README", "probe\n")]);
+    let head = "branch = \"factory/probe\"\nprompt = \"probe\"";
+    let job = fixture.job(
+        head,
+        script,
+        "true",
+        &format!("[retry]\nmax_attempts = 1\n{extra}"),
+    );
+    let mut cmd = kiln();
+    cmd.args(["run"]).arg(&job);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let ran = fixture.run_with(&mut cmd, &[]);
+    assert!(
+        ran.code == 0 || ran.code == 12,
+        "kiln failed: {}",
+        ran.stderr
+    );
+    let log = ran.attempt_file(1, "generate.log");
+    (ran, log)
+}
+
+fn generate(ran: &Ran) -> &Value {
+    &ran.report()["attempts"][0]["generate"]
+}
+
+#[test]
+fn network_is_loopback_only_and_the_host_loopback_is_unreachable() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!(
+        "echo IFACES=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\\n' ,)\n\
+         if nc -w 2 127.0.0.1 {port} </dev/null; then echo TCP=connected; else echo TCP=refused; fi\n\
+         if wget -q -T 2 -O /dev/null http://127.0.0.1:{port}/; then echo HTTP=connected; else echo HTTP=refused; fi"
+    );
+    let (_, log) = probe(&script, "");
+    assert!(log.contains("IFACES=lo,"), "{log}");
+    assert!(
+        log.contains("TCP=refused") && log.contains("HTTP=refused"),
+        "{log}"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "a container reached the host's loopback listener"
+    );
+}
+
+#[test]
+fn capabilities_are_dropped_and_privileges_cannot_be_gained() {
+    let (_, log) = probe(
+        "grep -E '^(CapEff|CapPrm|CapBnd|NoNewPrivs)' /proc/self/status; echo UID=$(id -u)",
+        "",
+    );
+    for line in [
+        "CapEff:\t0000000000000000",
+        "CapPrm:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "UID=1000",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in:\n{log}");
+    }
+}
+
+#[test]
+fn privileged_operations_are_refused_even_when_root_is_permitted() {
+    // The operator lets this job run as root: the dropped capabilities must still hold.
+    let fixture_config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        fixture_config.path(),
+        "permit_loosening = [\"root_user\"]\n",
+    )
+    .unwrap();
+    let script = "echo UID=$(id -u)\n\
+        touch /tmp/f && chown 1000 /tmp/f && echo CHOWN=allowed || echo CHOWN=refused\n\
+        mknod /tmp/null c 1 3 && echo MKNOD=allowed || echo MKNOD=refused\n\
+        mkdir -p /tmp/m && mount -t tmpfs none /tmp/m && echo MOUNT=allowed || echo MOUNT=refused\n\
+        arping -c 1 -w 1 -I lo 127.0.0.1 && echo RAW=allowed || echo RAW=refused";
+    let config = fixture_config.path().to_str().unwrap().to_string();
+    let (ran, log) = probe_with(
+        script,
+        "[sandbox]\nroot_user = true",
+        &[("KILN_CONFIG", &config)],
+    );
+    assert_eq!(
+        ran.report()["sandbox"]["loosened"],
+        serde_json::json!(["root_user"])
+    );
+    assert!(log.contains("UID=0"), "{log}");
+    for refused in [
+        "CHOWN=refused",
+        "MKNOD=refused",
+        "MOUNT=refused",
+        "RAW=refused",
+    ] {
+        assert!(log.contains(refused), "missing {refused} in:\n{log}");
+    }
+    // And as the default user, chown to root is refused too.
+    let (_, log) = probe(
+        "touch f && chown 0 f && echo CHOWN=allowed || echo CHOWN=refused; rm -f f",
+        "",
+    );
+    assert!(log.contains("CHOWN=refused"), "{log}");
+}
+
+#[test]
+fn the_root_filesystem_is_read_only() {
+    let (_, log) = probe(
+        "touch /bin/evil 2>&1; grep ' / ' /proc/mounts; echo ok > /tmp/fine && echo TMP=writable",
+        "",
+    );
+    assert!(
+        log.contains("touch: /bin/evil: Read-only file system"),
+        "{log}"
+    );
+    let root = log
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some("/"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        root.split_whitespace()
+            .nth(3)
+            .unwrap()
+            .split(',')
+            .any(|o| o == "ro"),
+        "{root}"
+    );
+    assert!(log.contains("TMP=writable"), "{log}");
+}
+
+#[test]
+fn a_fork_bomb_is_contained_by_the_pids_limit() {
+    // The bomb runs in a subshell (busybox sh exits when a fork fails); the parent counts the
+    // processes with builtins only, since it cannot fork either while the bomb's children live.
+    let script = "(i=0; while [ $i -lt 300 ]; do sleep 30 & i=$((i+1)); done)\n\
+        set -- /proc/[0-9]*; echo PROCS=$#";
+    let started = Instant::now();
+    let (_, log) = probe(script, "[limits]\npids = 32");
+    let procs: usize = log
+        .split("PROCS=")
+        .nth(1)
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(procs <= 32, "{procs} processes ran under a limit of 32");
+    assert!(
+        procs >= 16,
+        "the bomb barely started ({procs}); the probe is broken"
+    );
+    assert!(log.contains("can't fork"), "{log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "kiln waited for the bomb's children"
+    );
+}
+
+#[test]
+fn a_memory_bomb_is_killed_and_reported() {
+    let (ran, _) = probe("tail /dev/zero", "[limits]\nmemory = \"32MiB\"");
+    let generate = generate(&ran);
+    assert_eq!(generate["oom_killed"], true, "{generate}");
+    assert_eq!(generate["exit_code"], 137, "{generate}");
+    assert!(
+        ran.report()["attempts"][0]["test"].is_null(),
+        "tests ran on a tree left by a killed generator"
+    );
+}
+
+#[test]
+fn disk_fill_stops_at_the_workspace_and_tmp_caps() {
+    let script = "dd if=/dev/zero of=big bs=1M count=64 2>&1; echo WS=$(wc -c < big); rm big\n\
+        dd if=/dev/zero of=/tmp/big bs=1M count=64 2>&1; echo TMP=$(wc -c < /tmp/big)\n\
+        dd if=/dev/zero of=/dev/shm/big bs=1M count=64 2>&1; echo SHM=$(wc -c < /dev/shm/big)";
+    let (_, log) = probe(script, "[limits]\nworkspace = \"16MiB\"\ntmp = \"8MiB\"");
+    let figure = |key: &str| -> u64 {
+        log.split(&format!("{key}="))
+            .nth(1)
+            .and_then(|s| s.lines().next()?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {log}"))
+    };
+    assert!(figure("WS") <= 16 << 20, "{log}");
+    assert!(figure("TMP") <= 8 << 20, "{log}");
+    assert!(figure("SHM") <= 8 << 20, "{log}");
+    assert!(log.matches("No space left on device").count() >= 3, "{log}");
+}
+
+#[test]
+fn an_output_flood_is_capped_and_kiln_memory_stays_bounded() {
+    require_busybox();
+    let fixture = Fixture::with_files(&[("README", "probe\n")]);
+    let job = fixture.job(
+        "branch = \"factory/flood\"\nprompt = \"p\"",
+        "yes kiln-flood | head -c 300000000",
+        "true",
+        "[retry]\nmax_attempts = 1\n[limits]\noutput = \"64KiB\"",
+    );
+    let mut child = kiln()
+        .arg("run")
+        .arg(&job)
+        .arg("--artifacts")
+        .arg(fixture.artifacts_root())
+        .arg("--report")
+        .arg(fixture.path("report.json"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let report: Value =
+        serde_json::from_slice(&std::fs::read(fixture.path("report.json")).unwrap()).unwrap();
+    let generate = &report["attempts"][0]["generate"];
+    assert_eq!(generate["output_bytes"], 300_000_000u64, "{generate}");
+    assert!(generate["output_dropped_bytes"].as_u64().unwrap() >= 300_000_000 - (64 << 10));
+    let log = std::fs::metadata(
+        std::path::Path::new(report["attempts"][0]["artifacts"].as_str().unwrap())
+            .join("generate.log"),
+    )
+    .unwrap();
+    assert!(log.len() <= (64 << 10) + 100, "kept {} bytes", log.len());
+    assert!(
+        peak_kib > 0 && peak_kib < 100 << 10,
+        "kiln peaked at {peak_kib} KiB while a 300 MB flood streamed"
+    );
+}
+
+#[test]
+fn a_command_that_never_ends_is_killed_at_the_timeout() {
+    require_busybox();
+    let fixture = Fixture::with_files(&[("README", "probe\n")]);
+    let job = fixture.job(
+        "branch = \"factory/slow\"\nprompt = \"p\"",
+        "sleep 3600",
+        "true",
+        "[retry]\nmax_attempts = 1",
+    );
+    let text =
+        std::fs::read_to_string(&job)
+            .unwrap()
+            .replacen("timeout = \"60s\"", "timeout = \"2s\"", 1);
+    std::fs::write(&job, text).unwrap();
+    let started = Instant::now();
+    let ran = fixture.run(&job, &[]);
+    assert_eq!(ran.code, 12, "{}", ran.stderr);
+    let generate = generate(&ran);
+    assert_eq!(generate["timed_out"], true);
+    assert!(generate["exit_code"].is_null());
+    assert!(
+        generate["duration_ms"].as_u64().unwrap() < 10_000,
+        "{generate}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
+#[test]
+fn host_environment_variables_are_invisible() {
+    let secret = "kiln-test-host-secret-7f3a";
+    let (_, log) = probe_with(
+        "env; tr '\\0' '\\n' < /proc/1/environ",
+        "",
+        &[
+            ("AWS_SECRET_ACCESS_KEY", secret),
+            ("KILN_TEST_SECRET", secret),
+        ],
+    );
+    assert!(!log.contains(secret), "{log}");
+    assert!(
+        log.contains("KILN_JOB_ID=") && log.contains("KILN_ATTEMPT=1"),
+        "{log}"
+    );
+}
+
+#[test]
+fn no_docker_socket_and_no_host_path_is_mounted() {
+    let (_, log) = probe(
+        "ls /var/run/docker.sock /run/docker.sock 2>&1; echo MOUNTS; cat /proc/mounts",
+        "",
+    );
+    assert_eq!(log.matches("No such file or directory").count(), 2, "{log}");
+    assert!(!log.contains("docker.sock "), "{log}");
+    let mounts = log.split("MOUNTS\n").nth(1).unwrap();
+    // Docker's own per-container files (hosts, hostname, resolv.conf) and its read-only init
+    // binary are the only file mounts besides the workspace volume and /tmp.
+    let allowed = [
+        "/",
+        "/kiln",
+        "/tmp",
+        "/etc/hosts",
+        "/etc/hostname",
+        "/etc/resolv.conf",
+        "/sbin/docker-init",
+    ];
+    for line in mounts.lines().filter(|l| !l.is_empty()) {
+        let target = line.split_whitespace().nth(1).unwrap();
+        let kernel = ["/proc", "/dev", "/sys"]
+            .iter()
+            .any(|p| target == *p || target.starts_with(&format!("{p}/")));
+        assert!(
+            kernel || allowed.contains(&target),
+            "unexpected mount {line}"
+        );
+        if target == "/sbin/docker-init" {
+            assert!(
+                line.split_whitespace().nth(3).unwrap().starts_with("ro"),
+                "docker-init is writable: {line}"
+            );
+        }
+    }
+    assert!(
+        mounts.lines().any(|l| l.starts_with("tmpfs /kiln tmpfs")),
+        "{mounts}"
+    );
+}
