@@ -1,0 +1,120 @@
+//! A hostile generator plants everything a host-side git might obey or follow: hooks, an
+//! fsmonitor, a hooksPath, a filter driver wired up by .gitattributes, config includes, and
+//! symlinks to a host secret. The host must execute nothing and leak no host file.
+
+mod common;
+
+use common::{Fixture, require_busybox};
+
+const SECRET: &str = "TOPSECRET-host-only-5d1c";
+
+#[test]
+fn the_host_obeys_nothing_and_follows_no_link_the_generator_planted() {
+    require_busybox();
+    let fixture = Fixture::with_git(&[("README", "hostile\n")]);
+    let secret = fixture.path("host-secret.txt");
+    std::fs::write(&secret, SECRET).unwrap();
+    let marker = fixture.path("PWNED");
+    let payload = format!("#!/bin/sh\ntouch {}\n", marker.display());
+    let script = format!(
+        r#"set -e
+mkdir -p .git/hooks hooks sub/.git
+for h in pre-commit post-commit post-checkout post-merge reference-transaction pre-push; do
+  printf '%s' '{payload}' > .git/hooks/$h; chmod +x .git/hooks/$h
+  printf '%s' '{payload}' > hooks/$h; chmod +x hooks/$h
+done
+cat > .git/config <<'CFG'
+[core]
+	fsmonitor = touch {marker}
+	hooksPath = /kiln/workspace/hooks
+[filter "evil"]
+	clean = touch {marker}
+	smudge = touch {marker}
+	process = touch {marker}
+[include]
+	path = {secret}
+CFG
+cp .git/config sub/.git/config
+echo '* filter=evil' > .gitattributes
+ln -s {secret} leak
+ln -s / root-link
+echo changed >> README
+"#,
+        marker = marker.display(),
+        secret = secret.display(),
+    );
+    let out = fixture.path("out.git");
+    let job = fixture.job(
+        "branch = \"factory/hostile\"\nprompt = \"p\"",
+        &script,
+        "[ ! -e .git ] && [ ! -e sub/.git ] && echo NO_GIT_DIRS",
+        "",
+    );
+    let ran = fixture.run(&job, &["--out", out.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+
+    assert!(!marker.exists(), "a payload ran on the host");
+    // The tests ran on the tree kiln diffed: no .git folder reached them.
+    assert!(ran.attempt_file(1, "test.log").contains("NO_GIT_DIRS"));
+    let ignored = ran.report()["attempts"][0]["ignored_paths"].to_string();
+    assert!(
+        ignored.contains("workspace/.git/config") && ignored.contains("workspace/sub/.git/config"),
+        "{ignored}"
+    );
+
+    // No host file's content reached anything kiln wrote.
+    let mut files = vec![fixture.path("report.json")];
+    let mut dirs = vec![ran.artifacts.clone().unwrap(), out.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                dirs.push(entry.path());
+            } else {
+                files.push(entry.path());
+            }
+        }
+    }
+    for file in &files {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(SECRET),
+            "{} holds the host secret",
+            file.display()
+        );
+    }
+    // Links are committed as links: their blob is the target's path, never its content.
+    let repo = git2::Repository::open(&out).unwrap();
+    let tree = repo
+        .find_reference("refs/heads/factory/hostile")
+        .unwrap()
+        .peel_to_tree()
+        .unwrap();
+    for (name, target) in [("leak", secret.to_str().unwrap()), ("root-link", "/")] {
+        let entry = tree.get_name(name).unwrap();
+        assert_eq!(entry.filemode(), 0o120000);
+        assert_eq!(
+            repo.find_blob(entry.id()).unwrap().content(),
+            target.as_bytes()
+        );
+    }
+    assert!(tree.get_name(".git").is_none());
+    // Nothing the generator wrote became config or hooks of the repository kiln wrote.
+    let config = std::fs::read_to_string(out.join("config")).unwrap();
+    assert!(
+        !config.contains("fsmonitor")
+            && !config.contains("filter")
+            && !config.contains("hooksPath"),
+        "{config}"
+    );
+    let hooks: Vec<_> = std::fs::read_dir(out.join("hooks"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        hooks
+            .iter()
+            .all(|h| h.to_string_lossy().ends_with(".sample")),
+        "{hooks:?}"
+    );
+}
