@@ -70,7 +70,12 @@ enum Command {
 #[derive(Subcommand)]
 enum ImageCommand {
     /// Build images from the recipes in images/ (all of them when no name is given).
-    Build { names: Vec<String> },
+    Build {
+        names: Vec<String>,
+        /// Skip images that are already built from the current recipe.
+        #[arg(long)]
+        missing: bool,
+    },
     /// Show kiln's images and whether each is current, stale or missing.
     List {
         #[arg(long)]
@@ -145,24 +150,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::Success)
         }
         Command::Image {
-            command: ImageCommand::Build { names },
-        } => {
-            let sandbox = Sandbox::connect().await?;
-            let recipes = if names.is_empty() {
-                kiln::images::RECIPES.iter().collect()
-            } else {
-                names
-                    .iter()
-                    .map(|n| kiln::images::Recipe::find(n))
-                    .collect::<Result<Vec<_>, _>>()?
-            };
-            for recipe in recipes {
-                let timer = Progress::default().start(format!("image {}", recipe.tag));
-                kiln::images::build(&sandbox, recipe).await?;
-                timer.done("built");
-            }
-            Ok(ExitCode::Success)
-        }
+            command: ImageCommand::Build { names, missing },
+        } => build_images(&names, missing).await,
         Command::Image {
             command: ImageCommand::List { json },
         } => {
@@ -222,6 +211,38 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
             Ok(ExitCode::Success)
         }
     }
+}
+
+/// Builds the named recipes (all when none is named); with `missing`, only those not current.
+async fn build_images(names: &[String], missing: bool) -> Result<ExitCode, Error> {
+    let recipes = if names.is_empty() {
+        kiln::images::RECIPES.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|n| kiln::images::Recipe::find(n))
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let sandbox = Sandbox::connect().await?;
+    let current: Vec<&str> = if missing {
+        let rows = kiln::images::list(&sandbox).await?;
+        rows.into_iter()
+            .filter(|r| r.state == "current")
+            .map(|r| r.name)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for recipe in recipes {
+        if current.contains(&recipe.name) {
+            eprintln!("  image {} is current", recipe.tag);
+            continue;
+        }
+        let timer = Progress::default().start(format!("image {}", recipe.tag));
+        kiln::images::build(&sandbox, recipe).await?;
+        timer.done("built");
+    }
+    Ok(ExitCode::Success)
 }
 
 fn ms(d: std::time::Duration) -> f64 {
