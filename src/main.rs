@@ -296,13 +296,7 @@ async fn run(
             kiln::run::write_json(&path, &report_value)?;
         }
     }
-    Ok(match report_value.exit_code {
-        0 => ExitCode::Success,
-        2 => ExitCode::Invalid,
-        3 => ExitCode::Infrastructure,
-        12 => ExitCode::TestsFailed,
-        _ => ExitCode::Internal,
-    })
+    Ok(report_value.exit_code)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

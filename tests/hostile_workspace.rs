@@ -118,3 +118,36 @@ echo changed >> README
         "{hooks:?}"
     );
 }
+
+#[test]
+fn a_sparse_file_far_larger_than_the_workspace_is_not_taken() {
+    require_busybox();
+    let fixture = Fixture::with_files(&[("README", "sparse\n")]);
+    // 100 GiB that occupy no space in the 16 MiB tmpfs, but would stream as 100 GiB of zeros.
+    let job = fixture.job(
+        "branch = \"factory/sparse\"\nprompt = \"p\"",
+        "truncate -s 100G huge && ls -l huge",
+        "true",
+        "[retry]\nmax_attempts = 1\n[limits]\nworkspace = \"16MiB\"",
+    );
+    let started = std::time::Instant::now();
+    let ran = fixture.run(&job, &[]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "kiln streamed the sparse file"
+    );
+    assert!(
+        ran.attempt_file(1, "generate.log").contains("107374182400"),
+        "the probe did not make the file"
+    );
+    let ignored = &ran.report()["attempts"][0]["ignored_paths"][0];
+    assert_eq!(
+        ignored["reason"], "archive larger than twice the workspace limit",
+        "{ignored}"
+    );
+    assert_eq!(ran.report()["attempts"][0]["diff"]["files_changed"], 0);
+    // An unread tree is never tested or committed.
+    assert_eq!(ran.code, 12, "{}", ran.stderr);
+    assert!(ran.report()["attempts"][0]["test"].is_null());
+    assert!(ran.report()["commit"].is_null());
+}

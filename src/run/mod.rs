@@ -64,7 +64,8 @@ struct Feedback {
     diff: String,
     diff_truncated: bool,
     generator_exit_code: Option<i64>,
-    /// Set when kiln killed the generator (timeout, out of memory); the tests did not run.
+    /// Set when the generator was cut short (timeout, out of memory) or left a tree kiln could
+    /// not read whole; the tests did not run.
     generator_killed: Option<&'static str>,
     test_exit_code: Option<i64>,
     test_timed_out: bool,
@@ -73,7 +74,13 @@ struct Feedback {
 }
 
 impl Feedback {
-    fn new(attempt: u32, mut diff: String, generated: &Ran, tested: Option<&Ran>) -> Self {
+    fn new(
+        attempt: u32,
+        mut diff: String,
+        generated: &Ran,
+        generator_killed: Option<&'static str>,
+        tested: Option<&Ran>,
+    ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
         if diff_truncated {
             let mut cut = FEEDBACK_DIFF_BYTES;
@@ -82,13 +89,6 @@ impl Feedback {
             }
             diff.truncate(cut);
         }
-        let generator_killed = if generated.timed_out {
-            Some("killed at the timeout")
-        } else if generated.oom_killed {
-            Some("killed: out of memory")
-        } else {
-            None
-        };
         Feedback {
             attempt,
             diff,
@@ -193,7 +193,7 @@ pub async fn run_job(
             total_ms: started.elapsed().as_millis() as u64,
             ..timings
         },
-        exit_code: exit as u8,
+        exit_code: exit,
     };
     write_json(&artifacts.join("report.json"), &report)?;
     Ok(report)
@@ -354,6 +354,7 @@ impl Runner<'_> {
         write_file(&dir.join("diff.patch"), patch.as_bytes())?;
         write_json(&dir.join("diff.json"), &diff)?;
 
+        let whole = ingested.whole;
         let mut attempt = AttemptReport {
             attempt: n,
             generate: stage_report(&job.generate, &generated),
@@ -379,10 +380,14 @@ impl Runner<'_> {
             self.attempts.push(attempt);
             return Ok(Step::NotConverging(reason));
         }
-        // A generator cut off mid-write leaves a tree nobody should commit: the attempt fails untested.
-        if generated.timed_out || generated.oom_killed {
+        // A generator cut off mid-write, or a tree kiln could not read whole, is nothing to
+        // commit: the attempt fails untested.
+        if let Some(why) = cut_short(&generated, whole) {
+            self.progress.line(&format!(
+                "  attempt {n} failed untested: the generator {why}"
+            ));
             self.attempts.push(attempt);
-            let next = Feedback::new(n, patch, &generated, None);
+            let next = Feedback::new(n, patch, &generated, Some(why), None);
             return Ok(Step::Failed { tree, delta, next });
         }
 
@@ -402,7 +407,7 @@ impl Runner<'_> {
         if passed {
             return Ok(Step::Passed(tree));
         }
-        let next = Feedback::new(n, patch, &generated, Some(&tested));
+        let next = Feedback::new(n, patch, &generated, None, Some(&tested));
         Ok(Step::Failed { tree, delta, next })
     }
 
@@ -432,13 +437,14 @@ impl Runner<'_> {
                         reason: "archive larger than twice the workspace limit",
                     };
                     tracing::warn!(
-                        "workspace archive over {cap} bytes; the attempt keeps the previous tree"
+                        "workspace archive over {cap} bytes; the attempt fails untested"
                     );
                     (
                         tree,
                         Ingested {
                             files: 0,
                             skipped: vec![skipped],
+                            whole: false,
                         },
                     )
                 }
@@ -648,6 +654,19 @@ fn convergence(
         }
     }
     None
+}
+
+/// Why an attempt's tree must not be tested or committed, if it must not.
+fn cut_short(generated: &Ran, whole: bool) -> Option<&'static str> {
+    if generated.timed_out {
+        Some("was killed at the timeout")
+    } else if generated.oom_killed {
+        Some("was killed: out of memory")
+    } else if !whole {
+        Some("left a workspace kiln could not read whole")
+    } else {
+        None
+    }
 }
 
 fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {

@@ -21,7 +21,7 @@ pub struct Report {
     /// The job's artifacts folder.
     pub artifacts: String,
     pub timings: Timings,
-    pub exit_code: u8,
+    pub exit_code: crate::ExitCode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,7 +31,6 @@ pub enum Status {
     TestsFailed,
     NotConverging,
     Error,
-    Interrupted,
 }
 
 #[derive(Debug, Serialize)]

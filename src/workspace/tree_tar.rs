@@ -24,6 +24,8 @@ const MODE_LINK: u32 = 0o120000;
 pub struct Ingested {
     pub files: usize,
     pub skipped: Vec<Skipped>,
+    /// False when kiln could not read the whole tree (a broken archive, too many entries).
+    pub whole: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -120,7 +122,10 @@ fn append_blob(
 /// Reads the tar of `/kiln/workspace` a container left and writes it as a tree into `repo`.
 pub fn tree_from_tar(repo: &Repository, tar_bytes: &[u8]) -> Result<(Oid, Ingested), git2::Error> {
     let mut index = git2::Index::new()?;
-    let mut report = Ingested::default();
+    let mut report = Ingested {
+        whole: true,
+        ..Ingested::default()
+    };
     let mut seen: HashMap<Vec<u8>, (Oid, u32)> = HashMap::new();
     let mut archive = tar::Archive::new(tar_bytes);
     let entries = archive
@@ -170,7 +175,9 @@ pub fn tree_from_tar(repo: &Repository, tar_bytes: &[u8]) -> Result<(Oid, Ingest
         let (content, mode) = match kind {
             tar::EntryType::Directory => continue,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let mut content = Vec::with_capacity(entry.size() as usize);
+                // The header's size is the container's word; the archive's length bounds it.
+                let mut content =
+                    Vec::with_capacity(entry.size().min(tar_bytes.len() as u64) as usize);
                 if entry.read_to_end(&mut content).is_err() {
                     report.skipped.push(Skipped {
                         path: shown,
