@@ -212,3 +212,31 @@ pub async fn list(sandbox: &Sandbox) -> Result<Vec<ImageRow>, ImageError> {
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kiln_image_names_the_command_that_builds_it() {
+        assert_eq!(
+            build_hint("kiln/debian:bookworm"),
+            "build it with `kiln image build debian`"
+        );
+        assert_eq!(
+            build_hint("kiln/busybox"),
+            "build it with `kiln image build busybox`"
+        );
+        assert!(build_hint("python:3.12").contains("docker build"));
+    }
+
+    #[test]
+    fn recipe_digests_differ_and_names_resolve() {
+        assert_ne!(RECIPES[0].digest(), RECIPES[1].digest());
+        assert_eq!(Recipe::find("kiln/busybox:latest").unwrap().name, "busybox");
+        assert!(matches!(
+            Recipe::find("alpine"),
+            Err(ImageError::Unknown(_))
+        ));
+    }
+}

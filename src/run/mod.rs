@@ -2,6 +2,8 @@
 //! failure back, stopping early when attempts stop converging; commit the passing tree on the
 //! work branch; write every attempt's artifacts and the report.
 
+mod convergence;
+mod input;
 mod progress;
 pub mod report;
 
@@ -13,6 +15,8 @@ use git2::Oid;
 use serde::Serialize;
 use tracing::{Instrument, info_span};
 
+use convergence::convergence;
+use input::{Feedback, JobInput};
 pub use progress::Progress;
 pub use report::{Report, Status};
 
@@ -28,80 +32,12 @@ use report::{
     AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, StageReport, Timings,
 };
 
-/// Most bytes of the previous attempt's diff fed back to the generator.
-const FEEDBACK_DIFF_BYTES: usize = 64 << 10;
-/// Most bytes of the failing test output fed back to the generator.
-const FEEDBACK_TEST_BYTES: usize = 16 << 10;
-
 /// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub artifacts_root: PathBuf,
     /// Repository the work branch is written to; default `<artifacts>/<id>/repo.git`.
     pub out: Option<PathBuf>,
-}
-
-/// What the generator finds in `/kiln/job.json` (schema `kiln.job-input/v1`, docs/job.md).
-#[derive(Serialize)]
-struct JobInput<'a> {
-    schema: &'static str,
-    job_id: &'a str,
-    attempt: u32,
-    max_attempts: u32,
-    prompt: &'a str,
-    test_requirements: Option<&'a str>,
-    context_files: &'a [String],
-    branch: &'a str,
-    workspace: &'static str,
-    previous: Option<&'a Feedback>,
-}
-
-/// The previous attempt, as fed back to the generator.
-#[derive(Serialize)]
-struct Feedback {
-    attempt: u32,
-    /// The previous attempt's whole change against the base, as a unified diff.
-    diff: String,
-    diff_truncated: bool,
-    generator_exit_code: Option<i64>,
-    /// Set when the generator was cut short (timeout, out of memory) or left a tree kiln could
-    /// not read whole; the tests did not run.
-    generator_killed: Option<&'static str>,
-    test_exit_code: Option<i64>,
-    test_timed_out: bool,
-    /// The last bytes of the failing test output.
-    test_output_tail: String,
-}
-
-impl Feedback {
-    fn new(
-        attempt: u32,
-        mut diff: String,
-        generated: &Ran,
-        generator_killed: Option<&'static str>,
-        tested: Option<&Ran>,
-    ) -> Self {
-        let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
-        if diff_truncated {
-            let mut cut = FEEDBACK_DIFF_BYTES;
-            while !diff.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            diff.truncate(cut);
-        }
-        Feedback {
-            attempt,
-            diff,
-            diff_truncated,
-            generator_exit_code: generated.exit_code,
-            generator_killed,
-            test_exit_code: tested.and_then(|t| t.exit_code),
-            test_timed_out: tested.is_some_and(|t| t.timed_out),
-            test_output_tail: tested
-                .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
-                .unwrap_or_default(),
-        }
-    }
 }
 
 /// Checks what must hold before anything runs: the images exist and `--out` can take the branch.
@@ -593,7 +529,7 @@ enum Step {
 }
 
 /// A finished container with its output turned into bytes.
-struct Ran {
+pub(super) struct Ran {
     exit_code: Option<i64>,
     timed_out: bool,
     oom_killed: bool,
@@ -621,39 +557,6 @@ impl Ran {
     fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
     }
-}
-
-/// Why attempt `n` (tree `tree`, per-file change `delta` from the attempt before) shows the loop
-/// is not converging: it left the same tree as an earlier attempt, or it undid a change an
-/// earlier attempt made to some file (that file's blob went back from after to before).
-fn convergence(
-    n: u32,
-    tree: Oid,
-    earlier_trees: &[Oid],
-    delta: &[BlobChange],
-    earlier_deltas: &[Vec<BlobChange>],
-) -> Option<String> {
-    if let Some(k) = earlier_trees.iter().position(|t| *t == tree) {
-        return Some(format!(
-            "attempt {n} produced the same change as attempt {}",
-            k + 1
-        ));
-    }
-    for (k, earlier) in earlier_deltas.iter().enumerate() {
-        for change in delta {
-            if earlier
-                .iter()
-                .any(|e| e.path == change.path && e.old == change.new && e.new == change.old)
-            {
-                return Some(format!(
-                    "attempt {n} reverts attempt {}'s change to {}",
-                    k + 1,
-                    change.path
-                ));
-            }
-        }
-    }
-    None
 }
 
 /// Why an attempt's tree must not be tested or committed, if it must not.
@@ -719,65 +622,4 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Error> {
     let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
     bytes.push(b'\n');
     write_file(path, &bytes)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn oid(n: u8) -> Oid {
-        Oid::from_bytes(&[n; 20]).unwrap()
-    }
-
-    fn change(path: &str, old: u8, new: u8) -> BlobChange {
-        BlobChange {
-            path: path.into(),
-            old: oid(old),
-            new: oid(new),
-        }
-    }
-
-    #[test]
-    fn stops_on_a_repeated_tree() {
-        let reason = convergence(
-            3,
-            oid(7),
-            &[oid(7), oid(8)],
-            &[change("a", 8, 7)],
-            &[vec![change("a", 1, 7)], vec![change("a", 7, 8)]],
-        );
-        assert_eq!(
-            reason.as_deref(),
-            Some("attempt 3 produced the same change as attempt 1")
-        );
-    }
-
-    #[test]
-    fn stops_when_an_attempt_reverts_an_earlier_one() {
-        let reason = convergence(
-            3,
-            oid(9),
-            &[oid(5), oid(6)],
-            &[change("src/a.rs", 2, 1)],
-            &[vec![change("src/a.rs", 1, 2)], vec![change("b", 3, 4)]],
-        );
-        assert_eq!(
-            reason.as_deref(),
-            Some("attempt 3 reverts attempt 1's change to src/a.rs")
-        );
-    }
-
-    #[test]
-    fn a_new_change_keeps_going() {
-        assert_eq!(
-            convergence(
-                2,
-                oid(6),
-                &[oid(5)],
-                &[change("a", 2, 3)],
-                &[vec![change("a", 1, 2)]]
-            ),
-            None
-        );
-    }
 }

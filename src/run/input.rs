@@ -1,0 +1,75 @@
+//! What the generator is given in `/kiln/job.json` (schema `kiln.job-input/v1`, docs/job.md),
+//! and the feedback from a failed attempt that the next one reads there.
+
+use serde::Serialize;
+
+use super::Ran;
+use crate::sandbox;
+
+/// Most bytes of the previous attempt's diff fed back to the generator.
+const FEEDBACK_DIFF_BYTES: usize = 64 << 10;
+/// Most bytes of the failing test output fed back to the generator.
+const FEEDBACK_TEST_BYTES: usize = 16 << 10;
+
+/// What the generator finds in `/kiln/job.json` (schema `kiln.job-input/v1`, docs/job.md).
+#[derive(Serialize)]
+pub(super) struct JobInput<'a> {
+    pub(super) schema: &'static str,
+    pub(super) job_id: &'a str,
+    pub(super) attempt: u32,
+    pub(super) max_attempts: u32,
+    pub(super) prompt: &'a str,
+    pub(super) test_requirements: Option<&'a str>,
+    pub(super) context_files: &'a [String],
+    pub(super) branch: &'a str,
+    pub(super) workspace: &'static str,
+    pub(super) previous: Option<&'a Feedback>,
+}
+
+/// The previous attempt, as fed back to the generator.
+#[derive(Serialize)]
+pub(super) struct Feedback {
+    attempt: u32,
+    /// The previous attempt's whole change against the base, as a unified diff.
+    diff: String,
+    diff_truncated: bool,
+    generator_exit_code: Option<i64>,
+    /// Set when the generator was cut short (timeout, out of memory) or left a tree kiln could
+    /// not read whole; the tests did not run.
+    generator_killed: Option<&'static str>,
+    test_exit_code: Option<i64>,
+    test_timed_out: bool,
+    /// The last bytes of the failing test output.
+    test_output_tail: String,
+}
+
+impl Feedback {
+    pub(super) fn new(
+        attempt: u32,
+        mut diff: String,
+        generated: &Ran,
+        generator_killed: Option<&'static str>,
+        tested: Option<&Ran>,
+    ) -> Self {
+        let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
+        if diff_truncated {
+            let mut cut = FEEDBACK_DIFF_BYTES;
+            while !diff.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            diff.truncate(cut);
+        }
+        Feedback {
+            attempt,
+            diff,
+            diff_truncated,
+            generator_exit_code: generated.exit_code,
+            generator_killed,
+            test_exit_code: tested.and_then(|t| t.exit_code),
+            test_timed_out: tested.is_some_and(|t| t.timed_out),
+            test_output_tail: tested
+                .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
+                .unwrap_or_default(),
+        }
+    }
+}
