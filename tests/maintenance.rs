@@ -135,10 +135,7 @@ fn the_debian_image_runs_a_job_with_git_and_a_shell() {
         "grep -q 'git version' version.txt",
         "",
     );
-    let text = std::fs::read_to_string(&job)
-        .unwrap()
-        .replace(common::BUSYBOX, "kiln/debian:bookworm");
-    std::fs::write(&job, text).unwrap();
+    fixture.edit_job(&job, common::BUSYBOX, "kiln/debian:bookworm");
     let ran = fixture.run(&job, &[]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let patch = ran.attempt_file(1, "diff.patch");

@@ -266,11 +266,7 @@ fn a_missing_image_exits_3_naming_how_to_get_it() {
     require_busybox();
     let fixture = Fixture::with_files(HELLO_FILES);
     let job = fixture.job("branch = \"factory/x\"\nprompt = \"p\"", "true", "true", "");
-    let text =
-        std::fs::read_to_string(&job)
-            .unwrap()
-            .replacen(common::BUSYBOX, "kiln-test/absent:1", 1);
-    std::fs::write(&job, text).unwrap();
+    fixture.edit_job(&job, common::BUSYBOX, "kiln-test/absent:1");
     let ran = fixture.run(&job, &[]);
     assert_eq!(ran.code, 3, "{}", ran.stderr);
     assert!(

@@ -274,11 +274,7 @@ fn a_command_that_never_ends_is_killed_at_the_timeout() {
         "true",
         "[retry]\nmax_attempts = 1",
     );
-    let text =
-        std::fs::read_to_string(&job)
-            .unwrap()
-            .replacen("timeout = \"60s\"", "timeout = \"2s\"", 1);
-    std::fs::write(&job, text).unwrap();
+    fixture.edit_job(&job, "timeout = \"60s\"", "timeout = \"2s\"");
     let started = Instant::now();
     let ran = fixture.run(&job, &[]);
     assert_eq!(ran.code, 12, "{}", ran.stderr);

@@ -212,25 +212,11 @@ pub fn blob_changes(repo: &Repository, old: Oid, new: Oid) -> Result<Vec<BlobCha
 mod tests {
     use super::*;
 
-    fn tree(repo: &Repository, files: &[(&str, &str, i32)]) -> Oid {
+    fn tree(repo: &Repository, files: &[(&str, &str, u32)]) -> Oid {
         let mut index = git2::Index::new().unwrap();
         for (path, content, mode) in files {
             let oid = repo.blob(content.as_bytes()).unwrap();
-            let entry = git2::IndexEntry {
-                ctime: git2::IndexTime::new(0, 0),
-                mtime: git2::IndexTime::new(0, 0),
-                dev: 0,
-                ino: 0,
-                mode: *mode as u32,
-                uid: 0,
-                gid: 0,
-                file_size: 0,
-                id: oid,
-                flags: path.len() as u16,
-                flags_extended: 0,
-                path: path.as_bytes().to_vec(),
-            };
-            index.add(&entry).unwrap();
+            super::super::tree_tar::add_entry(&mut index, path.as_bytes(), oid, *mode).unwrap();
         }
         index.write_tree_to(repo).unwrap()
     }

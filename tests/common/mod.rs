@@ -127,6 +127,13 @@ impl Fixture {
         path
     }
 
+    /// Rewrites every `from` in the job file at `job` to `to` (another image, a timeout).
+    pub fn edit_job(&self, job: &Path, from: &str, to: &str) {
+        let text = std::fs::read_to_string(job).unwrap();
+        assert!(text.contains(from), "{from} is not in the job file");
+        std::fs::write(job, text.replace(from, to)).unwrap();
+    }
+
     /// Runs `kiln run JOB` with artifacts under the fixture and the report read back.
     pub fn run(&self, job: &Path, extra: &[&str]) -> Ran {
         self.run_with(kiln().args(["run"]).arg(job), extra)
