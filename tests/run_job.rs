@@ -135,6 +135,33 @@ fn a_repeated_diff_stops_early_as_not_converging() {
 }
 
 #[test]
+fn a_generator_that_changes_nothing_is_never_committed() {
+    require_busybox();
+    let fixture = Fixture::with_files(HELLO_FILES);
+    let job = fixture.job(
+        "branch = \"factory/idle\"\nprompt = \"p\"",
+        "/no/such/agent",
+        "true",
+        "",
+    );
+    let ran = fixture.run(&job, &[]);
+    assert_eq!(ran.code, 12, "{}", ran.stderr);
+    let report = ran.report();
+    assert_eq!(report["attempts"][0]["generate"]["exit_code"], 127);
+    assert!(
+        report["attempts"][0]["test"].is_null(),
+        "an unchanged tree was tested"
+    );
+    assert_eq!(
+        report["reason"],
+        "attempt 2 produced the same change as attempt 1"
+    );
+    assert!(report["commit"].is_null());
+    let input: serde_json::Value = serde_json::from_str(&ran.attempt_file(2, "job.json")).unwrap();
+    assert_eq!(input["previous"]["untested_because"], "changed nothing");
+}
+
+#[test]
 fn an_attempt_that_reverts_an_earlier_one_stops_early() {
     require_busybox();
     let fixture = Fixture::with_files(HELLO_FILES);

@@ -160,7 +160,7 @@ fn a_fork_bomb_is_contained_by_the_pids_limit() {
     let procs: usize = log
         .split("PROCS=")
         .nth(1)
-        .and_then(|s| s.trim().parse().ok())
+        .and_then(|s| s.lines().next()?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{log}"));
     assert!(procs <= 32, "{procs} processes ran under a limit of 32");
     assert!(
@@ -210,7 +210,7 @@ fn an_output_flood_is_capped_and_kiln_memory_stays_bounded() {
     let fixture = Fixture::with_files(&[("README", "probe\n")]);
     let job = fixture.job(
         "branch = \"factory/flood\"\nprompt = \"p\"",
-        "yes kiln-flood | head -c 300000000",
+        "yes kiln-flood | head -c 300000000; echo flooded > flood.txt",
         "true",
         "[retry]\nmax_attempts = 1\n[limits]\noutput = \"64KiB\"",
     );

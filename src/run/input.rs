@@ -34,9 +34,9 @@ pub(super) struct Feedback {
     diff: String,
     diff_truncated: bool,
     generator_exit_code: Option<i64>,
-    /// Set when the generator was cut short (timeout, out of memory) or left a tree kiln could
-    /// not read whole; the tests did not run.
-    generator_killed: Option<&'static str>,
+    /// Set when the generator was cut short (timeout, out of memory), left a tree kiln could
+    /// not read whole, or changed nothing; the tests did not run.
+    untested_because: Option<&'static str>,
     test_exit_code: Option<i64>,
     test_timed_out: bool,
     /// The last bytes of the failing test output.
@@ -48,7 +48,7 @@ impl Feedback {
         attempt: u32,
         mut diff: String,
         generated: &Ran,
-        generator_killed: Option<&'static str>,
+        untested_because: Option<&'static str>,
         tested: Option<&Ran>,
     ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
@@ -64,7 +64,7 @@ impl Feedback {
             diff,
             diff_truncated,
             generator_exit_code: generated.exit_code,
-            generator_killed,
+            untested_because,
             test_exit_code: tested.and_then(|t| t.exit_code),
             test_timed_out: tested.is_some_and(|t| t.timed_out),
             test_output_tail: tested

@@ -318,7 +318,7 @@ impl Runner<'_> {
         }
         // A generator cut off mid-write, or a tree kiln could not read whole, is nothing to
         // commit: the attempt fails untested.
-        if let Some(why) = cut_short(&generated, whole) {
+        if let Some(why) = cut_short(&generated, whole, tree == ws.base_tree) {
             self.progress.line(&format!(
                 "  attempt {n} failed untested: the generator {why}"
             ));
@@ -559,14 +559,18 @@ impl Ran {
     }
 }
 
-/// Why an attempt's tree must not be tested or committed, if it must not.
-fn cut_short(generated: &Ran, whole: bool) -> Option<&'static str> {
+/// Why an attempt's tree must not be tested or committed, if it must not: the generator was
+/// cut short, kiln could not read its tree whole, or it changed nothing (an unchanged tree that
+/// passes is not the work the job asked for).
+fn cut_short(generated: &Ran, whole: bool, unchanged: bool) -> Option<&'static str> {
     if generated.timed_out {
         Some("was killed at the timeout")
     } else if generated.oom_killed {
         Some("was killed: out of memory")
     } else if !whole {
         Some("left a workspace kiln could not read whole")
+    } else if unchanged {
+        Some("changed nothing")
     } else {
         None
     }
