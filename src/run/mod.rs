@@ -79,23 +79,19 @@ pub async fn run_job(
     };
     let span = info_span!("job", job_id = %job.id);
     let result = runner.execute(opts).instrument(span).await;
-    let (status, reason, commit, exit, timings, base_commit) = match result {
-        Ok(end) => (
-            end.status,
-            end.reason,
-            end.commit,
-            end.exit,
-            end.timings,
-            Some(end.base_commit),
-        ),
-        Err(e) => (
-            Status::Error,
-            e.to_string(),
-            None,
-            e.exit_code(),
-            Timings::default(),
-            None,
-        ),
+    let (end, exit) = match result {
+        Ok(end) if end.status == Status::Succeeded => (end, ExitCode::Success),
+        Ok(end) => (end, ExitCode::TestsFailed),
+        Err(e) => {
+            let end = End {
+                status: Status::Error,
+                reason: e.to_string(),
+                commit: None,
+                workspace_ms: 0,
+                base_commit: None,
+            };
+            (end, e.exit_code())
+        }
     };
     let report = Report {
         schema: report::SCHEMA,
@@ -105,7 +101,7 @@ pub async fn run_job(
                 RepoSource::Git(p) | RepoSource::Folder(p) => p.display().to_string(),
             },
             base: job.base.clone(),
-            base_commit: base_commit.map(|c: Oid| c.to_string()),
+            base_commit: end.base_commit.map(|c| c.to_string()),
             branch: job.branch.to_string(),
             max_attempts: job.max_attempts,
             context_files: runner.context,
@@ -121,13 +117,13 @@ pub async fn run_job(
             },
         },
         attempts: runner.attempts,
-        status,
-        reason,
-        commit,
+        status: end.status,
+        reason: end.reason,
+        commit: end.commit,
         artifacts: artifacts.display().to_string(),
         timings: Timings {
             total_ms: started.elapsed().as_millis() as u64,
-            ..timings
+            workspace_ms: end.workspace_ms,
         },
         exit_code: exit,
     };
@@ -145,13 +141,13 @@ struct Runner<'a> {
     context: Vec<String>,
 }
 
+/// How a job that ran to its end ended.
 struct End {
     status: Status,
     reason: String,
     commit: Option<CommitReport>,
-    exit: ExitCode,
-    timings: Timings,
-    base_commit: Oid,
+    workspace_ms: u64,
+    base_commit: Option<Oid>,
 }
 
 /// Runs blocking git work off the async threads.
@@ -185,6 +181,14 @@ impl Runner<'_> {
             .done(&format!("base {}", short(ws.base_commit)))
             .as_millis() as u64;
 
+        let end = |status, reason, commit| End {
+            status,
+            reason,
+            commit,
+            workspace_ms,
+            base_commit: Some(ws.base_commit),
+        };
+
         let mut trees = vec![ws.base_tree];
         let mut deltas: Vec<Vec<BlobChange>> = Vec::new();
         let mut feedback: Option<Feedback> = None;
@@ -197,30 +201,15 @@ impl Runner<'_> {
             match step {
                 Step::Passed(tree) => {
                     let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
-                    return Ok(End {
-                        status: Status::Succeeded,
-                        reason: format!("tests passed on attempt {n}"),
-                        commit: Some(CommitReport {
-                            oid: commit.to_string(),
-                            branch: job.branch.to_string(),
-                            repository,
-                        }),
-                        exit: ExitCode::Success,
-                        timings: Timings {
-                            workspace_ms,
-                            ..Timings::default()
-                        },
-                        base_commit: ws.base_commit,
-                    });
+                    let commit = CommitReport {
+                        oid: commit.to_string(),
+                        branch: job.branch.to_string(),
+                        repository,
+                    };
+                    let reason = format!("tests passed on attempt {n}");
+                    return Ok(end(Status::Succeeded, reason, Some(commit)));
                 }
-                Step::NotConverging(reason) => {
-                    return Ok(self.failed(
-                        Status::NotConverging,
-                        reason,
-                        workspace_ms,
-                        ws.base_commit,
-                    ));
-                }
+                Step::NotConverging(reason) => return Ok(end(Status::NotConverging, reason, None)),
                 Step::Failed { tree, delta, next } => {
                     trees.push(tree);
                     deltas.push(delta);
@@ -229,21 +218,7 @@ impl Runner<'_> {
             }
         }
         let reason = format!("tests still fail after {} attempts", job.max_attempts);
-        Ok(self.failed(Status::TestsFailed, reason, workspace_ms, ws.base_commit))
-    }
-
-    fn failed(&self, status: Status, reason: String, workspace_ms: u64, base_commit: Oid) -> End {
-        End {
-            status,
-            reason,
-            commit: None,
-            exit: ExitCode::TestsFailed,
-            timings: Timings {
-                workspace_ms,
-                ..Timings::default()
-            },
-            base_commit,
-        }
+        Ok(end(Status::TestsFailed, reason, None))
     }
 
     async fn attempt(

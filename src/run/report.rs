@@ -96,7 +96,7 @@ pub struct CommitReport {
     pub repository: String,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct Timings {
     pub total_ms: u64,
     pub workspace_ms: u64,

@@ -171,8 +171,9 @@ impl Sandbox {
         bounded("start container", self.docker.start_container(id, None))
             .await?
             .map_err(docker_err("start a container"))?;
-        let mut wait = self.docker.wait_container(id, None);
-        let timed_out = tokio::time::timeout(timeout, wait.next()).await.is_err();
+        let timed_out = !self
+            .wait_until(id, tokio::time::Instant::now() + timeout)
+            .await;
         if timed_out {
             let kill = KillContainerOptions {
                 signal: "KILL".into(),
@@ -211,6 +212,33 @@ impl Sandbox {
             duration,
             output,
         })
+    }
+
+    /// Waits for the container to stop; false when `deadline` came first. A wait stream that
+    /// breaks without the container's status is asked again, so a dropped connection is not
+    /// taken for an exit.
+    async fn wait_until(&self, id: &str, deadline: tokio::time::Instant) -> bool {
+        loop {
+            let mut wait = self.docker.wait_container(id, None);
+            let next = tokio::time::timeout_at(deadline, wait.next());
+            match next.await {
+                Err(_) => return false,
+                Ok(Some(Ok(_)))
+                | Ok(Some(Err(bollard::errors::Error::DockerContainerWaitError { .. }))) => {
+                    return true;
+                }
+                Ok(other) => {
+                    debug!(
+                        container = id,
+                        "wait ended without a status ({other:?}); waiting again"
+                    );
+                    tokio::time::sleep_until(
+                        (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline),
+                    )
+                    .await;
+                }
+            }
+        }
     }
 
     async fn remove_container(&self, id: &str) {
