@@ -283,8 +283,12 @@ async fn run(
         return Ok(ExitCode::Interrupted);
     };
     let report_value = result?;
-    let summary = format!("{:?}: {}", report_value.status, report_value.reason).to_lowercase();
-    progress.line(&format!("{summary}\nartifacts: {}", report_value.artifacts));
+    progress.line(&format!(
+        "{}: {}\nartifacts: {}",
+        report_value.status.as_str(),
+        report_value.reason,
+        report_value.artifacts
+    ));
     if let Some(path) = report {
         if path.as_os_str() == "-" {
             println!(

@@ -33,6 +33,18 @@ pub enum Status {
     Error,
 }
 
+impl Status {
+    /// The name the report uses, as `kiln run` prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Succeeded => "succeeded",
+            Status::TestsFailed => "tests_failed",
+            Status::NotConverging => "not_converging",
+            Status::Error => "error",
+        }
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct JobSummary {
     pub id: String,

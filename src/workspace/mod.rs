@@ -96,10 +96,6 @@ impl Workspace {
         Repository::open_bare(self.dir.path().join("repo.git"))
     }
 
-    pub fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
     /// The tar a container's volume starts from: `tree` under `workspace/`, and `job.json`.
     pub fn tar_of_tree(&self, tree: Oid, job_input: &[u8]) -> Result<Vec<u8>, WorkspaceError> {
         Ok(tree_tar::tar_of_tree(&self.repo()?, tree, job_input)?)
