@@ -41,7 +41,7 @@ pub enum SandboxError {
     ImageMissing { image: String, hint: String },
     #[error("Docker refused to {op}: {message}")]
     Docker { op: &'static str, message: String },
-    #[error("the Docker engine did not answer `{0}` within {API_TIMEOUT:?}")]
+    #[error("the Docker engine did not finish `{0}` in time")]
     Stuck(&'static str),
 }
 
@@ -57,7 +57,15 @@ async fn bounded<T, E>(
     op: &'static str,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<Result<T, E>, SandboxError> {
-    tokio::time::timeout(API_TIMEOUT, fut)
+    bounded_for(API_TIMEOUT, op, fut).await
+}
+
+async fn bounded_for<T, E>(
+    limit: Duration,
+    op: &'static str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<Result<T, E>, SandboxError> {
+    tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| SandboxError::Stuck(op))
 }
@@ -90,8 +98,11 @@ pub struct Sandbox {
 impl Sandbox {
     /// Connects through `DOCKER_HOST` or the default socket and agrees on an API version.
     pub async fn connect() -> Result<Self, SandboxError> {
+        // kiln bounds every call itself (`bounded`, stage deadlines); bollard's own 120 s default
+        // would cut a large workspace upload short.
         let docker = Docker::connect_with_local_defaults()
-            .map_err(|e| SandboxError::Unreachable(e.to_string()))?;
+            .map_err(|e| SandboxError::Unreachable(e.to_string()))?
+            .with_timeout(Duration::from_secs(3600));
         let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
             .await
             .map_err(|_| SandboxError::Unreachable("no answer within 10s".into()))?

@@ -12,7 +12,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{
-    ContainerSpec, KILN_DIR, Sandbox, SandboxError, WORKSPACE_DIR, bounded, docker_err, job_labels,
+    ContainerSpec, KILN_DIR, Sandbox, SandboxError, WORKSPACE_DIR, bounded, bounded_for,
+    docker_err, job_labels,
 };
 use crate::ids::JobId;
 use crate::job::{ByteSize, Limits};
@@ -110,8 +111,11 @@ impl WorkVolume {
             path: KILN_DIR.into(),
             ..Default::default()
         };
+        // A minute, plus a second for every 16 MiB: generous for a local engine.
+        let limit = Duration::from_secs(60 + (tar.len() as u64 >> 24));
         let body = bollard::body_full(tar.into());
-        bounded(
+        bounded_for(
+            limit,
             "upload",
             self.sandbox
                 .docker()
@@ -131,7 +135,8 @@ impl WorkVolume {
             .docker()
             .download_from_container(&self.holder, Some(opts));
         let mut tar = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        // Two minutes, plus a second for every 16 MiB the archive may hold.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + (cap >> 24));
         loop {
             let next = tokio::time::timeout_at(deadline, stream.next())
                 .await
