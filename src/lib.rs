@@ -13,6 +13,7 @@ pub mod error;
 pub mod ids;
 pub mod images;
 pub mod job;
+pub mod policy;
 pub mod run;
 pub mod sandbox;
 pub mod workspace;

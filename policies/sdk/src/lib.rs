@@ -1,0 +1,250 @@
+//! The kiln policy SDK: the ABI's input and output as Rust types, a glob matcher, and the
+//! [`policy!`] macro that exports what kiln calls. A policy is one function from [`Input`] to
+//! [`Output`]; see policies/ABI.md for what travels underneath.
+
+use serde::{Deserialize, Serialize};
+pub use serde_json::{self, Value, json};
+
+mod glob;
+pub use glob::glob_match;
+
+/// What kiln gives a policy.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Input {
+    pub abi: u32,
+    pub job: Job,
+    pub diff: Diff,
+    #[serde(default)]
+    pub tests: Vec<TestResult>,
+    #[serde(default)]
+    pub reviewer: Option<Value>,
+    /// The policy's table from the bundle; an empty object when there is none.
+    #[serde(default)]
+    pub config: Value,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub repo: String,
+    pub branch: String,
+    pub prompt: String,
+    /// The job says its tests are fixed: no test file should change.
+    #[serde(default)]
+    pub tests_fixed: bool,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Diff {
+    pub files: Vec<FileDiff>,
+    pub stats: Stats,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Stats {
+    pub files_changed: usize,
+    pub additions: usize,
+    pub deletions: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct FileDiff {
+    pub path: String,
+    pub old_path: Option<String>,
+    /// `added`, `modified`, `deleted`, `renamed`, `copied` or `type_changed`.
+    pub status: String,
+    pub old_mode: Option<String>,
+    pub new_mode: Option<String>,
+    pub binary: bool,
+    pub additions: usize,
+    pub deletions: usize,
+    pub hunks: Vec<Hunk>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Hunk {
+    pub header: String,
+    pub old_start: u32,
+    pub old_lines: u32,
+    pub new_start: u32,
+    pub new_lines: u32,
+    pub lines: Vec<Line>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Line {
+    /// `context`, `added` or `removed`.
+    pub kind: String,
+    pub old_line: Option<u32>,
+    pub new_line: Option<u32>,
+    pub content: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct TestResult {
+    pub attempt: u32,
+    pub passed: bool,
+    pub exit_code: Option<i64>,
+}
+
+impl FileDiff {
+    /// Added lines with their line number in the new file.
+    pub fn added(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.lines_of("added").map(|l| (l.new_line.unwrap_or(0), l.content.as_str()))
+    }
+
+    /// Removed lines with their line number in the old file.
+    pub fn removed(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.lines_of("removed").map(|l| (l.old_line.unwrap_or(0), l.content.as_str()))
+    }
+
+    fn lines_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Line> {
+        self.hunks.iter().flat_map(|h| h.lines.iter()).filter(move |l| l.kind == kind)
+    }
+
+    /// The paths this change touches: the path, and the old one of a rename.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.path.as_str()).chain(self.old_path.as_deref())
+    }
+}
+
+/// A verdict, ordered by severity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    Allow,
+    Review,
+    Escalate,
+    Deny,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Note,
+    Warning,
+    Error,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub rule: String,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<u32>,
+    pub severity: Severity,
+}
+
+/// What a policy returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Output {
+    pub decision: Decision,
+    pub findings: Vec<Finding>,
+}
+
+impl Output {
+    pub fn new(decision: Decision) -> Self {
+        Output { decision, findings: Vec::new() }
+    }
+
+    /// Records a finding and raises the decision to at least `decision`.
+    pub fn find(&mut self, decision: Decision, rule: &str, message: String, path: Option<&str>, line: Option<u32>) {
+        self.decision = self.decision.max(decision);
+        let severity = match decision {
+            Decision::Allow => Severity::Note,
+            Decision::Review | Decision::Escalate => Severity::Warning,
+            Decision::Deny => Severity::Error,
+        };
+        self.findings.push(Finding { rule: rule.into(), message, path: path.map(String::from), line, severity });
+    }
+}
+
+/// Reads a config field, or its default when absent; a field of the wrong type is an error.
+pub fn config<T: serde::de::DeserializeOwned>(input: &Input, key: &str, default: T) -> Result<T, String> {
+    match input.config.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("config `{key}`: {e}")),
+    }
+}
+
+/// A config's `decision` field, limited to the decisions a policy may choose.
+pub fn config_decision(input: &Input, default: Decision) -> Result<Decision, String> {
+    config(input, "decision", default)
+}
+
+/// The plumbing the [`policy!`] macro exports; not for direct use.
+#[doc(hidden)]
+pub mod abi {
+    use super::{Decision, Input, Output};
+
+    pub fn alloc(len: i32) -> i32 {
+        let mut buffer = Vec::<u8>::with_capacity(len.max(0) as usize);
+        let ptr = buffer.as_mut_ptr();
+        std::mem::forget(buffer);
+        ptr as i32
+    }
+
+    /// Leaks `bytes` and returns their location packed as `(ptr << 32) | len`.
+    pub fn leak(bytes: Vec<u8>) -> i64 {
+        let bytes = bytes.into_boxed_slice();
+        let len = bytes.len() as u64;
+        let ptr = Box::into_raw(bytes) as *mut u8 as u32 as u64;
+        ((ptr << 32) | len) as i64
+    }
+
+    /// Parses the input, runs `evaluate`, serializes the output. An input or config the policy
+    /// cannot read is a deny, never an allow.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be the bytes kiln wrote after calling `kiln_alloc(len)`.
+    pub unsafe fn evaluate(ptr: i32, len: i32, evaluate: fn(&Input) -> Result<Output, String>) -> i64 {
+        // SAFETY: kiln wrote `len` bytes at `ptr`, which `alloc` returned for exactly that length.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
+        let output = match serde_json::from_slice::<Input>(bytes) {
+            Ok(input) => evaluate(&input).unwrap_or_else(|e| failed(&e)),
+            Err(e) => failed(&format!("cannot read the input: {e}")),
+        };
+        leak(serde_json::to_vec(&output).expect("an Output always serializes"))
+    }
+
+    fn failed(message: &str) -> Output {
+        let mut output = Output::new(Decision::Deny);
+        output.find(Decision::Deny, "policy-error", message.to_string(), None, None);
+        output
+    }
+}
+
+/// Exports a policy: `policy!(name = "...", version = "...", description = "...",
+/// config_schema = r#"{...}"#, evaluate)` where `evaluate: fn(&Input) -> Result<Output, String>`.
+#[macro_export]
+macro_rules! policy {
+    (name = $name:expr, version = $version:expr, description = $description:expr,
+     config_schema = $schema:expr, $evaluate:path) => {
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_abi_version() -> i32 {
+            1
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_alloc(len: i32) -> i32 {
+            $crate::abi::alloc(len)
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_evaluate(ptr: i32, len: i32) -> i64 {
+            // SAFETY: kiln calls this with the buffer it got from `kiln_alloc`, as the ABI says.
+            unsafe { $crate::abi::evaluate(ptr, len, $evaluate) }
+        }
+
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_metadata() -> i64 {
+            let schema: $crate::Value = $crate::serde_json::from_str($schema).unwrap_or($crate::Value::Null);
+            let metadata = $crate::json!({
+                "name": $name, "version": $version, "description": $description, "config_schema": schema,
+            });
+            $crate::abi::leak($crate::serde_json::to_vec(&metadata).expect("metadata serializes"))
+        }
+    };
+}

@@ -1,0 +1,224 @@
+//! Hostile policy modules, as WAT: every one must end in `deny` (or be refused at load), within
+//! bounded time and memory, and none may crash kiln or make it allow.
+
+use std::time::{Duration, Instant};
+
+use kiln::policy::{Decision, PolicyEngine, PolicyFailure, PolicyLimits, Verdict};
+
+const INPUT: &[u8] = br#"{"abi":1,"job":{"id":"x","repo":"r","branch":"factory/x","prompt":"p"},"diff":{"files":[],"stats":{"files_changed":0,"additions":0,"deletions":0}},"tests":[],"reviewer":null,"config":{}}"#;
+
+/// A module with the ABI's exports around `evaluate_body`, which must leave an i64 on the stack.
+fn module(extra: &str, evaluate_body: &str) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+            {extra}
+            (memory (export "memory") 1)
+            (global $next (mut i32) (i32.const 4096))
+            (data (i32.const 0) "{{\"decision\":\"allow\",\"findings\":[]}}")
+            (data (i32.const 64) "{{\"name\":\"t\",\"version\":\"1\"}}")
+            (func (export "kiln_abi_version") (result i32) (i32.const 1))
+            (func (export "kiln_alloc") (param $len i32) (result i32)
+              (local $p i32)
+              (local.set $p (global.get $next))
+              (global.set $next (i32.add (global.get $next) (local.get $len)))
+              (local.get $p))
+            (func (export "kiln_evaluate") (param i32 i32) (result i64) {evaluate_body})
+            (func (export "kiln_metadata") (result i64) (i64.const 274877906970)))"#
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad fixture: {e}\n{text}"))
+}
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::new(None).unwrap()
+}
+
+fn evaluate(bytes: &[u8]) -> Result<Verdict, PolicyFailure> {
+    let engine = engine();
+    let policy = engine.load(bytes)?;
+    engine.evaluate(&policy, INPUT, PolicyLimits::default())
+}
+
+#[test]
+fn a_well_formed_module_allows() {
+    let verdict = evaluate(&module("", "(i64.const 34)")).unwrap();
+    assert_eq!(verdict.decision, Decision::Allow);
+    let engine = engine();
+    let metadata = engine
+        .metadata(&engine.load(&module("", "(i64.const 34)")).unwrap())
+        .unwrap();
+    assert_eq!(
+        (metadata.name.as_str(), metadata.version.as_str()),
+        ("t", "1")
+    );
+}
+
+#[test]
+fn an_infinite_loop_runs_out_of_fuel_quickly() {
+    let started = Instant::now();
+    let failure = evaluate(&module("", "(loop $l (br $l)) (i64.const 0)")).unwrap_err();
+    assert_eq!(failure, PolicyFailure::OutOfFuel);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(Verdict::failed("loop", &failure).decision, Decision::Deny);
+}
+
+#[test]
+fn a_memory_grow_bomb_hits_the_limit() {
+    // Grows until refused, then claims 100 MB of output it could not allocate.
+    let body = "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 16)) (i32.const -1))) (br $l))) (i64.const 104857600)";
+    let failure = evaluate(&module("", body)).unwrap_err();
+    assert_eq!(failure, PolicyFailure::OutputTooLarge(104_857_600));
+}
+
+#[test]
+fn output_outside_memory_or_over_the_cap_is_refused() {
+    assert_eq!(
+        evaluate(&module("", "(i64.const 0x0000fff0_00000100)")).unwrap_err(),
+        PolicyFailure::OutputOutOfBounds
+    );
+    assert_eq!(
+        evaluate(&module("", "(i64.const 0x00000000_7fffffff)")).unwrap_err(),
+        PolicyFailure::OutputTooLarge(0x7fff_ffff)
+    );
+}
+
+#[test]
+fn traps_are_denials() {
+    assert!(matches!(
+        evaluate(&module("", "unreachable")).unwrap_err(),
+        PolicyFailure::Trap(_)
+    ));
+    let failure = evaluate(&module(
+        "",
+        "(drop (i32.div_u (i32.const 1) (i32.const 0))) (i64.const 34)",
+    ))
+    .unwrap_err();
+    assert!(
+        matches!(failure, PolicyFailure::Trap(ref m) if m.contains("divide by zero")),
+        "{failure}"
+    );
+}
+
+#[test]
+fn wasi_and_unknown_imports_are_refused_at_load() {
+    let engine = engine();
+    for import in [
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))"#,
+        r#"(import "env" "now" (func (result i64)))"#,
+        r#"(import "kiln" "log" (func (param i64)))"#,
+    ] {
+        let failure = engine
+            .load(&module(import, "(i64.const 34)"))
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(failure, PolicyFailure::ForbiddenImport(_)),
+            "{import}: {failure}"
+        );
+    }
+    let logging = module(
+        r#"(import "kiln" "log" (func (param i32 i32)))"#,
+        "(i64.const 34)",
+    );
+    assert!(engine.load(&logging).is_ok());
+}
+
+#[test]
+fn a_wrong_abi_version_or_missing_export_is_refused() {
+    let wrong = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+            (func (export "kiln_abi_version") (result i32) (i32.const 2))
+            (func (export "kiln_alloc") (param i32) (result i32) (i32.const 0))
+            (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const 0))
+            (func (export "kiln_metadata") (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    assert_eq!(evaluate(&wrong).unwrap_err(), PolicyFailure::AbiMismatch(2));
+    let missing = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "kiln_abi_version") (result i32) (i32.const 1)))"#).unwrap();
+    assert!(matches!(
+        engine().load(&missing).err().unwrap(),
+        PolicyFailure::MissingExport(_)
+    ));
+    assert!(matches!(
+        engine().load(b"not wasm at all").err().unwrap(),
+        PolicyFailure::Invalid(_)
+    ));
+}
+
+#[test]
+fn malformed_json_and_unknown_decisions_are_refused() {
+    for (data, len) in [
+        ("{\\\"decision\\\":\\\"maybe\\\"}", 20),
+        ("not json", 8),
+        ("{\\\"decision\\\":\\\"allow\\\",\\\"extra\\\":1}", 30),
+    ] {
+        let extra = format!(r#"(data (i32.const 2048) "{data}")"#);
+        let body = format!("(i64.const {})", (2048i64 << 32) | len);
+        let failure = evaluate(&module(&extra, &body)).unwrap_err();
+        assert!(
+            matches!(failure, PolicyFailure::MalformedOutput(_)),
+            "{data}: {failure}"
+        );
+    }
+}
+
+#[test]
+fn a_huge_initial_memory_is_refused() {
+    let big = wat::parse_str(
+        r#"(module (memory (export "memory") 16384)
+            (func (export "kiln_abi_version") (result i32) (i32.const 1))
+            (func (export "kiln_alloc") (param i32) (result i32) (i32.const 0))
+            (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const 0))
+            (func (export "kiln_metadata") (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    assert!(matches!(
+        evaluate(&big).unwrap_err(),
+        PolicyFailure::Instantiate(_)
+    ));
+}
+
+#[test]
+fn the_precompiled_cache_is_used_and_gives_the_same_verdict() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let bytes = module("", "(i64.const 34)");
+    let engine = PolicyEngine::new(Some(cache.clone())).unwrap();
+    let first = engine.load(&bytes).unwrap();
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(artifacts.len(), 1);
+    assert!(artifacts[0].to_string_lossy().starts_with(&first.sha256));
+    let again = PolicyEngine::new(Some(cache)).unwrap();
+    let second = again.load(&bytes).unwrap();
+    assert_eq!(
+        again
+            .evaluate(&second, INPUT, PolicyLimits::default())
+            .unwrap()
+            .decision,
+        Decision::Allow
+    );
+}
+
+#[test]
+fn the_worked_example_in_the_abi_document_runs() {
+    let doc = include_str!("../policies/ABI.md");
+    let start = doc.find("```wat\n").expect("ABI.md has a wat example") + "```wat\n".len();
+    let end = start + doc[start..].find("```").unwrap();
+    let bytes = wat::parse_str(&doc[start..end]).unwrap();
+    let engine = engine();
+    let policy = engine.load(&bytes).unwrap();
+    assert_eq!(
+        engine
+            .evaluate(&policy, INPUT, PolicyLimits::default())
+            .unwrap()
+            .decision,
+        Decision::Allow
+    );
+    assert_eq!(engine.metadata(&policy).unwrap().name, "allow-all");
+}
