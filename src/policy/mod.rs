@@ -2,11 +2,15 @@
 //! run by wasmtime in fresh, fuel- and memory-limited instances. Every failure of a module is a
 //! `deny` naming the policy and the cause: a policy that fails, fails closed.
 
+mod bundle;
+mod gate;
 mod host;
 
 use serde::{Deserialize, Serialize};
 
-pub use host::{Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure};
+pub use bundle::{Bundle, BundleError, BundledPolicy, Condition, Mode};
+pub use gate::{Gate, GateInput, GateResult, JobInfo, PolicyResult, TestInfo};
+pub use host::{Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, sha256_hex};
 
 /// ABI version kiln speaks; a module reporting another is refused.
 pub const ABI_VERSION: i32 = 1;

@@ -102,10 +102,27 @@ fn mode_of(file: &git2::DiffFile<'_>) -> Option<String> {
 
 /// The typed diff from tree `old` to tree `new`, and the same as a unified patch.
 pub fn diff_trees(repo: &Repository, old: Oid, new: Oid) -> Result<(Diff, String), git2::Error> {
-    let diff = git_diff(repo, old, new)?;
+    typed(&git_diff(repo, old, new)?)
+}
+
+/// The typed diff of a unified patch (as `git diff` writes it).
+pub fn parse_patch(patch: &[u8]) -> Result<Diff, git2::Error> {
+    Ok(typed(&git2::Diff::from_buffer(patch)?)?.0)
+}
+
+/// The typed diff between two revisions of a repository on this machine.
+pub fn diff_revisions(repo: &std::path::Path, base: &str, head: &str) -> Result<Diff, git2::Error> {
+    let repo = Repository::open(repo)?;
+    let tree = |rev: &str| -> Result<Oid, git2::Error> {
+        Ok(repo.revparse_single(rev)?.peel_to_tree()?.id())
+    };
+    Ok(diff_trees(&repo, tree(base)?, tree(head)?)?.0)
+}
+
+fn typed(diff: &git2::Diff<'_>) -> Result<(Diff, String), git2::Error> {
     let mut out = Diff::default();
     for index in 0..diff.deltas().len() {
-        let Some(patch) = Patch::from_diff(&diff, index)? else {
+        let Some(patch) = Patch::from_diff(diff, index)? else {
             continue;
         };
         let delta = patch.delta();

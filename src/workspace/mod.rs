@@ -14,7 +14,10 @@ use std::path::{Path, PathBuf};
 use git2::{FetchOptions, Oid, Repository, Signature};
 use globset::GlobSet;
 
-pub use diff::{BlobChange, Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+pub use diff::{
+    BlobChange, Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind, diff_revisions,
+    parse_patch,
+};
 pub use tree_tar::{Ingested, Skipped};
 
 use crate::config::CommitIdentity;
