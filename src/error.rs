@@ -3,6 +3,7 @@
 use crate::config::ConfigError;
 use crate::images::ImageError;
 use crate::job::JobError;
+use crate::policy::{AuthorError, BundleError};
 use crate::sandbox::SandboxError;
 use crate::workspace::WorkspaceError;
 
@@ -18,12 +19,15 @@ pub enum ExitCode {
     Invalid = 2,
     /// The machine failed: Docker unreachable, an image missing, a disk full.
     Infrastructure = 3,
-    /// Reserved: a policy escalated the change to a human.
+    /// A policy escalated the change to a human.
     PolicyEscalate = 10,
-    /// Reserved: a policy denied the change.
+    /// A policy denied the change.
     PolicyDeny = 11,
-    /// Tests still failed after the last attempt, or the attempts stopped converging.
+    /// Tests still failed after the last attempt, or the attempts stopped converging
+    /// (`kiln policy test`: a case did not match).
     TestsFailed = 12,
+    /// A policy asked for review: the change awaits a reviewer.
+    AwaitingReview = 13,
     /// kiln was interrupted (Ctrl-C or SIGTERM) and cleaned up.
     Interrupted = 130,
 }
@@ -46,6 +50,10 @@ pub enum Error {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Author(#[from] AuthorError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -65,7 +73,11 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Job(_) | Error::Config(_) | Error::Usage(_) => ExitCode::Invalid,
+            Error::Job(_) | Error::Config(_) | Error::Usage(_) | Error::Bundle(_) => {
+                ExitCode::Invalid
+            }
+            Error::Author(AuthorError::Cargo(_)) => ExitCode::Infrastructure,
+            Error::Author(_) => ExitCode::Invalid,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {

@@ -2,15 +2,32 @@
 //! run by wasmtime in fresh, fuel- and memory-limited instances. Every failure of a module is a
 //! `deny` naming the policy and the cause: a policy that fails, fails closed.
 
+pub mod author;
 mod bundle;
 mod gate;
 mod host;
+mod sarif;
 
 use serde::{Deserialize, Serialize};
 
+pub use author::{AuthorError, Built, CaseResult, WASM_TARGET};
 pub use bundle::{Bundle, BundleError, BundledPolicy, Condition, Mode};
 pub use gate::{Gate, GateInput, GateResult, JobInfo, PolicyResult, TestInfo};
 pub use host::{Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, sha256_hex};
+pub use sarif::to_sarif;
+
+/// Where compiled policies are cached: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/policies`,
+/// else `~/.cache/kiln/policies`; `None` (compile every time) when none is known.
+pub fn default_cache_dir() -> Option<std::path::PathBuf> {
+    use std::path::PathBuf;
+    if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
+        return Some(PathBuf::from(dir).join("policies"));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kiln").join("policies"))
+}
 
 /// ABI version kiln speaks; a module reporting another is refused.
 pub const ABI_VERSION: i32 = 1;

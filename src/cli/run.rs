@@ -1,0 +1,91 @@
+//! `kiln run`: one job end to end, cleaned up on every path including Ctrl-C and SIGTERM.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kiln::config::Config;
+use kiln::job::Job;
+use kiln::run::{Progress, RunOptions};
+use kiln::sandbox::Sandbox;
+use kiln::{Error, ExitCode};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The job file: TOML, or the seed article's JSON job record (.json).
+    job: PathBuf,
+    /// Also write the JSON report here (`-` for stdout).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Root folder for artifacts; the job's go in `<DIR>/<job id>/`. Default: operator config, `.kiln/jobs`.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+    /// Repository that receives the work branch (made bare if absent). Default: `<artifacts>/<id>/repo.git`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub async fn exec(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
+    run(config, &args.job, args.report, args.artifacts, args.out).await
+}
+
+async fn run(
+    config: &Config,
+    job_path: &std::path::Path,
+    report: Option<PathBuf>,
+    artifacts: Option<PathBuf>,
+    out: Option<PathBuf>,
+) -> Result<ExitCode, Error> {
+    let job = Job::load(job_path, config)?;
+    let progress = Progress::default();
+    progress.line(&format!("job {}", job.id));
+    let opts = RunOptions {
+        artifacts_root: artifacts.unwrap_or_else(|| config.artifacts_dir.clone()),
+        out,
+    };
+    let sandbox = Sandbox::connect().await?;
+    kiln::run::preflight(&job, &sandbox, &opts).await?;
+
+    let work = kiln::run::run_job(&job, config, &sandbox, &opts, progress);
+    let outcome = tokio::select! {
+        result = work => Some(result),
+        () = interrupted() => None,
+    };
+    // Every path ends here: whatever the job left in Docker goes, whether it passed, failed or was cut short.
+    if let Err(e) = sandbox.reap_job(&job.id).await {
+        eprintln!("kiln: cleaning up job {}: {e}; run `kiln gc`", job.id);
+    }
+    let Some(result) = outcome else {
+        eprintln!(
+            "kiln: interrupted; job {} stopped and its containers removed",
+            job.id
+        );
+        return Ok(ExitCode::Interrupted);
+    };
+    let report_value = result?;
+    progress.line(&format!(
+        "{}: {}\nartifacts: {}",
+        report_value.status.as_str(),
+        report_value.reason,
+        report_value.artifacts
+    ));
+    if let Some(path) = report {
+        if path.as_os_str() == "-" {
+            super::print_json(&report_value)?;
+        } else {
+            kiln::run::write_json(&path, &report_value)?;
+        }
+    }
+    Ok(report_value.exit_code)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn interrupted() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

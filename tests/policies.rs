@@ -1,0 +1,379 @@
+//! The policy gate through the real binary: standard policies on their fixture cases, the
+//! default bundle on the seed article's cases, pins, reproducible builds, SARIF, and a new policy
+//! made from the template.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::kiln;
+
+const STANDARD: [&str; 5] = [
+    "escalation-patterns",
+    "protected-paths",
+    "test-integrity",
+    "secrets",
+    "size",
+];
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the standard policies (quick when up to date) and returns the module of `name`.
+fn module(name: &str) -> PathBuf {
+    let out = kiln()
+        .args(["policy", "build"])
+        .arg(root().join("policies"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kiln policy build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    root()
+        .join("policies/target/wasm32-unknown-unknown/release")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn eval(bundle: &Path, patch: &str, extra: &[&str]) -> Output {
+    module("size");
+    let patch = root().join("policies").join(patch);
+    kiln()
+        .args(["policy", "eval", "--bundle"])
+        .arg(bundle)
+        .arg("--diff")
+        .arg(patch)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn default_bundle() -> PathBuf {
+    root().join("policies/bundles/default.toml")
+}
+
+#[test]
+fn every_standard_policy_passes_its_cases() {
+    for name in STANDARD {
+        let out = kiln()
+            .args(["policy", "test"])
+            .arg(root().join("policies").join(name))
+            .arg("--module")
+            .arg(module(name))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}:\n{}", text(&out));
+        assert!(
+            text(&out).contains(" passed, 0 failed"),
+            "{name}:\n{}",
+            text(&out)
+        );
+    }
+}
+
+#[test]
+fn a_wrong_expectation_fails_with_a_readable_diff() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("cases")).unwrap();
+    std::fs::copy(
+        root().join("policies/escalation-patterns/cases/auth.patch"),
+        dir.path().join("cases/auth.patch"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("cases/wrong.json"),
+        r#"{"diff": "auth.patch", "expect": {"decision": "allow", "findings": [{"rule": "content_match"}]}}"#,
+    )
+    .unwrap();
+    let out = kiln()
+        .args(["policy", "test"])
+        .arg(dir.path())
+        .arg("--module")
+        .arg(module("escalation-patterns"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out));
+    let report = text(&out);
+    assert!(report.contains("FAIL wrong"), "{report}");
+    assert!(
+        report.contains("decision: expected allow, got escalate"),
+        "{report}"
+    );
+    assert!(
+        report.contains("- expected finding not found: rule content_match"),
+        "{report}"
+    );
+    assert!(
+        report.contains("+ unexpected finding: rule path_match"),
+        "{report}"
+    );
+    assert!(report.contains("0 passed, 1 failed"), "{report}");
+}
+
+#[test]
+fn the_default_bundle_judges_the_seed_article_cases() {
+    let bundle = default_bundle();
+    for (patch, code, decision) in [
+        ("escalation-patterns/cases/auth.patch", 10, "escalate"),
+        ("escalation-patterns/cases/migration.patch", 10, "escalate"),
+        ("escalation-patterns/cases/env.patch", 10, "escalate"),
+        ("escalation-patterns/cases/clean.patch", 0, "allow"),
+        ("secrets/cases/leak.patch", 11, "deny"),
+        ("test-integrity/cases/weakened.patch", 10, "escalate"),
+    ] {
+        let out = eval(&bundle, patch, &["--format", "json"]);
+        assert_eq!(out.status.code(), Some(code), "{patch}:\n{}", text(&out));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["decision"], decision, "{patch}");
+        assert_eq!(result["policies"].as_array().unwrap().len(), 5);
+        // No tests ran and no reviewer approved: auto-merge says which conditions failed.
+        assert_eq!(result["auto_merge"]["eligible"], false);
+        let failed = result["auto_merge"]["failed_conditions"].to_string();
+        assert!(
+            failed.contains("all_tests_pass") && failed.contains("reviewer_approval"),
+            "{failed}"
+        );
+        if decision == "escalate" {
+            assert_eq!(result["escalation"]["channel"], "#factory-reviews");
+            assert!(failed.contains("no_escalation_patterns"), "{failed}");
+        }
+    }
+}
+
+#[test]
+fn sarif_puts_findings_at_file_and_line() {
+    let out = eval(
+        &default_bundle(),
+        "escalation-patterns/cases/migration.patch",
+        &["--format", "sarif"],
+    );
+    assert_eq!(out.status.code(), Some(10));
+    let sarif: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sarif["version"], "2.1.0");
+    let results = sarif["runs"][0]["results"].as_array().unwrap();
+    let content = results
+        .iter()
+        .find(|r| r["ruleId"] == "escalation-patterns/content_match")
+        .expect("content finding");
+    let location = &content["locations"][0]["physicalLocation"];
+    assert_eq!(
+        location["artifactLocation"]["uri"],
+        "db/migrations/002_drop_sessions.sql"
+    );
+    assert_eq!(location["region"]["startLine"], 2);
+    assert_eq!(content["level"], "warning");
+    let rules = sarif["runs"][0]["tool"]["driver"]["rules"]
+        .as_array()
+        .unwrap();
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["id"] == "escalation-patterns/path_match")
+    );
+}
+
+#[test]
+fn a_tampered_module_under_a_pin_exits_2_with_both_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = std::fs::read(module("size")).unwrap();
+    let pinned = kiln::policy::sha256_hex(&bytes);
+    bytes.extend_from_slice(&[0, 4, b'e', b'v', b'i', b'l', 0]);
+    std::fs::write(dir.path().join("size.wasm"), &bytes).unwrap();
+    let bundle = dir.path().join("bundle.toml");
+    std::fs::write(
+        &bundle,
+        format!("[[policy]]\nname = \"size\"\nmodule = \"size.wasm\"\nsha256 = \"{pinned}\"\n"),
+    )
+    .unwrap();
+    let out = eval(&bundle, "escalation-patterns/cases/clean.patch", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let message = text(&out);
+    assert!(
+        message.contains(&pinned) && message.contains(&kiln::policy::sha256_hex(&bytes)),
+        "{message}"
+    );
+    assert!(out.stdout.is_empty(), "a refused bundle printed a verdict");
+}
+
+#[test]
+fn a_failing_module_in_a_bundle_denies() {
+    let dir = tempfile::tempdir().unwrap();
+    let looping = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+            (func (export "kiln_abi_version") (result i32) (i32.const 1))
+            (func (export "kiln_alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "kiln_evaluate") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0))
+            (func (export "kiln_metadata") (result i64) (i64.const 0)))"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("loop.wasm"), &looping).unwrap();
+    let bundle = dir.path().join("bundle.toml");
+    let pin = kiln::policy::sha256_hex(&looping);
+    std::fs::write(&bundle, format!("[[policy]]\nname = \"loop\"\nmodule = \"loop.wasm\"\nsha256 = \"{pin}\"\nfuel = 10000000\n")).unwrap();
+    let out = eval(
+        &bundle,
+        "escalation-patterns/cases/clean.patch",
+        &["--format", "json"],
+    );
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        result["policies"][0]["findings"][0]["rule"],
+        "kiln.policy-failure"
+    );
+    assert!(
+        result["policies"][0]["findings"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ran out of fuel")
+    );
+}
+
+#[test]
+fn eval_reads_a_repository_between_two_revisions() {
+    let fixture = common::Fixture::with_git(&[("src/app.rs", "fn main() {}\n")]);
+    let repo = git2::Repository::open(fixture.path("repo")).unwrap();
+    std::fs::create_dir_all(fixture.path("repo/src/payments")).unwrap();
+    std::fs::write(
+        fixture.path("repo/src/payments/charge.rs"),
+        "pub fn charge() {}\n",
+    )
+    .unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@localhost").unwrap();
+    let parent = repo.head().unwrap().peel_to_commit().unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "payments", &tree, &[&parent])
+        .unwrap();
+    module("size");
+    let out = kiln()
+        .args(["policy", "eval", "--bundle"])
+        .arg(default_bundle())
+        .arg("--repo")
+        .arg(fixture.path("repo"))
+        .args(["--base", "v1", "--head", "main"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(10), "{}", text(&out));
+    assert!(
+        text(&out).contains("src/payments/charge.rs"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn standard_builds_are_reproducible_and_match_the_default_pins() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("policies");
+    let status = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(root().join("policies"))
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_dir_all(copy.join("target")).ok();
+    let out = kiln()
+        .args(["policy", "build"])
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let bundle = std::fs::read_to_string(default_bundle()).unwrap();
+    for name in STANDARD {
+        let rebuilt = kiln::policy::sha256_hex(
+            &std::fs::read(copy.join(format!(
+                "target/wasm32-unknown-unknown/release/{}.wasm",
+                name.replace('-', "_")
+            )))
+            .unwrap(),
+        );
+        let here = kiln::policy::sha256_hex(&std::fs::read(module(name)).unwrap());
+        assert_eq!(rebuilt, here, "{name} built twice gave two modules");
+        assert!(
+            bundle.contains(&here),
+            "the default bundle's pin for {name} is stale: rebuild and pin {here}"
+        );
+    }
+}
+
+#[test]
+fn inspect_shows_metadata_exports_and_the_pin() {
+    let out = kiln()
+        .args(["policy", "inspect", "--json"])
+        .arg(module("secrets"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["name"], "secrets");
+    assert_eq!(info["abi_version"], 1);
+    assert_eq!(info["imports"], serde_json::json!([]));
+    for export in [
+        "memory",
+        "kiln_abi_version",
+        "kiln_alloc",
+        "kiln_evaluate",
+        "kiln_metadata",
+    ] {
+        assert!(
+            info["exports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e == export),
+            "{export}"
+        );
+    }
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bad.path(), b"\0asm\x01\0\0\0").unwrap();
+    let out = kiln()
+        .args(["policy", "inspect"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out).contains("not a kiln policy"), "{}", text(&out));
+}
+
+#[test]
+fn a_new_policy_from_the_template_builds_and_passes_its_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = kiln()
+        .args(["policy", "new", "no-todos", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let made = dir.path().join("no-todos");
+    let out = kiln().args(["policy", "test"]).arg(&made).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("2 passed, 0 failed"), "{}", text(&out));
+    let again = kiln()
+        .args(["policy", "new", "no-todos", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let bad = kiln()
+        .args(["policy", "new", "Bad Name", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
