@@ -377,3 +377,116 @@ fn a_new_policy_from_the_template_builds_and_passes_its_cases() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
 }
+
+/// Runs a one-attempt job whose generator runs `script`, judged by `bundle`.
+fn run_gated(script: &str, bundle: &Path) -> (common::Fixture, common::Ran) {
+    common::require_busybox();
+    module("size");
+    let fixture = common::Fixture::with_files(&[
+        ("README", "gated\n"),
+        ("src/auth/login.sh", "echo login\n"),
+    ]);
+    let job = fixture.job(
+        "branch = \"factory/gated\"\nprompt = \"p\"",
+        script,
+        "true",
+        "[retry]\nmax_attempts = 1",
+    );
+    let sarif = fixture.path("gate.sarif");
+    let out = fixture.path("out.git");
+    let ran = fixture.run(
+        &job,
+        &[
+            "--policies",
+            bundle.to_str().unwrap(),
+            "--sarif",
+            sarif.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    (fixture, ran)
+}
+
+fn published(fixture: &common::Fixture) -> bool {
+    git2::Repository::open(fixture.path("out.git"))
+        .is_ok_and(|r| r.find_reference("refs/heads/factory/gated").is_ok())
+}
+
+#[test]
+fn run_with_policies_publishes_only_what_the_gate_allows() {
+    let (fixture, ran) = run_gated("echo more >> README", &default_bundle());
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.report()["gate"]["decision"], "allow");
+    assert!(published(&fixture));
+    let sarif: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.path("gate.sarif")).unwrap()).unwrap();
+    assert_eq!(sarif["runs"][0]["results"], serde_json::json!([]));
+    assert!(ran.artifacts.as_ref().unwrap().join("gate.json").is_file());
+
+    let (fixture, ran) = run_gated("echo 'echo bypass' >> src/auth/login.sh", &default_bundle());
+    assert_eq!(ran.code, 10, "{}", ran.stderr);
+    assert_eq!(ran.report()["status"], "policy_escalated");
+    assert!(ran.report()["commit"].is_null());
+    assert!(!published(&fixture), "an escalated change was published");
+    let sarif: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.path("gate.sarif")).unwrap()).unwrap();
+    let result = &sarif["runs"][0]["results"][0];
+    assert_eq!(result["ruleId"], "escalation-patterns/path_match");
+    assert_eq!(
+        result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+        "src/auth/login.sh"
+    );
+
+    let (fixture, ran) = run_gated(
+        "echo 'TOKEN = \"ghp_0123456789abcdefghijklmnopqrstuvwxyzAB\"' > creds.py",
+        &default_bundle(),
+    );
+    assert_eq!(ran.code, 11, "{}", ran.stderr);
+    assert_eq!(ran.report()["status"], "policy_denied");
+    assert!(!published(&fixture));
+}
+
+#[test]
+fn run_with_a_review_decision_awaits_review_with_exit_13() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = module("size");
+    let pin = kiln::policy::sha256_hex(&std::fs::read(&size).unwrap());
+    let bundle = dir.path().join("review.toml");
+    std::fs::write(&bundle, format!("[[policy]]\nname = \"size\"\nmodule = {:?}\nsha256 = \"{pin}\"\n[policy.config]\nmax_files = 0\n", size.display().to_string())).unwrap();
+    let (fixture, ran) = run_gated("echo more >> README", &bundle);
+    assert_eq!(ran.code, 13, "{}", ran.stderr);
+    assert_eq!(ran.report()["status"], "awaiting_review");
+    assert!(!published(&fixture));
+}
+
+#[test]
+fn run_refuses_a_bundle_with_a_bad_pin_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bad.toml");
+    let module = module("size");
+    std::fs::write(
+        &bundle,
+        format!(
+            "[[policy]]\nname = \"size\"\nmodule = {:?}\nsha256 = \"{}\"\n",
+            module.display().to_string(),
+            "0".repeat(64)
+        ),
+    )
+    .unwrap();
+    let fixture = common::Fixture::with_files(&[("README", "x\n")]);
+    let job = fixture.job(
+        "branch = \"factory/pin\"\nprompt = \"p\"",
+        "true",
+        "true",
+        "",
+    );
+    let ran = fixture.run(&job, &["--policies", bundle.to_str().unwrap()]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("does not match its pin"),
+        "{}",
+        ran.stderr
+    );
+    assert!(!fixture.artifacts_root().exists());
+}

@@ -1,10 +1,12 @@
 //! `kiln run`: one job end to end, cleaned up on every path including Ctrl-C and SIGTERM.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 use kiln::config::Config;
 use kiln::job::Job;
+use kiln::policy::{Bundle, Gate, PolicyEngine};
 use kiln::run::{Progress, RunOptions};
 use kiln::sandbox::Sandbox;
 use kiln::{Error, ExitCode};
@@ -22,20 +24,40 @@ pub struct RunArgs {
     /// Repository that receives the work branch (made bare if absent). Default: `<artifacts>/<id>/repo.git`.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Policy bundle to judge the passing change with; only an `allow` publishes the branch.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+    /// Write the gate's findings as SARIF 2.1.0 here (no results when the gate did not run).
+    #[arg(long, requires = "policies")]
+    sarif: Option<PathBuf>,
 }
 
 pub async fn exec(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
-    run(config, &args.job, args.report, args.artifacts, args.out).await
+    run(config, args).await
 }
 
-async fn run(
-    config: &Config,
-    job_path: &std::path::Path,
-    report: Option<PathBuf>,
-    artifacts: Option<PathBuf>,
-    out: Option<PathBuf>,
-) -> Result<ExitCode, Error> {
-    let job = Job::load(job_path, config)?;
+async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
+    let RunArgs {
+        job: job_path,
+        report,
+        artifacts,
+        out,
+        policies,
+        sarif,
+    } = args;
+    let job = Job::load(&job_path, config)?;
+    // The bundle and its pins are checked, and its modules compiled, before anything runs.
+    let gate = match &policies {
+        Some(path) => {
+            let bundle = Bundle::load(path)?;
+            let engine =
+                PolicyEngine::new(kiln::policy::default_cache_dir()).map_err(Error::Internal)?;
+            Some(Arc::new(tokio::task::block_in_place(|| {
+                Gate::new(engine, bundle)
+            })))
+        }
+        None => None,
+    };
     let progress = Progress::default();
     progress.line(&format!("job {}", job.id));
     let opts = RunOptions {
@@ -45,7 +67,7 @@ async fn run(
     let sandbox = Sandbox::connect().await?;
     kiln::run::preflight(&job, &sandbox, &opts).await?;
 
-    let work = kiln::run::run_job(&job, config, &sandbox, &opts, progress);
+    let work = kiln::run::run_job(&job, config, &sandbox, &opts, gate, progress);
     let outcome = tokio::select! {
         result = work => Some(result),
         () = interrupted() => None,
@@ -68,6 +90,13 @@ async fn run(
         report_value.reason,
         report_value.artifacts
     ));
+    if let Some(path) = sarif {
+        let sarif = match &report_value.gate {
+            Some(result) => kiln::policy::to_sarif(result),
+            None => kiln::policy::empty_sarif(),
+        };
+        kiln::run::write_json(&path, &sarif)?;
+    }
     if let Some(path) = report {
         if path.as_os_str() == "-" {
             super::print_json(&report_value)?;

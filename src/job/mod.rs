@@ -137,6 +137,8 @@ struct JobFile {
     #[serde(default)]
     context_files: Vec<String>,
     test_requirements: Option<String>,
+    #[serde(default)]
+    tests_fixed: bool,
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
     limits: Option<LimitsFile>,
@@ -168,6 +170,14 @@ pub enum RepoSource {
     Folder(PathBuf),
 }
 
+impl RepoSource {
+    pub fn path(&self) -> &Path {
+        match self {
+            RepoSource::Git(p) | RepoSource::Folder(p) => p,
+        }
+    }
+}
+
 /// Fields carried over from the seed article's JSON job record, kept for the report.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SeedFields {
@@ -187,6 +197,8 @@ pub struct Job {
     pub prompt: String,
     pub context_files: Vec<String>,
     pub test_requirements: Option<String>,
+    /// The job says its tests are fixed: policies treat any test change as suspect.
+    pub tests_fixed: bool,
     pub generate: StageSpec,
     pub test: StageSpec,
     pub limits: Limits,
@@ -330,6 +342,7 @@ impl JobFile {
             prompt,
             context_files: self.context_files,
             test_requirements: self.test_requirements,
+            tests_fixed: self.tests_fixed,
             generate,
             test,
             limits,

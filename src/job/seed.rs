@@ -70,6 +70,7 @@ impl SeedRecord {
             prompt_file: None,
             context_files: self.payload.context_files,
             test_requirements: self.payload.test_requirements,
+            tests_fixed: false,
             generate: self.generate,
             test: self.test,
             limits: self.limits,

@@ -14,7 +14,7 @@ pub use author::{AuthorError, Built, CaseResult, WASM_TARGET};
 pub use bundle::{Bundle, BundleError, BundledPolicy, Condition, Mode};
 pub use gate::{Gate, GateInput, GateResult, JobInfo, PolicyResult, TestInfo};
 pub use host::{Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, sha256_hex};
-pub use sarif::to_sarif;
+pub use sarif::{empty_sarif, to_sarif};
 
 /// Where compiled policies are cached: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/policies`,
 /// else `~/.cache/kiln/policies`; `None` (compile every time) when none is known.

@@ -4,6 +4,11 @@ use serde_json::{Value, json};
 
 use super::{GateResult, Severity};
 
+/// A SARIF log with no results, for a run whose gate did not run (tests failed first).
+pub fn empty_sarif() -> Value {
+    log(Vec::new(), Vec::new(), Value::Null)
+}
+
 pub fn to_sarif(result: &GateResult) -> Value {
     let mut rules = Vec::new();
     let mut results = Vec::new();
@@ -37,6 +42,10 @@ pub fn to_sarif(result: &GateResult) -> Value {
             results.push(entry);
         }
     }
+    log(rules, results, json!(result.decision))
+}
+
+fn log(rules: Vec<Value>, results: Vec<Value>, decision: Value) -> Value {
     json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
@@ -47,7 +56,7 @@ pub fn to_sarif(result: &GateResult) -> Value {
                 "rules": rules,
             }},
             "results": results,
-            "properties": {"decision": result.decision},
+            "properties": {"decision": decision},
         }],
     })
 }

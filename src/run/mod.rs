@@ -21,9 +21,10 @@ pub use progress::Progress;
 pub use report::{Report, Status};
 
 use crate::config::{Config, Loosening};
-use crate::error::{Error, ExitCode};
+use crate::error::Error;
 use crate::ids::Stage;
-use crate::job::{Job, RepoSource, StageSpec};
+use crate::job::{Job, StageSpec};
+use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
 use crate::sandbox::{
     self, ContainerSpec, JOB_INPUT, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume,
 };
@@ -62,6 +63,7 @@ pub async fn run_job(
     config: &Config,
     sandbox: &Sandbox,
     opts: &RunOptions,
+    gate: Option<Arc<Gate>>,
     progress: Progress,
 ) -> Result<Report, Error> {
     let started = Instant::now();
@@ -76,12 +78,16 @@ pub async fn run_job(
         artifacts: artifacts.clone(),
         attempts: Vec::new(),
         context: Vec::new(),
+        gate,
+        gate_result: None,
     };
     let span = info_span!("job", job_id = %job.id);
     let result = runner.execute(opts).instrument(span).await;
     let (end, exit) = match result {
-        Ok(end) if end.status == Status::Succeeded => (end, ExitCode::Success),
-        Ok(end) => (end, ExitCode::TestsFailed),
+        Ok(end) => {
+            let exit = end.status.exit_code();
+            (end, exit)
+        }
         Err(e) => {
             let end = End {
                 status: Status::Error,
@@ -97,9 +103,7 @@ pub async fn run_job(
         schema: report::SCHEMA,
         job: JobSummary {
             id: job.id.to_string(),
-            repo: match &job.repo {
-                RepoSource::Git(p) | RepoSource::Folder(p) => p.display().to_string(),
-            },
+            repo: job.repo.path().display().to_string(),
             base: job.base.clone(),
             base_commit: end.base_commit.map(|c| c.to_string()),
             branch: job.branch.to_string(),
@@ -117,6 +121,7 @@ pub async fn run_job(
             },
         },
         attempts: runner.attempts,
+        gate: runner.gate_result,
         status: end.status,
         reason: end.reason,
         commit: end.commit,
@@ -139,6 +144,8 @@ struct Runner<'a> {
     artifacts: PathBuf,
     attempts: Vec<AttemptReport>,
     context: Vec<String>,
+    gate: Option<Arc<Gate>>,
+    gate_result: Option<GateResult>,
 }
 
 /// How a job that ran to its end ended.
@@ -199,7 +206,23 @@ impl Runner<'_> {
                 .instrument(span)
                 .await?;
             match step {
-                Step::Passed(tree) => {
+                Step::Passed { tree, diff } => {
+                    if let Some(gate) = self.gate.clone() {
+                        let decision = self.judge(gate, diff).await?;
+                        let held = match decision {
+                            Decision::Allow => None,
+                            Decision::Review => Some(Status::AwaitingReview),
+                            Decision::Escalate => Some(Status::PolicyEscalated),
+                            Decision::Deny => Some(Status::PolicyDenied),
+                        };
+                        if let Some(status) = held {
+                            let reason = format!(
+                                "tests passed on attempt {n}; the policy gate decided {}",
+                                decision.as_str()
+                            );
+                            return Ok(end(status, reason, None));
+                        }
+                    }
                     let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
                     let commit = CommitReport {
                         oid: commit.to_string(),
@@ -316,7 +339,7 @@ impl Runner<'_> {
         attempt.passed = passed;
         self.attempts.push(attempt);
         if passed {
-            return Ok(Step::Passed(tree));
+            return Ok(Step::Passed { tree, diff });
         }
         let next = Feedback::new(n, patch, &generated, None, Some(&tested));
         Ok(Step::Failed { tree, delta, next })
@@ -446,6 +469,54 @@ impl Runner<'_> {
         Ok(Ran::from(outcome))
     }
 
+    /// Runs the policy gate on the passing change; its result goes to the report, `gate.json`
+    /// and `gate.sarif` in the artifacts.
+    async fn judge(&mut self, gate: Arc<Gate>, diff: Diff) -> Result<Decision, Error> {
+        let job = self.job;
+        let timer = self.progress.start("policy gate");
+        let tests = self
+            .attempts
+            .iter()
+            .filter_map(|a| {
+                a.test.as_ref().map(|t| TestInfo {
+                    attempt: a.attempt,
+                    passed: a.passed,
+                    exit_code: t.exit_code,
+                })
+            })
+            .collect();
+        let info = JobInfo {
+            id: job.id.to_string(),
+            repo: job.repo.path().display().to_string(),
+            branch: job.branch.to_string(),
+            prompt: job.prompt.clone(),
+            tests_fixed: job.tests_fixed,
+        };
+        let result = blocking(move || {
+            let input = GateInput {
+                job: info,
+                diff: &diff,
+                tests,
+                reviewer: None,
+            };
+            Ok(gate.evaluate(&input))
+        })
+        .await?;
+        let findings: usize = result.policies.iter().map(|p| p.findings.len()).sum();
+        timer.done(&format!(
+            "{} ({findings} findings)",
+            result.decision.as_str()
+        ));
+        write_json(&self.artifacts.join("gate.json"), &result)?;
+        write_json(
+            &self.artifacts.join("gate.sarif"),
+            &crate::policy::to_sarif(&result),
+        )?;
+        let decision = result.decision;
+        self.gate_result = Some(result);
+        Ok(decision)
+    }
+
     async fn publish(
         &self,
         ws: &Arc<Workspace>,
@@ -494,7 +565,10 @@ impl Runner<'_> {
 }
 
 enum Step {
-    Passed(Oid),
+    Passed {
+        tree: Oid,
+        diff: Diff,
+    },
     NotConverging(String),
     Failed {
         tree: Oid,

@@ -14,6 +14,8 @@ pub struct Report {
     pub job: JobSummary,
     pub sandbox: SandboxSummary,
     pub attempts: Vec<AttemptReport>,
+    /// The policy gate's result, when `--policies` was given and the tests passed.
+    pub gate: Option<crate::policy::GateResult>,
     pub status: Status,
     /// Why the job ended as it did, in a sentence.
     pub reason: String,
@@ -30,6 +32,12 @@ pub enum Status {
     Succeeded,
     TestsFailed,
     NotConverging,
+    /// Tests passed; a policy asked for review. Nothing was published.
+    AwaitingReview,
+    /// Tests passed; a policy escalated to a human. Nothing was published.
+    PolicyEscalated,
+    /// Tests passed; a policy denied the change. Nothing was published.
+    PolicyDenied,
     Error,
 }
 
@@ -40,7 +48,23 @@ impl Status {
             Status::Succeeded => "succeeded",
             Status::TestsFailed => "tests_failed",
             Status::NotConverging => "not_converging",
+            Status::AwaitingReview => "awaiting_review",
+            Status::PolicyEscalated => "policy_escalated",
+            Status::PolicyDenied => "policy_denied",
             Status::Error => "error",
+        }
+    }
+
+    /// The exit code of a job that ran to its end with this status.
+    pub fn exit_code(self) -> crate::ExitCode {
+        use crate::ExitCode;
+        match self {
+            Status::Succeeded => ExitCode::Success,
+            Status::TestsFailed | Status::NotConverging => ExitCode::TestsFailed,
+            Status::AwaitingReview => ExitCode::AwaitingReview,
+            Status::PolicyEscalated => ExitCode::PolicyEscalate,
+            Status::PolicyDenied => ExitCode::PolicyDeny,
+            Status::Error => ExitCode::Internal,
         }
     }
 }
