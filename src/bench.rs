@@ -101,3 +101,141 @@ async fn docker_run(image: &str) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Figures of `kiln bench policy`.
+pub struct PolicyFigures {
+    /// Mean microseconds per evaluation of each policy, in bundle order.
+    pub per_policy: Vec<(String, u64)>,
+    pub warm: Figures,
+    pub cold_compiled: Figures,
+    pub cold_cached: Figures,
+    pub input_bytes: usize,
+}
+
+/// A diff of `files` files with `lines` added lines each, as a generator might write.
+pub fn synthetic_diff(files: usize, lines: usize) -> crate::workspace::Diff {
+    use crate::workspace::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+    let files: Vec<FileDiff> = (0..files)
+        .map(|f| FileDiff {
+            path: format!("src/module_{f:03}/handler.rs"),
+            old_path: None,
+            status: FileStatus::Modified,
+            old_mode: Some("100644".into()),
+            new_mode: Some("100644".into()),
+            binary: false,
+            additions: lines,
+            deletions: 0,
+            hunks: vec![Hunk {
+                header: format!("@@ -1,0 +1,{lines} @@"),
+                old_start: 1,
+                old_lines: 0,
+                new_start: 1,
+                new_lines: lines as u32,
+                lines: (0..lines)
+                    .map(|l| Line {
+                        kind: LineKind::Added,
+                        old_line: None,
+                        new_line: Some(l as u32 + 1),
+                        content: format!(
+                            "    let value_{l} = compute(input, {l}); // handler {f} line {l}"
+                        ),
+                    })
+                    .collect(),
+            }],
+        })
+        .collect();
+    Diff {
+        stats: DiffStats {
+            files_changed: files.len(),
+            additions: files.len() * lines,
+            deletions: 0,
+        },
+        files,
+    }
+}
+
+/// Warm evaluations of the whole bundle, and cold starts (a new engine loading every module)
+/// compiling from scratch against loading the precompiled cache, interleaved.
+pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyFigures, Error> {
+    use crate::policy::{Bundle, Gate, GateInput, JobInfo, PolicyEngine, TestInfo};
+    let bundle = Bundle::load(bundle_path)?;
+    let diff = synthetic_diff(200, 50);
+    let input = GateInput {
+        job: JobInfo {
+            id: "bench".into(),
+            repo: "bench".into(),
+            branch: "factory/bench".into(),
+            prompt: "bench".into(),
+            tests_fixed: false,
+        },
+        diff: &diff,
+        tests: vec![TestInfo {
+            attempt: 1,
+            passed: true,
+            exit_code: Some(0),
+        }],
+        reviewer: None,
+    };
+    let input_bytes = serde_json::to_vec(&input)
+        .map_err(|e| Error::Internal(e.to_string()))?
+        .len();
+    let cache = tempfile::tempdir().map_err(Error::io("cannot make a cache folder"))?;
+    let engine = |cached: bool| {
+        PolicyEngine::new(cached.then(|| cache.path().join("policies"))).map_err(Error::Internal)
+    };
+    let gate = Gate::new(engine(true)?, bundle.clone());
+    let result = gate.evaluate(&input);
+    if let Some(failed) = result
+        .policies
+        .iter()
+        .find(|p| p.findings.iter().any(|f| f.rule == "kiln.policy-failure"))
+    {
+        return Err(Error::Internal(format!(
+            "policy {} failed on the benchmark input: {:?}",
+            failed.name, failed.findings
+        )));
+    }
+    let mut warm = Figures {
+        name: "warm: whole bundle, one evaluation",
+        samples: Vec::new(),
+    };
+    let mut cold_compiled = Figures {
+        name: "cold: load every module, compiling",
+        samples: Vec::new(),
+    };
+    let mut cold_cached = Figures {
+        name: "cold: load every module, precompiled cache",
+        samples: Vec::new(),
+    };
+    let mut per_policy: Vec<(String, u64)> = result
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), 0))
+        .collect();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let result = std::hint::black_box(gate.evaluate(&input));
+        warm.samples.push(started.elapsed());
+        for (total, policy) in per_policy.iter_mut().zip(&result.policies) {
+            total.1 += policy.duration_us;
+        }
+    }
+    for total in &mut per_policy {
+        total.1 /= runs as u64;
+    }
+    for _ in 0..runs.min(20) {
+        let started = Instant::now();
+        std::hint::black_box(Gate::new(engine(false)?, bundle.clone()));
+        cold_compiled.samples.push(started.elapsed());
+        let started = Instant::now();
+        std::hint::black_box(Gate::new(engine(true)?, bundle.clone()));
+        cold_cached.samples.push(started.elapsed());
+    }
+    Ok(PolicyFigures {
+        per_policy,
+        warm,
+        cold_compiled,
+        cold_cached,
+        input_bytes,
+    })
+}

@@ -15,11 +15,21 @@ pub enum BenchCommand {
         #[arg(long, default_value = kiln::images::BUSYBOX)]
         image: String,
     },
+    /// The policy gate: a bundle over a 10,000-line diff across 200 files, warm and cold.
+    Policy {
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
+        #[arg(long, default_value = "policies/bundles/default.toml")]
+        bundle: std::path::PathBuf,
+    },
 }
 
 pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
     match command {
         BenchCommand::Overhead { runs, image } => overhead(runs, &image).await,
+        BenchCommand::Policy { runs, bundle } => {
+            tokio::task::block_in_place(|| policy(runs, &bundle))
+        }
     }
 }
 
@@ -44,6 +54,38 @@ async fn overhead(runs: usize, image: &str) -> Result<ExitCode, Error> {
         "ratio kiln/bare: p50 {:.2}   p95 {:.2}",
         ms(kiln.percentile(50.0)) / ms(bare.percentile(50.0)),
         ms(kiln.percentile(95.0)) / ms(bare.percentile(95.0))
+    );
+    Ok(ExitCode::Success)
+}
+
+fn policy(runs: usize, bundle: &std::path::Path) -> Result<ExitCode, Error> {
+    if runs < 2 {
+        return Err(Error::Usage("--runs must be at least 2".into()));
+    }
+    let f = kiln::bench::policy_gate(bundle, runs)?;
+    println!(
+        "policy gate, bundle {}, input {} KiB (200 files, 10,000 added lines)",
+        bundle.display(),
+        f.input_bytes / 1024
+    );
+    for figures in [&f.warm, &f.cold_compiled, &f.cold_cached] {
+        println!(
+            "  {:<46} p50 {:>8.2} ms   p99 {:>8.2} ms   ({} runs)",
+            figures.name,
+            ms(figures.percentile(50.0)),
+            ms(figures.percentile(99.0)),
+            figures.samples.len()
+        );
+    }
+    let per_policy: Vec<String> = f
+        .per_policy
+        .iter()
+        .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
+        .collect();
+    println!("  mean per policy: {}", per_policy.join(", "));
+    println!(
+        "ratio cold compiling / cold cached: p50 {:.1}",
+        ms(f.cold_compiled.percentile(50.0)) / ms(f.cold_cached.percentile(50.0))
     );
     Ok(ExitCode::Success)
 }

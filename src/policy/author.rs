@@ -176,7 +176,7 @@ kiln-policy-sdk = {{ path = "sdk" }}
 members = ["sdk"]
 
 [profile.release]
-opt-level = "s"
+opt-level = 3
 lto = true
 codegen-units = 1
 panic = "abort"

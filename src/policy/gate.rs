@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::bundle::{Bundle, Condition, Mode};
-use super::host::{Limits, Policy, PolicyEngine, PolicyFailure};
+use super::bundle::{Bundle, BundledPolicy, Condition, Mode};
+use super::host::{Limits, Policy, PolicyEngine, PolicyFailure, Reads};
 use super::{Decision, Finding, Verdict};
-use crate::workspace::Diff;
+use crate::workspace::{Diff, DiffStats, FileStatus};
 
 /// What policies learn about the job (ABI `input.job`).
 #[derive(Clone, Debug, Serialize)]
@@ -76,7 +76,78 @@ pub struct Escalation {
 pub struct Gate {
     engine: PolicyEngine,
     bundle: Bundle,
-    loaded: Vec<Result<Policy, PolicyFailure>>,
+    /// Each module, with how much of the diff it reads, or why it was refused.
+    loaded: Vec<Result<(Policy, Reads), PolicyFailure>>,
+}
+
+/// The input with only files (no hunks) or only stats, for policies that read no more.
+#[derive(Serialize)]
+struct SlimInput<'a> {
+    job: &'a JobInfo,
+    diff: SlimDiff<'a>,
+    tests: &'a [TestInfo],
+    reviewer: &'a Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct SlimDiff<'a> {
+    files: Vec<SlimFile<'a>>,
+    stats: DiffStats,
+}
+
+#[derive(Serialize)]
+struct SlimFile<'a> {
+    path: &'a str,
+    old_path: Option<&'a str>,
+    status: FileStatus,
+    old_mode: Option<&'a str>,
+    new_mode: Option<&'a str>,
+    binary: bool,
+    additions: usize,
+    deletions: usize,
+    hunks: [(); 0],
+}
+
+impl<'a> SlimInput<'a> {
+    fn new(input: &'a GateInput<'a>, reads: Reads) -> Self {
+        let files = match reads {
+            Reads::Stats => Vec::new(),
+            _ => input
+                .diff
+                .files
+                .iter()
+                .map(|f| SlimFile {
+                    path: &f.path,
+                    old_path: f.old_path.as_deref(),
+                    status: f.status,
+                    old_mode: f.old_mode.as_deref(),
+                    new_mode: f.new_mode.as_deref(),
+                    binary: f.binary,
+                    additions: f.additions,
+                    deletions: f.deletions,
+                    hunks: [],
+                })
+                .collect(),
+        };
+        SlimInput {
+            job: &input.job,
+            diff: SlimDiff {
+                files,
+                stats: input.diff.stats,
+            },
+            tests: &input.tests,
+            reviewer: &input.reviewer,
+        }
+    }
+}
+
+/// `{"abi":1,` and the fields of `value`, without the closing brace: each policy's config is
+/// spliced in after.
+fn prefix(value: &impl Serialize) -> Vec<u8> {
+    let mut bytes = format!("{{\"abi\":{},", super::ABI_VERSION).into_bytes();
+    let rest = serde_json::to_vec(value).expect("the gate input serializes");
+    bytes.extend_from_slice(&rest[1..rest.len() - 1]);
+    bytes
 }
 
 impl Gate {
@@ -86,7 +157,15 @@ impl Gate {
         let loaded = bundle
             .policies
             .iter()
-            .map(|p| engine.load(&p.bytes))
+            .map(|p| {
+                let policy = engine.load(&p.bytes)?;
+                // A module whose metadata cannot be read gets everything; its evaluation decides.
+                let reads = engine
+                    .metadata(&policy)
+                    .map(|m| m.reads)
+                    .unwrap_or_default();
+                Ok((policy, reads))
+            })
             .collect();
         Gate {
             engine,
@@ -100,45 +179,54 @@ impl Gate {
     }
 
     pub fn evaluate(&self, input: &GateInput<'_>) -> GateResult {
-        // The input is the same for every policy but its config: serialize it once and splice
-        // each config in before the closing brace.
-        let mut common = serde_json::to_vec(&serde_json::json!({"abi": super::ABI_VERSION}))
-            .expect("a literal serializes");
-        common.pop();
-        let rest = serde_json::to_vec(input).expect("the gate input serializes");
-        common.push(b',');
-        common.extend_from_slice(&rest[1..rest.len() - 1]);
-
-        let mut results = Vec::with_capacity(self.bundle.policies.len());
-        for (policy, loaded) in self.bundle.policies.iter().zip(&self.loaded) {
-            let started = Instant::now();
-            let verdict = match loaded {
-                Ok(module) => {
-                    let mut bytes = common.clone();
-                    bytes.extend_from_slice(b",\"config\":");
-                    bytes.extend_from_slice(
-                        &serde_json::to_vec(&policy.config).expect("config is JSON"),
-                    );
-                    bytes.push(b'}');
-                    let limits = Limits {
-                        fuel: policy.fuel.unwrap_or(Limits::default().fuel),
-                        ..Limits::default()
-                    };
-                    self.engine
-                        .evaluate(module, &bytes, limits)
-                        .unwrap_or_else(|failure| Verdict::failed(&policy.name, &failure))
-                }
-                Err(failure) => Verdict::failed(&policy.name, failure),
-            };
-            results.push(PolicyResult {
-                name: policy.name.clone(),
-                sha256: policy.sha256.clone(),
-                mode: policy.mode,
-                decision: verdict.decision,
-                findings: verdict.findings,
-                duration_us: started.elapsed().as_micros() as u64,
-            });
-        }
+        // The input is the same for every policy but its config (and how much of the diff it
+        // reads): serialize each variant once, and splice each config in before the closing brace.
+        let needs = |r: Reads| {
+            self.loaded
+                .iter()
+                .any(|l| matches!(l, Ok((_, reads)) if *reads == r))
+        };
+        let full = prefix(input);
+        let files = needs(Reads::Files).then(|| prefix(&SlimInput::new(input, Reads::Files)));
+        let stats = needs(Reads::Stats).then(|| prefix(&SlimInput::new(input, Reads::Stats)));
+        let common = |reads: Reads| -> &[u8] {
+            match reads {
+                Reads::Files => files.as_deref().unwrap_or(&full),
+                Reads::Stats => stats.as_deref().unwrap_or(&full),
+                Reads::Lines => &full,
+            }
+        };
+        // Each policy runs in its own store, so the bundle's policies run side by side.
+        let results: Vec<PolicyResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .bundle
+                .policies
+                .iter()
+                .zip(&self.loaded)
+                .map(|(policy, loaded)| {
+                    let bytes = common(loaded.as_ref().map(|(_, r)| *r).unwrap_or_default());
+                    scope.spawn(move || self.run_one(policy, loaded, bytes))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .zip(&self.bundle.policies)
+                .map(|(handle, policy)| {
+                    handle.join().unwrap_or_else(|_| {
+                        let failure = PolicyFailure::Trap("the evaluation thread panicked".into());
+                        let verdict = Verdict::failed(&policy.name, &failure);
+                        PolicyResult {
+                            name: policy.name.clone(),
+                            sha256: policy.sha256.clone(),
+                            mode: policy.mode,
+                            decision: verdict.decision,
+                            findings: verdict.findings,
+                            duration_us: 0,
+                        }
+                    })
+                })
+                .collect()
+        });
         let decision = results
             .iter()
             .filter(|r| r.mode == Mode::Enforce)
@@ -167,6 +255,43 @@ impl Gate {
                 channel: self.bundle.escalation_channel.clone(),
             }),
             policies: results,
+        }
+    }
+}
+
+impl Gate {
+    fn run_one(
+        &self,
+        policy: &BundledPolicy,
+        loaded: &Result<(Policy, Reads), PolicyFailure>,
+        common: &[u8],
+    ) -> PolicyResult {
+        let started = Instant::now();
+        let verdict = match loaded {
+            Ok((module, _)) => {
+                let mut bytes = common.to_vec();
+                bytes.extend_from_slice(b",\"config\":");
+                bytes.extend_from_slice(
+                    &serde_json::to_vec(&policy.config).expect("config is JSON"),
+                );
+                bytes.push(b'}');
+                let limits = Limits {
+                    fuel: policy.fuel.unwrap_or(Limits::default().fuel),
+                    ..Limits::default()
+                };
+                self.engine
+                    .evaluate(module, &bytes, limits)
+                    .unwrap_or_else(|failure| Verdict::failed(&policy.name, &failure))
+            }
+            Err(failure) => Verdict::failed(&policy.name, failure),
+        };
+        PolicyResult {
+            name: policy.name.clone(),
+            sha256: policy.sha256.clone(),
+            mode: policy.mode,
+            decision: verdict.decision,
+            findings: verdict.findings,
+            duration_us: started.elapsed().as_micros() as u64,
         }
     }
 }

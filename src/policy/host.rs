@@ -71,6 +71,22 @@ pub struct Metadata {
     pub description: String,
     #[serde(default)]
     pub config_schema: serde_json::Value,
+    /// How much of the diff the policy reads; kiln sends no more.
+    #[serde(default)]
+    pub reads: Reads,
+}
+
+/// How much of the diff a policy reads (ABI metadata `reads`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reads {
+    /// Everything: files, hunks and lines.
+    #[default]
+    Lines,
+    /// Files with their paths, status, modes and counts; no hunks.
+    Files,
+    /// Only `diff.stats`; no files.
+    Stats,
 }
 
 /// A loaded module: compiled, checked against the ABI, with its sha256.

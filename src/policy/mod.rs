@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 pub use author::{AuthorError, Built, CaseResult, WASM_TARGET};
 pub use bundle::{Bundle, BundleError, BundledPolicy, Condition, Mode};
 pub use gate::{Gate, GateInput, GateResult, JobInfo, PolicyResult, TestInfo};
-pub use host::{Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, sha256_hex};
+pub use host::{
+    Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, Reads, sha256_hex,
+};
 pub use sarif::{empty_sarif, to_sarif};
 
 /// Where compiled policies are cached: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/policies`,

@@ -9,7 +9,7 @@ const PROTECTED: [&str; 16] = [
     "poetry.lock", "Pipfile.lock", "go.sum", "Gemfile.lock",
 ];
 
-fn evaluate(input: &Input) -> Result<Output, String> {
+fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let allowed: Vec<String> = config(input, "allowed", Vec::new())?;
     let protected: Vec<String> = config(input, "protected", PROTECTED.map(String::from).to_vec())?;
     let decision = config_decision(input, Decision::Escalate)?;
@@ -17,9 +17,9 @@ fn evaluate(input: &Input) -> Result<Output, String> {
     for file in &input.diff.files {
         for path in file.paths() {
             if let Some(glob) = protected.iter().find(|g| glob_match(g, path)) {
-                output.find(decision, "protected", format!("changes `{path}`, protected by `{glob}`"), Some(&file.path), None);
+                output.find(decision, "protected", format!("changes `{path}`, protected by `{glob}`"), Some(&*file.path), None);
             } else if !allowed.is_empty() && !allowed.iter().any(|g| glob_match(g, path)) {
-                output.find(decision, "outside_allowed", format!("changes `{path}`, outside the allowed paths"), Some(&file.path), None);
+                output.find(decision, "outside_allowed", format!("changes `{path}`, outside the allowed paths"), Some(&*file.path), None);
             }
         }
     }
@@ -33,5 +33,6 @@ policy!(
     config_schema = r#"{"allowed": "globs a change may touch (default: any)",
         "protected": "globs no change may touch (default: CI config, build scripts, lockfiles)",
         "decision": "review | escalate | deny (default escalate)"}"#,
+    reads = "files",
     evaluate
 );

@@ -2,18 +2,22 @@
 //! [`policy!`] macro that exports what kiln calls. A policy is one function from [`Input`] to
 //! [`Output`]; see policies/ABI.md for what travels underneath.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 pub use serde_json::{self, Value, json};
 
 mod glob;
 pub use glob::glob_match;
 
-/// What kiln gives a policy.
+/// What kiln gives a policy. Text borrows from the input buffer where it can (most diff
+/// lines have no escapes), which keeps parsing a large diff cheap.
 #[derive(Clone, Debug, Deserialize)]
-pub struct Input {
+pub struct Input<'a> {
     pub abi: u32,
     pub job: Job,
-    pub diff: Diff,
+    #[serde(borrow)]
+    pub diff: Diff<'a>,
     #[serde(default)]
     pub tests: Vec<TestResult>,
     #[serde(default)]
@@ -35,8 +39,9 @@ pub struct Job {
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
-pub struct Diff {
-    pub files: Vec<FileDiff>,
+pub struct Diff<'a> {
+    #[serde(borrow)]
+    pub files: Vec<FileDiff<'a>>,
     pub stats: Stats,
 }
 
@@ -48,36 +53,44 @@ pub struct Stats {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-pub struct FileDiff {
-    pub path: String,
-    pub old_path: Option<String>,
+pub struct FileDiff<'a> {
+    #[serde(borrow)]
+    pub path: Cow<'a, str>,
+    #[serde(borrow)]
+    pub old_path: Option<Cow<'a, str>>,
     /// `added`, `modified`, `deleted`, `renamed`, `copied` or `type_changed`.
-    pub status: String,
+    #[serde(borrow)]
+    pub status: Cow<'a, str>,
     pub old_mode: Option<String>,
     pub new_mode: Option<String>,
     pub binary: bool,
     pub additions: usize,
     pub deletions: usize,
-    pub hunks: Vec<Hunk>,
+    #[serde(borrow)]
+    pub hunks: Vec<Hunk<'a>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-pub struct Hunk {
-    pub header: String,
+pub struct Hunk<'a> {
+    #[serde(borrow)]
+    pub header: Cow<'a, str>,
     pub old_start: u32,
     pub old_lines: u32,
     pub new_start: u32,
     pub new_lines: u32,
-    pub lines: Vec<Line>,
+    #[serde(borrow)]
+    pub lines: Vec<Line<'a>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
-pub struct Line {
+pub struct Line<'a> {
     /// `context`, `added` or `removed`.
-    pub kind: String,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
     pub old_line: Option<u32>,
     pub new_line: Option<u32>,
-    pub content: String,
+    #[serde(borrow)]
+    pub content: Cow<'a, str>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -87,24 +100,24 @@ pub struct TestResult {
     pub exit_code: Option<i64>,
 }
 
-impl FileDiff {
+impl<'a> FileDiff<'a> {
     /// Added lines with their line number in the new file.
     pub fn added(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.lines_of("added").map(|l| (l.new_line.unwrap_or(0), l.content.as_str()))
+        self.lines_of("added").map(|l| (l.new_line.unwrap_or(0), l.content.as_ref()))
     }
 
     /// Removed lines with their line number in the old file.
     pub fn removed(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.lines_of("removed").map(|l| (l.old_line.unwrap_or(0), l.content.as_str()))
+        self.lines_of("removed").map(|l| (l.old_line.unwrap_or(0), l.content.as_ref()))
     }
 
-    fn lines_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Line> {
+    fn lines_of<'s>(&'s self, kind: &'s str) -> impl Iterator<Item = &'s Line<'a>> {
         self.hunks.iter().flat_map(|h| h.lines.iter()).filter(move |l| l.kind == kind)
     }
 
     /// The paths this change touches: the path, and the old one of a rename.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.path.as_str()).chain(self.old_path.as_deref())
+        std::iter::once(self.path.as_ref()).chain(self.old_path.as_deref())
     }
 }
 
@@ -162,7 +175,7 @@ impl Output {
 }
 
 /// Reads a config field, or its default when absent; a field of the wrong type is an error.
-pub fn config<T: serde::de::DeserializeOwned>(input: &Input, key: &str, default: T) -> Result<T, String> {
+pub fn config<T: serde::de::DeserializeOwned>(input: &Input<'_>, key: &str, default: T) -> Result<T, String> {
     match input.config.get(key) {
         None | Some(Value::Null) => Ok(default),
         Some(v) => serde_json::from_value(v.clone()).map_err(|e| format!("config `{key}`: {e}")),
@@ -170,7 +183,7 @@ pub fn config<T: serde::de::DeserializeOwned>(input: &Input, key: &str, default:
 }
 
 /// A config's `decision` field, limited to the decisions a policy may choose.
-pub fn config_decision(input: &Input, default: Decision) -> Result<Decision, String> {
+pub fn config_decision(input: &Input<'_>, default: Decision) -> Result<Decision, String> {
     config(input, "decision", default)
 }
 
@@ -199,7 +212,7 @@ pub mod abi {
     ///
     /// # Safety
     /// `ptr..ptr+len` must be the bytes kiln wrote after calling `kiln_alloc(len)`.
-    pub unsafe fn evaluate(ptr: i32, len: i32, evaluate: fn(&Input) -> Result<Output, String>) -> i64 {
+    pub unsafe fn evaluate(ptr: i32, len: i32, evaluate: fn(&Input<'_>) -> Result<Output, String>) -> i64 {
         // SAFETY: kiln wrote `len` bytes at `ptr`, which `alloc` returned for exactly that length.
         let bytes = unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
         let output = match serde_json::from_slice::<Input>(bytes) {
@@ -217,11 +230,19 @@ pub mod abi {
 }
 
 /// Exports a policy: `policy!(name = "...", version = "...", description = "...",
-/// config_schema = r#"{...}"#, evaluate)` where `evaluate: fn(&Input) -> Result<Output, String>`.
+/// config_schema = r#"{...}"#, [reads = "lines" | "files" | "stats",] evaluate)` where
+/// `evaluate: fn(&Input) -> Result<Output, String>`. `reads` says how much of the diff the policy
+/// looks at (default `lines`); kiln leaves out the rest, which makes large diffs cheap for
+/// policies that only need paths or counts.
 #[macro_export]
 macro_rules! policy {
     (name = $name:expr, version = $version:expr, description = $description:expr,
      config_schema = $schema:expr, $evaluate:path) => {
+        $crate::policy!(name = $name, version = $version, description = $description,
+                        config_schema = $schema, reads = "lines", $evaluate);
+    };
+    (name = $name:expr, version = $version:expr, description = $description:expr,
+     config_schema = $schema:expr, reads = $reads:expr, $evaluate:path) => {
         #[unsafe(no_mangle)]
         pub extern "C" fn kiln_abi_version() -> i32 {
             1
@@ -242,7 +263,8 @@ macro_rules! policy {
         pub extern "C" fn kiln_metadata() -> i64 {
             let schema: $crate::Value = $crate::serde_json::from_str($schema).unwrap_or($crate::Value::Null);
             let metadata = $crate::json!({
-                "name": $name, "version": $version, "description": $description, "config_schema": schema,
+                "name": $name, "version": $version, "description": $description,
+                "config_schema": schema, "reads": $reads,
             });
             $crate::abi::leak($crate::serde_json::to_vec(&metadata).expect("metadata serializes"))
         }

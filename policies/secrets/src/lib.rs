@@ -24,20 +24,40 @@ fn token_char(c: u8) -> bool {
 
 /// What kind of credential `line` holds, if any.
 pub fn credential(line: &str) -> Option<&'static str> {
-    if line.contains("-----BEGIN") && line.contains("PRIVATE KEY") {
-        return Some("a private key block");
-    }
     let bytes = line.as_bytes();
-    for (prefix, min, what) in TOKEN_PREFIXES {
-        for (at, _) in line.match_indices(prefix) {
-            let boundary = at == 0 || !token_char(bytes[at - 1]);
-            let run = bytes[at + prefix.len()..].iter().take_while(|c| token_char(**c)).count();
-            if boundary && run >= min {
-                return Some(what);
+    // Key blocks and token formats need a long run of token characters; most lines have none.
+    if has_token_run(bytes, 10) {
+        if line.contains("-----BEGIN") && line.contains("PRIVATE KEY") {
+            return Some("a private key block");
+        }
+        for (prefix, min, what) in TOKEN_PREFIXES {
+            for (at, _) in line.match_indices(prefix) {
+                let boundary = at == 0 || !token_char(bytes[at - 1]);
+                let run = bytes[at + prefix.len()..].iter().take_while(|c| token_char(**c)).count();
+                if boundary && run >= min {
+                    return Some(what);
+                }
             }
         }
     }
-    assigned_secret(line)
+    // An assignment needs a quote and an `=` or `:`.
+    let quoted = bytes.iter().any(|b| *b == b'"' || *b == b'\'');
+    if quoted && bytes.iter().any(|b| *b == b'=' || *b == b':') {
+        return assigned_secret(line);
+    }
+    None
+}
+
+/// Whether `bytes` holds `min` token characters in a row (a cheap first filter).
+fn has_token_run(bytes: &[u8], min: usize) -> bool {
+    let mut run = 0;
+    for &c in bytes {
+        run = if token_char(c) { run + 1 } else { 0 };
+        if run >= min {
+            return true;
+        }
+    }
+    false
 }
 
 /// `NAME = "literal"` or `NAME: 'literal'` where NAME ends in a secret word and the literal is
@@ -60,13 +80,13 @@ fn assigned_secret(line: &str) -> Option<&'static str> {
     (!placeholder).then_some("a secret literal assigned to a secret name")
 }
 
-fn evaluate(input: &Input) -> Result<Output, String> {
+fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let decision = config_decision(input, Decision::Deny)?;
     let mut output = Output::new(Decision::Allow);
     for file in &input.diff.files {
         for (line, text) in file.added() {
             if let Some(what) = credential(text) {
-                output.find(decision, "credential", format!("adds {what}"), Some(&file.path), Some(line));
+                output.find(decision, "credential", format!("adds {what}"), Some(&*file.path), Some(line));
             }
         }
     }

@@ -2,7 +2,7 @@
 
 use kiln_policy_sdk::{Decision, Input, Output, config, config_decision, policy};
 
-fn evaluate(input: &Input) -> Result<Output, String> {
+fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let max_files: usize = config(input, "max_files", 50)?;
     let max_lines: usize = config(input, "max_lines", 1000)?;
     let decision = config_decision(input, Decision::Review)?;
@@ -24,5 +24,6 @@ policy!(
     description = "Asks for review when a change touches more files or lines than configured",
     config_schema = r#"{"max_files": "integer (default 50)", "max_lines": "added plus removed lines (default 1000)",
         "decision": "review | escalate | deny (default review)"}"#,
+    reads = "stats",
     evaluate
 );

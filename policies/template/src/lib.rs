@@ -4,14 +4,14 @@
 
 use kiln_policy_sdk::{Decision, Input, Output, config, policy};
 
-fn evaluate(input: &Input) -> Result<Output, String> {
+fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let forbidden: Vec<String> = config(input, "forbidden_words", vec!["TODO".to_string()])?;
     let mut output = Output::new(Decision::Allow);
     for file in &input.diff.files {
         for (line, content) in file.added() {
             for word in &forbidden {
                 if content.contains(word.as_str()) {
-                    output.find(Decision::Review, "forbidden_word", format!("adds `{word}`"), Some(&file.path), Some(line));
+                    output.find(Decision::Review, "forbidden_word", format!("adds `{word}`"), Some(&*file.path), Some(line));
                 }
             }
         }

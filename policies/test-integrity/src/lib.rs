@@ -13,18 +13,19 @@ const SKIP_MARKERS: [&str; 14] = [
     "it.skip(", "describe.skip(", "test.skip(", "xit(", "xdescribe(", "t.Skip(", "@Disabled",
     "@Ignore", "skip(\"",
 ];
+const MARKER_HINTS: [&str; 6] = ["kip", "gnore", "xfail", "xit(", "xdescribe(", "Disabled"];
 const ASSERTIONS: [&str; 6] = ["assert", "expect(", "should", "require.", "t.Error", "t.Fatal"];
 
-fn is_test(tests: &[String], file: &FileDiff) -> bool {
+fn is_test(tests: &[String], file: &FileDiff<'_>) -> bool {
     file.paths().any(|p| tests.iter().any(|g| glob_match(g, p)))
 }
 
-fn evaluate(input: &Input) -> Result<Output, String> {
+fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let tests: Vec<String> = config(input, "test_paths", TEST_PATHS.map(String::from).to_vec())?;
     let decision = config_decision(input, Decision::Escalate)?;
     let mut output = Output::new(Decision::Allow);
     for file in input.diff.files.iter().filter(|f| is_test(&tests, f)) {
-        let path = Some(file.path.as_str());
+        let path = Some(&*file.path);
         if file.status == "deleted" {
             output.find(decision, "test_deleted", "deletes a test file".into(), path, None);
         } else if input.job.tests_fixed {
@@ -39,8 +40,12 @@ fn evaluate(input: &Input) -> Result<Output, String> {
     // Skip markers count wherever they are added: tests live beside code in many languages.
     for file in &input.diff.files {
         for (line, text) in file.added() {
+            // Every marker holds one of these; most lines hold none, and are passed over cheaply.
+            if !MARKER_HINTS.iter().any(|h| text.contains(h)) {
+                continue;
+            }
             if let Some(marker) = SKIP_MARKERS.iter().find(|m| text.contains(*m)) {
-                output.find(decision, "skip_added", format!("adds the skip marker `{marker}`"), Some(&file.path), Some(line));
+                output.find(decision, "skip_added", format!("adds the skip marker `{marker}`"), Some(&*file.path), Some(line));
             }
         }
     }
