@@ -364,6 +364,22 @@ fn a_new_policy_from_the_template_builds_and_passes_its_cases() {
     let out = kiln().args(["policy", "test"]).arg(&made).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("2 passed, 0 failed"), "{}", text(&out));
+    // A real Rust panic aborts, traps, and fails every case closed, with the policy's log shown.
+    let lib = made.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap().replace(
+        "    let mut output = Output::new(Decision::Allow);",
+        "    kiln_policy_sdk::log(\"about to panic\");\n    panic!(\"boom\");\n    #[allow(unreachable_code)]\n    let mut output = Output::new(Decision::Allow);",
+    );
+    std::fs::write(&lib, source).unwrap();
+    let out = kiln().args(["policy", "test"]).arg(&made).output().unwrap();
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out));
+    let report = text(&out);
+    assert!(
+        report.contains("the policy failed: module trapped"),
+        "{report}"
+    );
+    assert!(report.contains("log: about to panic"), "{report}");
+    assert!(report.contains("0 passed, 2 failed"), "{report}");
     let again = kiln()
         .args(["policy", "new", "no-todos", "--dir"])
         .arg(dir.path())

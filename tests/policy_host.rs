@@ -222,3 +222,26 @@ fn the_worked_example_in_the_abi_document_runs() {
     );
     assert_eq!(engine.metadata(&policy).unwrap().name, "allow-all");
 }
+
+#[test]
+fn the_log_is_kept_and_capped_at_64_kib() {
+    // Logs 1 KiB a hundred times, then allows.
+    let extra = r#"(import "kiln" "log" (func $log (param i32 i32)))"#;
+    let body = "(local $i i32) (block $done (loop $l (br_if $done (i32.ge_u (local.get $i) (i32.const 100))) (call $log (i32.const 0) (i32.const 1024)) (local.set $i (i32.add (local.get $i) (i32.const 1))) (br $l))) (i64.const 34)";
+    let bytes = module(extra, body);
+    let engine = engine();
+    let policy = engine.load(&bytes).unwrap();
+    let (verdict, log) = engine.evaluate_logged(&policy, INPUT, PolicyLimits::default());
+    assert_eq!(verdict.unwrap().decision, Decision::Allow);
+    assert_eq!(log.len(), 64 << 10);
+    assert!(log.starts_with("{\"decision\":\"allow\""));
+    // Out-of-bounds log calls are ignored, never a crash.
+    let wild = module(
+        extra,
+        "(call $log (i32.const -1) (i32.const 100)) (i64.const 34)",
+    );
+    let (verdict, log) =
+        engine.evaluate_logged(&engine.load(&wild).unwrap(), INPUT, PolicyLimits::default());
+    assert_eq!(verdict.unwrap().decision, Decision::Allow);
+    assert!(log.is_empty());
+}

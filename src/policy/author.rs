@@ -349,10 +349,19 @@ pub fn test(
         bytes["abi"] = serde_json::json!(super::ABI_VERSION);
         bytes["config"] = case.config;
         let bytes = serde_json::to_vec(&bytes).expect("the input serializes");
-        let mismatch = match engine.evaluate(&policy, &bytes, Limits::default()) {
-            Err(failure) => Some(format!("the policy failed: {failure}")),
+        let (verdict, log) = engine.evaluate_logged(&policy, &bytes, Limits::default());
+        let mismatch = match verdict {
+            Err(failure) => Some(format!("  the policy failed: {failure}")),
             Ok(got) => compare(&case.expect, got.decision, &got.findings),
         };
+        // The policy's own log helps its author see why a case failed.
+        let mismatch = mismatch.map(|m| {
+            if log.is_empty() {
+                m
+            } else {
+                format!("{m}\n  log: {}", log.trim_end())
+            }
+        });
         results.push(CaseResult { name, mismatch });
     }
     Ok(results)

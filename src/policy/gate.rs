@@ -56,6 +56,9 @@ pub struct PolicyResult {
     pub decision: Decision,
     pub findings: Vec<Finding>,
     pub duration_us: u64,
+    /// What the module wrote to `kiln.log` (capped at 64 KiB).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub log: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -222,6 +225,7 @@ impl Gate {
                             decision: verdict.decision,
                             findings: verdict.findings,
                             duration_us: 0,
+                            log: String::new(),
                         }
                     })
                 })
@@ -267,6 +271,7 @@ impl Gate {
         common: &[u8],
     ) -> PolicyResult {
         let started = Instant::now();
+        let mut log = String::new();
         let verdict = match loaded {
             Ok((module, _)) => {
                 let mut bytes = common.to_vec();
@@ -279,9 +284,9 @@ impl Gate {
                     fuel: policy.fuel.unwrap_or(Limits::default().fuel),
                     ..Limits::default()
                 };
-                self.engine
-                    .evaluate(module, &bytes, limits)
-                    .unwrap_or_else(|failure| Verdict::failed(&policy.name, &failure))
+                let (verdict, written) = self.engine.evaluate_logged(module, &bytes, limits);
+                log = written;
+                verdict.unwrap_or_else(|failure| Verdict::failed(&policy.name, &failure))
             }
             Err(failure) => Verdict::failed(&policy.name, failure),
         };
@@ -292,6 +297,7 @@ impl Gate {
             decision: verdict.decision,
             findings: verdict.findings,
             duration_us: started.elapsed().as_micros() as u64,
+            log,
         }
     }
 }

@@ -188,26 +188,52 @@ impl PolicyEngine {
         input: &[u8],
         limits: Limits,
     ) -> Result<Verdict, PolicyFailure> {
-        let (mut store, instance) = self.instantiate(policy, limits)?;
+        self.evaluate_logged(policy, input, limits).0
+    }
+
+    /// [`PolicyEngine::evaluate`], and what the module wrote to `kiln.log` (at most 64 KiB,
+    /// lossily UTF-8), also when it failed.
+    pub fn evaluate_logged(
+        &self,
+        policy: &Policy,
+        input: &[u8],
+        limits: Limits,
+    ) -> (Result<Verdict, PolicyFailure>, String) {
+        let (mut store, instance) = match self.instantiate(policy, limits) {
+            Ok(ready) => ready,
+            Err(failure) => return (Err(failure), String::new()),
+        };
+        let verdict = Self::call_evaluate(&mut store, &instance, input);
+        (
+            verdict,
+            String::from_utf8_lossy(&store.data().log).into_owned(),
+        )
+    }
+
+    fn call_evaluate(
+        store: &mut Store<HostState>,
+        instance: &wasmtime::Instance,
+        input: &[u8],
+    ) -> Result<Verdict, PolicyFailure> {
         let memory = instance
-            .get_memory(&mut store, "memory")
+            .get_memory(&mut *store, "memory")
             .ok_or(PolicyFailure::MissingExport("memory"))?;
         let alloc = instance
-            .get_typed_func::<i32, i32>(&mut store, "kiln_alloc")
+            .get_typed_func::<i32, i32>(&mut *store, "kiln_alloc")
             .map_err(|_| PolicyFailure::MissingExport("kiln_alloc"))?;
         let evaluate = instance
-            .get_typed_func::<(i32, i32), i64>(&mut store, "kiln_evaluate")
+            .get_typed_func::<(i32, i32), i64>(&mut *store, "kiln_evaluate")
             .map_err(|_| PolicyFailure::MissingExport("kiln_evaluate"))?;
         let len = i32::try_from(input.len())
             .map_err(|_| PolicyFailure::Trap("input over 2 GiB".into()))?;
-        let ptr = alloc.call(&mut store, len).map_err(trap)?;
+        let ptr = alloc.call(&mut *store, len).map_err(trap)?;
         memory
-            .write(&mut store, ptr as u32 as usize, input)
+            .write(&mut *store, ptr as u32 as usize, input)
             .map_err(|_| {
                 PolicyFailure::Trap("kiln_alloc returned memory the input does not fit in".into())
             })?;
-        let packed = evaluate.call(&mut store, (ptr, len)).map_err(trap)?;
-        let bytes = read_packed(memory.data(&store), packed)?;
+        let packed = evaluate.call(&mut *store, (ptr, len)).map_err(trap)?;
+        let bytes = read_packed(memory.data(&*store), packed)?;
         serde_json::from_slice(bytes).map_err(|e| PolicyFailure::MalformedOutput(e.to_string()))
     }
 

@@ -174,6 +174,23 @@ impl Output {
     }
 }
 
+/// Writes to the policy's log (`kiln.log`); kiln keeps the first 64 KiB of an evaluation's log
+/// and shows it to the author in `kiln policy test` and in the gate's JSON result.
+pub fn log(message: &str) {
+    #[cfg(target_arch = "wasm32")]
+    {
+        #[link(wasm_import_module = "kiln")]
+        unsafe extern "C" {
+            #[link_name = "log"]
+            fn kiln_log(ptr: i32, len: i32);
+        }
+        // SAFETY: kiln only reads `len` bytes at `ptr` from this module's own memory.
+        unsafe { kiln_log(message.as_ptr() as i32, message.len() as i32) }
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{message}");
+}
+
 /// Reads a config field, or its default when absent; a field of the wrong type is an error.
 pub fn config<T: serde::de::DeserializeOwned>(input: &Input<'_>, key: &str, default: T) -> Result<T, String> {
     match input.config.get(key) {
