@@ -167,6 +167,7 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
             branch: "factory/bench".into(),
             prompt: "bench".into(),
             tests_fixed: false,
+            protect: Vec::new(),
         },
         diff: &diff,
         tests: vec![TestInfo {

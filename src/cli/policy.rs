@@ -46,6 +46,9 @@ pub enum PolicyCommand {
         /// The job says its tests are fixed (test-integrity escalates any test change).
         #[arg(long)]
         tests_fixed: bool,
+        /// A glob of the job's `[test] protect` (repeatable): test-integrity escalates changes to it.
+        #[arg(long, value_name = "GLOB")]
+        protect: Vec<String>,
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
@@ -94,6 +97,7 @@ pub fn exec(command: PolicyCommand) -> Result<ExitCode, Error> {
             base,
             head,
             tests_fixed,
+            protect,
             format,
         } => {
             let source = match (diff, repo, base, head) {
@@ -107,7 +111,15 @@ pub fn exec(command: PolicyCommand) -> Result<ExitCode, Error> {
                     ));
                 }
             };
-            eval(&bundle, source, tests_fixed, format, engine)
+            let job = JobInfo {
+                id: "eval".into(),
+                repo: String::new(),
+                branch: String::new(),
+                prompt: String::new(),
+                tests_fixed,
+                protect,
+            };
+            eval(&bundle, source, job, format, engine)
         }
         PolicyCommand::Inspect { module, json } => inspect(&module, json, &engine),
     }
@@ -125,7 +137,7 @@ enum Source {
 fn eval(
     bundle: &Path,
     source: Source,
-    tests_fixed: bool,
+    mut job: JobInfo,
     format: Format,
     engine: PolicyEngine,
 ) -> Result<ExitCode, Error> {
@@ -154,14 +166,9 @@ fn eval(
             (diff, repo.display().to_string())
         }
     };
+    job.repo = repo;
     let input = GateInput {
-        job: JobInfo {
-            id: "eval".into(),
-            repo,
-            branch: String::new(),
-            prompt: String::new(),
-            tests_fixed,
-        },
+        job,
         diff: &diff,
         tests: Vec::new(),
         reviewer: None,

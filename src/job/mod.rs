@@ -33,6 +33,10 @@ pub struct StageSpec {
     /// Wall-clock limit; the container is killed when it passes. Default 10 minutes.
     #[serde(with = "humantime_serde", default = "default_timeout")]
     pub timeout: Duration,
+    /// `[test]` only: globs of paths the tests run with as they are in the base, whatever the
+    /// generator did to them; a change to one is also a finding for the test-integrity policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protect: Vec<String>,
 }
 
 fn default_timeout() -> Duration {
@@ -199,6 +203,8 @@ pub struct Job {
     pub test_requirements: Option<String>,
     /// The job says its tests are fixed: policies treat any test change as suspect.
     pub tests_fixed: bool,
+    /// Globs of `[test] protect`: the tests run with the base version of these paths.
+    pub protect: Vec<String>,
     pub generate: StageSpec,
     pub test: StageSpec,
     pub limits: Limits,
@@ -310,6 +316,13 @@ impl JobFile {
         context_globs(&self.context_files).map_err(|m| ("context_files", m))?;
         let generate = stage(self.generate, &config.defaults.generate, "generate")?;
         let test = stage(self.test, &config.defaults.test, "test")?;
+        if !generate.protect.is_empty() {
+            return Err((
+                "generate.protect",
+                "belongs in [test]: it names what the tests run with".into(),
+            ));
+        }
+        context_globs(&test.protect).map_err(|m| ("test.protect", m))?;
         let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
         limits.check().map_err(|m| ("limits", m))?;
         let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
@@ -343,6 +356,7 @@ impl JobFile {
             context_files: self.context_files,
             test_requirements: self.test_requirements,
             tests_fixed: self.tests_fixed,
+            protect: test.protect.clone(),
             generate,
             test,
             limits,

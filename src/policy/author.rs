@@ -234,6 +234,9 @@ struct Case {
     typed_diff: Option<Diff>,
     #[serde(default)]
     tests_fixed: bool,
+    /// Globs of the job's `[test] protect`.
+    #[serde(default)]
+    protect: Vec<String>,
     #[serde(default = "empty_object")]
     config: serde_json::Value,
     expect: Expect,
@@ -336,6 +339,7 @@ pub fn test(
                 branch: "factory/policy-test".into(),
                 prompt: case.description.clone(),
                 tests_fixed: case.tests_fixed,
+                protect: case.protect.clone(),
             },
             diff: &diff,
             tests: vec![TestInfo {

@@ -18,6 +18,8 @@ pub struct JobInfo {
     pub branch: String,
     pub prompt: String,
     pub tests_fixed: bool,
+    /// Globs of the job's `[test] protect`: a change to one of these paths is suspect.
+    pub protect: Vec<String>,
 }
 
 /// One attempt's test run (ABI `input.tests[]`).

@@ -41,6 +41,9 @@ pub(super) struct Feedback {
     test_timed_out: bool,
     /// The last bytes of the failing test output.
     test_output_tail: String,
+    /// Protected paths (`[test] protect`) the attempt changed; the tests ran their base version.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    protected_reverted: Vec<String>,
 }
 
 impl Feedback {
@@ -50,6 +53,7 @@ impl Feedback {
         generated: &Ran,
         untested_because: Option<&'static str>,
         tested: Option<&Ran>,
+        protected_reverted: Vec<String>,
     ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
         if diff_truncated {
@@ -70,6 +74,7 @@ impl Feedback {
             test_output_tail: tested
                 .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
                 .unwrap_or_default(),
+            protected_reverted,
         }
     }
 }

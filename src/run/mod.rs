@@ -306,6 +306,7 @@ impl Runner<'_> {
                 })
                 .collect(),
             test: None,
+            protected_reverted: Vec::new(),
             passed: false,
             artifacts: dir.display().to_string(),
         };
@@ -321,13 +322,25 @@ impl Runner<'_> {
                 "  attempt {n} failed untested: the generator {why}"
             ));
             self.attempts.push(attempt);
-            let next = Feedback::new(n, patch, &generated, Some(why), None);
+            let next = Feedback::new(n, patch, &generated, Some(why), None, Vec::new());
             return Ok(Step::Failed { tree, delta, next });
         }
 
+        // The tests run with the base version of protected paths, whatever the generator did.
+        let (tested_tree, reverted) = {
+            let ws = ws.clone();
+            let protect = crate::job::context_globs(&job.protect).map_err(Error::Usage)?;
+            blocking(move || Ok(ws.protected_tree(tree, &protect)?)).await?
+        };
+        if !reverted.is_empty() {
+            self.progress.line(&format!(
+                "  protected paths put back for the tests: {}",
+                reverted.join(", ")
+            ));
+        }
         let label = format!("attempt {n}/{} · test", job.max_attempts);
         let timer = self.progress.start(label);
-        let tested = self.test(ws, n, tree, &input).await?;
+        let tested = self.test(ws, n, tested_tree, &input).await?;
         let passed = tested.succeeded();
         timer.done(&if passed {
             "passed".to_string()
@@ -336,12 +349,17 @@ impl Runner<'_> {
         });
         write_file(&dir.join("test.log"), &tested.output_bytes)?;
         attempt.test = Some(stage_report(&job.test, &tested));
+        attempt.protected_reverted = reverted.clone();
         attempt.passed = passed;
         self.attempts.push(attempt);
         if passed {
-            return Ok(Step::Passed { tree, diff });
+            // What is published is what was tested; the gate still judges the generator's diff.
+            return Ok(Step::Passed {
+                tree: tested_tree,
+                diff,
+            });
         }
-        let next = Feedback::new(n, patch, &generated, None, Some(&tested));
+        let next = Feedback::new(n, patch, &generated, None, Some(&tested), reverted);
         Ok(Step::Failed { tree, delta, next })
     }
 
@@ -491,6 +509,7 @@ impl Runner<'_> {
             branch: job.branch.to_string(),
             prompt: job.prompt.clone(),
             tests_fixed: job.tests_fixed,
+            protect: job.protect.clone(),
         };
         let result = blocking(move || {
             let input = GateInput {

@@ -99,6 +99,10 @@ pub struct AttemptReport {
     pub files: Vec<FileSummary>,
     /// `None` when the tests did not run: the attempt was not converging, or the generator was killed.
     pub test: Option<StageReport>,
+    /// Paths under `[test] protect` the generator changed; the tests ran (and the commit holds)
+    /// their base version.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub protected_reverted: Vec<String>,
     pub passed: bool,
     pub artifacts: String,
 }

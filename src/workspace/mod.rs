@@ -134,6 +134,43 @@ impl Workspace {
         Ok(found)
     }
 
+    /// `tree` with every path matched by `protect` put back as it is in the base: changed files
+    /// restored, deleted ones brought back, added ones removed. Returns the new tree and the
+    /// paths that were put back, sorted.
+    pub fn protected_tree(
+        &self,
+        tree: Oid,
+        protect: &GlobSet,
+    ) -> Result<(Oid, Vec<String>), WorkspaceError> {
+        let repo = self.repo()?;
+        let base = blobs(&repo, self.base_tree, protect)?;
+        let ours = blobs(&repo, tree, protect)?;
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        let mut reverted = Vec::new();
+        for (path, entry) in &ours {
+            if base.get(path) != Some(entry) {
+                reverted.push(path.clone());
+                if !base.contains_key(path) {
+                    update.remove(path);
+                }
+            }
+        }
+        for (path, (oid, mode)) in &base {
+            if ours.get(path) != Some(&(*oid, *mode)) {
+                if !ours.contains_key(path) {
+                    reverted.push(path.clone());
+                }
+                update.upsert(path, *oid, file_mode(*mode));
+            }
+        }
+        if reverted.is_empty() {
+            return Ok((tree, reverted));
+        }
+        reverted.sort();
+        let new = update.create_updated(&repo, &repo.find_tree(tree)?)?;
+        Ok((new, reverted))
+    }
+
     /// Commits `tree` on top of the base as the work branch, in the private repository only.
     pub fn commit(
         &self,
@@ -160,6 +197,34 @@ impl Workspace {
         let mut remote = out_repo.remote_anonymous(&source.to_string_lossy())?;
         remote.fetch(&[&refspec], Some(&mut quiet_fetch()), None)?;
         Ok(())
+    }
+}
+
+/// The blobs and links of `tree` whose path `globs` matches, by path.
+fn blobs(
+    repo: &Repository,
+    tree: Oid,
+    globs: &GlobSet,
+) -> Result<std::collections::BTreeMap<String, (Oid, i32)>, git2::Error> {
+    let mut found = std::collections::BTreeMap::new();
+    repo.find_tree(tree)?
+        .walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
+            if entry.kind() == Some(git2::ObjectType::Blob) {
+                let path = format!("{dir}{}", String::from_utf8_lossy(entry.name_bytes()));
+                if globs.is_match(&path) {
+                    found.insert(path, (entry.id(), entry.filemode()));
+                }
+            }
+            git2::TreeWalkResult::Ok
+        })?;
+    Ok(found)
+}
+
+fn file_mode(mode: i32) -> git2::FileMode {
+    match mode {
+        0o100755 => git2::FileMode::BlobExecutable,
+        0o120000 => git2::FileMode::Link,
+        _ => git2::FileMode::Blob,
     }
 }
 

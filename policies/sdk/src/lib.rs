@@ -36,6 +36,10 @@ pub struct Job {
     /// The job says its tests are fixed: no test file should change.
     #[serde(default)]
     pub tests_fixed: bool,
+    /// Globs of the job's `[test] protect`: the tests ran with the base version of these paths,
+    /// so a change to one is a change the tests never saw.
+    #[serde(default)]
+    pub protect: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

@@ -1,6 +1,6 @@
 //! test-integrity: the self-repair loop's favourite shortcut is weakening the tests. Deleted test
 //! files, removed assertions, added skip markers, and any test change when the job says tests
-//! are fixed, escalate.
+//! are fixed, and any change to a path the job protects (`[test] protect`), escalate.
 
 use kiln_policy_sdk::{Decision, FileDiff, Input, Output, config, config_decision, glob_match, policy};
 
@@ -24,6 +24,12 @@ fn evaluate(input: &Input<'_>) -> Result<Output, String> {
     let tests: Vec<String> = config(input, "test_paths", TEST_PATHS.map(String::from).to_vec())?;
     let decision = config_decision(input, Decision::Escalate)?;
     let mut output = Output::new(Decision::Allow);
+    for file in &input.diff.files {
+        if let Some(glob) = input.job.protect.iter().find(|g| file.paths().any(|p| glob_match(g, p))) {
+            let message = format!("changes a path the job protects (`{glob}`); the tests ran its base version");
+            output.find(decision, "protected_changed", message, Some(&*file.path), None);
+        }
+    }
     for file in input.diff.files.iter().filter(|f| is_test(&tests, f)) {
         let path = Some(&*file.path);
         if file.status == "deleted" {
@@ -56,7 +62,7 @@ fn evaluate(input: &Input<'_>) -> Result<Output, String> {
 policy!(
     name = "test-integrity",
     version = "1.0.0",
-    description = "Escalates deleted tests, removed assertions, added skip markers, and test changes when tests are fixed",
+    description = "Escalates deleted tests, removed assertions, added skip markers, test changes when tests are fixed, and changes to protected paths",
     config_schema = r#"{"test_paths": "globs of test files (default: tests/, test_*.py, *_test.go, *.test.* ...)",
         "decision": "review | escalate | deny (default escalate)"}"#,
     evaluate
