@@ -34,6 +34,8 @@ pub async fn overhead(sandbox: &Sandbox, image: &str, runs: usize) -> Result<Vec
         limits: Limits::default(),
         loosened: Vec::new(),
         volume: None,
+        volume_read_only: false,
+        out_volume: None,
         labels: crate::sandbox::job_labels(&job),
     };
     let mut kiln = Figures {

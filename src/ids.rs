@@ -47,6 +47,7 @@ impl fmt::Display for JobId {
 pub enum Stage {
     Generate,
     Test,
+    Review,
 }
 
 impl Stage {
@@ -54,6 +55,7 @@ impl Stage {
         match self {
             Stage::Generate => "generate",
             Stage::Test => "test",
+            Stage::Review => "review",
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod ids;
 pub mod images;
 pub mod job;
 pub mod policy;
+pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod workspace;

@@ -145,6 +145,7 @@ struct JobFile {
     tests_fixed: bool,
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
+    review: Option<StageSpec>,
     limits: Option<LimitsFile>,
     #[serde(default)]
     retry: RetryFile,
@@ -207,6 +208,8 @@ pub struct Job {
     pub protect: Vec<String>,
     pub generate: StageSpec,
     pub test: StageSpec,
+    /// The reviewer agent, run after the tests pass; `None` when the job has no `[review]`.
+    pub review: Option<StageSpec>,
     pub limits: Limits,
     pub max_attempts: u32,
     pub sandbox: SandboxFile,
@@ -323,6 +326,16 @@ impl JobFile {
             ));
         }
         context_globs(&test.protect).map_err(|m| ("test.protect", m))?;
+        let review = match self.review {
+            Some(spec) => Some(stage(Some(spec), &None, "review")?),
+            None => None,
+        };
+        if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
+            return Err((
+                "review.protect",
+                "belongs in [test]: it names what the tests run with".into(),
+            ));
+        }
         let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
         limits.check().map_err(|m| ("limits", m))?;
         let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
@@ -359,6 +372,7 @@ impl JobFile {
             protect: test.protect.clone(),
             generate,
             test,
+            review,
             limits,
             max_attempts,
             sandbox: self.sandbox,

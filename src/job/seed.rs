@@ -6,7 +6,7 @@
 //!              "context_files": [...], "test_requirements": "...", "review_agent": "jazz"},
 //!  "priority": 2, "assigned_worker": null, "status": "queued"}
 //! ```
-//! kiln's own tables (`generate`, `test`, `limits`, `retry`, `sandbox`) may sit beside
+//! kiln's own tables (`generate`, `test`, `review`, `limits`, `retry`, `sandbox`) may sit beside
 //! `payload`; where they are absent the operator config's defaults apply.
 
 use serde::Deserialize;
@@ -29,6 +29,7 @@ pub(super) struct SeedRecord {
     status: Option<String>,
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
+    review: Option<StageSpec>,
     limits: Option<LimitsFile>,
     #[serde(default)]
     retry: RetryFile,
@@ -73,6 +74,7 @@ impl SeedRecord {
             tests_fixed: false,
             generate: self.generate,
             test: self.test,
+            review: self.review,
             limits: self.limits,
             retry: self.retry,
             sandbox: self.sandbox,

@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::Ran;
+use crate::review::ReviewVerdict;
 use crate::sandbox;
 
 /// Most bytes of the previous attempt's diff fed back to the generator.
@@ -44,6 +45,9 @@ pub(super) struct Feedback {
     /// Protected paths (`[test] protect`) the attempt changed; the tests ran their base version.
     #[serde(skip_serializing_if = "<[String]>::is_empty")]
     protected_reverted: Vec<String>,
+    /// The reviewer's verdict, when the tests passed and the reviewer requested changes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    review: Option<ReviewVerdict>,
 }
 
 impl Feedback {
@@ -56,13 +60,7 @@ impl Feedback {
         protected_reverted: Vec<String>,
     ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
-        if diff_truncated {
-            let mut cut = FEEDBACK_DIFF_BYTES;
-            while !diff.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            diff.truncate(cut);
-        }
+        diff.truncate(clip_bytes(&diff, FEEDBACK_DIFF_BYTES).len());
         Feedback {
             attempt,
             diff,
@@ -75,6 +73,22 @@ impl Feedback {
                 .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
                 .unwrap_or_default(),
             protected_reverted,
+            review: None,
         }
     }
+
+    /// The same feedback, with the reviewer's request for changes.
+    pub(super) fn with_review(mut self, verdict: ReviewVerdict) -> Self {
+        self.review = Some(verdict);
+        self
+    }
+}
+
+/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
+pub(super) fn clip_bytes(text: &str, max: usize) -> &str {
+    let mut cut = max.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
 }

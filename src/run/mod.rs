@@ -6,6 +6,7 @@ mod convergence;
 mod input;
 mod progress;
 pub mod report;
+mod review;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,12 +26,13 @@ use crate::error::Error;
 use crate::ids::Stage;
 use crate::job::{Job, StageSpec};
 use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
+use crate::review::{ReviewVerdict, VerdictKind};
 use crate::sandbox::{
     self, ContainerSpec, JOB_INPUT, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume,
 };
 use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
 use report::{
-    AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, StageReport, Timings,
+    AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, Timings, stage_report,
 };
 
 /// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
@@ -46,11 +48,15 @@ pub async fn preflight(job: &Job, sandbox: &Sandbox, opts: &RunOptions) -> Resul
     if let Some(out) = &opts.out {
         crate::workspace::check_out_repo(out, &job.branch)?;
     }
+    let review = job.review.as_ref().map(|r| r.image.as_str());
     for image in [
         job.generate.image.as_str(),
         job.test.image.as_str(),
         sandbox::volume_holder_image(),
-    ] {
+    ]
+    .into_iter()
+    .chain(review)
+    {
         sandbox.require_image(image).await?;
     }
     Ok(())
@@ -206,22 +212,38 @@ impl Runner<'_> {
                 .instrument(span)
                 .await?;
             match step {
-                Step::Passed { tree, diff } => {
-                    if let Some(gate) = self.gate.clone() {
-                        let decision = self.judge(gate, diff).await?;
-                        let held = match decision {
-                            Decision::Allow => None,
-                            Decision::Review => Some(Status::AwaitingReview),
-                            Decision::Escalate => Some(Status::PolicyEscalated),
-                            Decision::Deny => Some(Status::PolicyDenied),
-                        };
-                        if let Some(status) = held {
-                            let reason = format!(
-                                "tests passed on attempt {n}; the policy gate decided {}",
-                                decision.as_str()
-                            );
-                            return Ok(end(status, reason, None));
-                        }
+                Step::Passed(passed) => {
+                    let Passed {
+                        tree,
+                        diff,
+                        patch,
+                        tested,
+                        retry,
+                    } = *passed;
+                    let verdict = match &job.review {
+                        Some(spec) => Some(self.review(&ws, n, tree, &patch, &tested, spec).await?),
+                        None => None,
+                    };
+                    if let Some(v) = verdict.as_ref()
+                        && v.verdict == VerdictKind::RequestChanges
+                        && n < job.max_attempts
+                    {
+                        self.progress.line(&format!(
+                            "  the reviewer requested changes; attempt {} gets its comments",
+                            n + 1
+                        ));
+                        trees.push(retry.tree);
+                        deltas.push(retry.delta);
+                        feedback = Some(retry.next.with_review(v.clone()));
+                        continue;
+                    }
+                    let decision = match self.gate.clone() {
+                        Some(gate) => Some(self.judge(gate, diff, verdict.as_ref()).await?),
+                        None => None,
+                    };
+                    if let Some((status, why)) = held(decision, verdict.as_ref()) {
+                        let reason = format!("tests passed on attempt {n}; {why}");
+                        return Ok(end(status, reason, None));
                     }
                     let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
                     let commit = CommitReport {
@@ -233,10 +255,10 @@ impl Runner<'_> {
                     return Ok(end(Status::Succeeded, reason, Some(commit)));
                 }
                 Step::NotConverging(reason) => return Ok(end(Status::NotConverging, reason, None)),
-                Step::Failed { tree, delta, next } => {
-                    trees.push(tree);
-                    deltas.push(delta);
-                    feedback = Some(next);
+                Step::Failed(retry) => {
+                    trees.push(retry.tree);
+                    deltas.push(retry.delta);
+                    feedback = Some(retry.next);
                 }
             }
         }
@@ -306,6 +328,7 @@ impl Runner<'_> {
                 })
                 .collect(),
             test: None,
+            review: None,
             protected_reverted: Vec::new(),
             passed: false,
             artifacts: dir.display().to_string(),
@@ -323,7 +346,7 @@ impl Runner<'_> {
             ));
             self.attempts.push(attempt);
             let next = Feedback::new(n, patch, &generated, Some(why), None, Vec::new());
-            return Ok(Step::Failed { tree, delta, next });
+            return Ok(Step::Failed(Box::new(Retry { tree, delta, next })));
         }
 
         // The tests run with the base version of protected paths, whatever the generator did.
@@ -354,13 +377,17 @@ impl Runner<'_> {
         self.attempts.push(attempt);
         if passed {
             // What is published is what was tested; the gate still judges the generator's diff.
-            return Ok(Step::Passed {
+            let next = Feedback::new(n, patch.clone(), &generated, None, Some(&tested), reverted);
+            return Ok(Step::Passed(Box::new(Passed {
                 tree: tested_tree,
                 diff,
-            });
+                patch,
+                tested,
+                retry: Retry { tree, delta, next },
+            })));
         }
         let next = Feedback::new(n, patch, &generated, None, Some(&tested), reverted);
-        Ok(Step::Failed { tree, delta, next })
+        Ok(Step::Failed(Box::new(Retry { tree, delta, next })))
     }
 
     /// The generator container: its workspace starts as `tree`; what it leaves is read back.
@@ -371,10 +398,12 @@ impl Runner<'_> {
         tree: Oid,
         input: &[u8],
     ) -> Result<(Ran, Oid, Ingested), Error> {
-        let volume = self.volume(ws, Stage::Generate, n, tree, input).await?;
+        let volume = self
+            .volume(ws, Stage::Generate, n, tree, "job.json", input)
+            .await?;
         let result = async {
             let ran = self
-                .container(&volume, Stage::Generate, n, &self.job.generate)
+                .container(&volume, None, Stage::Generate, n, &self.job.generate)
                 .await?;
             // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
             let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
@@ -416,20 +445,24 @@ impl Runner<'_> {
         tree: Oid,
         input: &[u8],
     ) -> Result<Ran, Error> {
-        let volume = self.volume(ws, Stage::Test, n, tree, input).await?;
+        let volume = self
+            .volume(ws, Stage::Test, n, tree, "job.json", input)
+            .await?;
         let result = self
-            .container(&volume, Stage::Test, n, &self.job.test)
+            .container(&volume, None, Stage::Test, n, &self.job.test)
             .await;
         volume.remove().await;
         result
     }
 
+    /// A fresh volume holding `tree` and the stage's input file (`input_name`).
     async fn volume(
         &self,
         ws: &Arc<Workspace>,
         stage: Stage,
         n: u32,
         tree: Oid,
+        input_name: &'static str,
         input: &[u8],
     ) -> Result<WorkVolume, Error> {
         let role = format!("{stage}-{n}");
@@ -438,7 +471,7 @@ impl Runner<'_> {
                 .await?;
         let tar = {
             let (ws, input) = (ws.clone(), input.to_vec());
-            blocking(move || Ok(ws.tar_of_tree(tree, &input)?)).await
+            blocking(move || Ok(ws.tar_of_tree(tree, input_name, &input)?)).await
         };
         let uploaded = match tar {
             Ok(tar) => volume.upload(tar).await.map_err(Error::from),
@@ -451,9 +484,12 @@ impl Runner<'_> {
         Ok(volume)
     }
 
+    /// Runs one stage's container on `volume`; with `out`, the workspace is mounted read-only
+    /// and `out` is the one place the container may write.
     async fn container(
         &self,
         volume: &WorkVolume,
+        out: Option<&WorkVolume>,
         stage: Stage,
         n: u32,
         spec: &StageSpec,
@@ -469,13 +505,22 @@ impl Runner<'_> {
                 ("KILN_JOB_ID".into(), job.id.to_string()),
                 ("KILN_ATTEMPT".into(), n.to_string()),
                 ("KILN_STAGE".into(), stage.to_string()),
-                ("KILN_JOB_INPUT".into(), JOB_INPUT.into()),
+                (
+                    "KILN_JOB_INPUT".into(),
+                    match stage {
+                        Stage::Review => crate::review::REVIEW_INPUT,
+                        _ => JOB_INPUT,
+                    }
+                    .into(),
+                ),
                 ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
                 ("HOME".into(), "/tmp".into()),
             ],
             limits: job.limits.clone(),
             loosened: job.loosened.clone(),
             volume: Some(volume.name().to_string()),
+            volume_read_only: out.is_some(),
+            out_volume: out.map(|o| o.name().to_string()),
             labels,
         };
         let span = info_span!("stage", job_id = %job.id, attempt = n, stage = %stage);
@@ -487,13 +532,9 @@ impl Runner<'_> {
         Ok(Ran::from(outcome))
     }
 
-    /// Runs the policy gate on the passing change; its result goes to the report, `gate.json`
-    /// and `gate.sarif` in the artifacts.
-    async fn judge(&mut self, gate: Arc<Gate>, diff: Diff) -> Result<Decision, Error> {
-        let job = self.job;
-        let timer = self.progress.start("policy gate");
-        let tests = self
-            .attempts
+    /// Every test run so far, as the gate and the reviewer see them.
+    fn tests(&self) -> Vec<TestInfo> {
+        self.attempts
             .iter()
             .filter_map(|a| {
                 a.test.as_ref().map(|t| TestInfo {
@@ -502,7 +543,24 @@ impl Runner<'_> {
                     exit_code: t.exit_code,
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// Runs the policy gate on the passing change; its result goes to the report, `gate.json`
+    /// and `gate.sarif` in the artifacts.
+    async fn judge(
+        &mut self,
+        gate: Arc<Gate>,
+        diff: Diff,
+        verdict: Option<&ReviewVerdict>,
+    ) -> Result<Decision, Error> {
+        let job = self.job;
+        let timer = self.progress.start("policy gate");
+        let tests = self.tests();
+        let reviewer = verdict
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let info = JobInfo {
             id: job.id.to_string(),
             repo: job.repo.path().display().to_string(),
@@ -516,7 +574,7 @@ impl Runner<'_> {
                 job: info,
                 diff: &diff,
                 tests,
-                reviewer: None,
+                reviewer,
             };
             Ok(gate.evaluate(&input))
         })
@@ -584,16 +642,53 @@ impl Runner<'_> {
 }
 
 enum Step {
-    Passed {
-        tree: Oid,
-        diff: Diff,
-    },
+    Passed(Box<Passed>),
     NotConverging(String),
-    Failed {
-        tree: Oid,
-        delta: Vec<BlobChange>,
-        next: Feedback,
-    },
+    Failed(Box<Retry>),
+}
+
+/// An attempt whose tests passed.
+struct Passed {
+    /// The tree the tests ran on: what is published.
+    tree: Oid,
+    /// The generator's change against the base: what the reviewer and the gate judge.
+    diff: Diff,
+    patch: String,
+    tested: Ran,
+    /// How the next attempt starts if the reviewer requests changes.
+    retry: Retry,
+}
+
+/// What the next attempt builds on: the generator's tree, what it changed, and the feedback.
+struct Retry {
+    tree: Oid,
+    delta: Vec<BlobChange>,
+    next: Feedback,
+}
+
+/// Why a passing change is held back rather than published, if it is: the gate's decision and
+/// the reviewer's verdict combined, deny first.
+fn held(decision: Option<Decision>, verdict: Option<&ReviewVerdict>) -> Option<(Status, String)> {
+    let gate = |d: Decision| format!("the policy gate decided {}", d.as_str());
+    if decision == Some(Decision::Deny) {
+        return Some((Status::PolicyDenied, gate(Decision::Deny)));
+    }
+    if let Some(v) = verdict.filter(|v| v.verdict != VerdictKind::Approve) {
+        let why = match (&v.invalid, v.verdict) {
+            (Some(invalid), _) => format!("the reviewer's verdict counts as escalate: {invalid}"),
+            (None, VerdictKind::RequestChanges) => {
+                "the reviewer still requests changes after the last attempt".to_string()
+            }
+            (None, _) => "the reviewer escalated".to_string(),
+        };
+        return Some((Status::ReviewEscalated, why));
+    }
+    match decision? {
+        Decision::Allow => None,
+        Decision::Review => Some((Status::AwaitingReview, gate(Decision::Review))),
+        Decision::Escalate => Some((Status::PolicyEscalated, gate(Decision::Escalate))),
+        Decision::Deny => unreachable!("deny returned above"),
+    }
 }
 
 /// A finished container with its output turned into bytes.
@@ -641,18 +736,6 @@ fn cut_short(generated: &Ran, whole: bool, unchanged: bool) -> Option<&'static s
         Some("changed nothing")
     } else {
         None
-    }
-}
-
-fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
-    StageReport {
-        image: spec.image.clone(),
-        exit_code: ran.exit_code,
-        timed_out: ran.timed_out,
-        oom_killed: ran.oom_killed,
-        duration_ms: ran.duration_ms,
-        output_bytes: ran.output_total,
-        output_dropped_bytes: ran.output_dropped,
     }
 }
 

@@ -2,7 +2,9 @@
 
 use serde::Serialize;
 
+use super::Ran;
 use crate::config::Loosening;
+use crate::job::StageSpec;
 use crate::job::{Limits, SeedFields};
 use crate::workspace::{DiffStats, Skipped};
 
@@ -38,6 +40,9 @@ pub enum Status {
     PolicyEscalated,
     /// Tests passed; a policy denied the change. Nothing was published.
     PolicyDenied,
+    /// Tests passed; the reviewer escalated (or its verdict was unusable, or it still requested
+    /// changes after the last attempt). Nothing was published.
+    ReviewEscalated,
     Error,
 }
 
@@ -51,6 +56,7 @@ impl Status {
             Status::AwaitingReview => "awaiting_review",
             Status::PolicyEscalated => "policy_escalated",
             Status::PolicyDenied => "policy_denied",
+            Status::ReviewEscalated => "review_escalated",
             Status::Error => "error",
         }
     }
@@ -62,7 +68,7 @@ impl Status {
             Status::Succeeded => ExitCode::Success,
             Status::TestsFailed | Status::NotConverging => ExitCode::TestsFailed,
             Status::AwaitingReview => ExitCode::AwaitingReview,
-            Status::PolicyEscalated => ExitCode::PolicyEscalate,
+            Status::PolicyEscalated | Status::ReviewEscalated => ExitCode::PolicyEscalate,
             Status::PolicyDenied => ExitCode::PolicyDeny,
             Status::Error => ExitCode::Internal,
         }
@@ -99,12 +105,22 @@ pub struct AttemptReport {
     pub files: Vec<FileSummary>,
     /// `None` when the tests did not run: the attempt was not converging, or the generator was killed.
     pub test: Option<StageReport>,
+    /// The reviewer's run and verdict, when the job has a `[review]` and the tests passed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewReport>,
     /// Paths under `[test] protect` the generator changed; the tests ran (and the commit holds)
     /// their base version.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub protected_reverted: Vec<String>,
     pub passed: bool,
     pub artifacts: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReviewReport {
+    #[serde(flatten)]
+    pub stage: StageReport,
+    pub verdict: crate::review::ReviewVerdict,
 }
 
 #[derive(Debug, Serialize)]
@@ -140,4 +156,16 @@ pub struct CommitReport {
 pub struct Timings {
     pub total_ms: u64,
     pub workspace_ms: u64,
+}
+
+pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
+    StageReport {
+        image: spec.image.clone(),
+        exit_code: ran.exit_code,
+        timed_out: ran.timed_out,
+        oom_killed: ran.oom_killed,
+        duration_ms: ran.duration_ms,
+        output_bytes: ran.output_total,
+        output_dropped_bytes: ran.output_dropped,
+    }
 }

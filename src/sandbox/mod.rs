@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use tracing::{debug, warn};
 
 pub use output::{CappedLog, tail_text};
-pub use spec::{ContainerSpec, JOB_INPUT, KILN_DIR, SANDBOX_USER, WORKSPACE_DIR};
+pub use spec::{
+    ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
+};
 pub use volume::WorkVolume;
 
 use crate::ids::JobId;

@@ -14,9 +14,13 @@ use crate::job::Limits;
 pub const KILN_DIR: &str = "/kiln";
 pub const WORKSPACE_DIR: &str = "/kiln/workspace";
 pub const JOB_INPUT: &str = "/kiln/job.json";
+/// Where a container that reads its workspace only (the reviewer) may write: a second volume.
+pub const OUT_DIR: &str = "/kiln/out";
 
 /// The unprivileged user every command runs as (kiln's images name it `kiln`).
 pub const SANDBOX_USER: &str = "1000:1000";
+/// The uid (and gid) of [`SANDBOX_USER`].
+pub const SANDBOX_UID: u32 = 1000;
 
 /// What one container is: image, argv, environment, limits and labels.
 #[derive(Clone, Debug)]
@@ -29,6 +33,10 @@ pub struct ContainerSpec {
     pub loosened: Vec<Loosening>,
     /// The workspace volume mounted at [`KILN_DIR`], if any.
     pub volume: Option<String>,
+    /// Mount the workspace volume read-only.
+    pub volume_read_only: bool,
+    /// A writable volume mounted at [`OUT_DIR`] (inside a read-only workspace), if any.
+    pub out_volume: Option<String>,
     pub labels: HashMap<String, String>,
 }
 
@@ -40,14 +48,17 @@ impl ContainerSpec {
         let loosened = |l| self.loosened.contains(&l);
         let memory = self.limits.memory.bytes() as i64;
         let tmp = format!("rw,nosuid,nodev,size={},mode=1777", self.limits.tmp.bytes());
+        let mount = |target: &str, name: &String, read_only: bool| Mount {
+            target: Some(target.into()),
+            source: Some(name.clone()),
+            typ: Some(MountType::VOLUME),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
         let mounts = self.volume.as_ref().map(|name| {
-            vec![Mount {
-                target: Some(KILN_DIR.into()),
-                source: Some(name.clone()),
-                typ: Some(MountType::VOLUME),
-                read_only: Some(false),
-                ..Default::default()
-            }]
+            let mut mounts = vec![mount(KILN_DIR, name, self.volume_read_only)];
+            mounts.extend(self.out_volume.iter().map(|out| mount(OUT_DIR, out, false)));
+            mounts
         });
         let host = HostConfig {
             network_mode: Some(
@@ -131,6 +142,8 @@ mod tests {
             limits: Limits::default(),
             loosened,
             volume: Some("v".into()),
+            volume_read_only: false,
+            out_volume: None,
             labels: HashMap::new(),
         }
     }

@@ -31,12 +31,33 @@ pub struct WorkVolume {
 }
 
 impl WorkVolume {
-    /// Creates the volume (`size` bytes) and starts its holder.
+    /// Creates the volume (`size` bytes, its root owned by root) and starts its holder.
     pub async fn create(
         sandbox: &Sandbox,
         job: &JobId,
         role: &str,
         size: ByteSize,
+    ) -> Result<Self, SandboxError> {
+        Self::create_owned(sandbox, job, role, size, "mode=0755").await
+    }
+
+    /// A volume whose root the sandbox user may write: a reviewer's output folder.
+    pub async fn create_writable(
+        sandbox: &Sandbox,
+        job: &JobId,
+        role: &str,
+        size: ByteSize,
+    ) -> Result<Self, SandboxError> {
+        let owner = format!("mode=0700,uid={0},gid={0}", super::SANDBOX_UID);
+        Self::create_owned(sandbox, job, role, size, &owner).await
+    }
+
+    async fn create_owned(
+        sandbox: &Sandbox,
+        job: &JobId,
+        role: &str,
+        size: ByteSize,
+        owner: &str,
     ) -> Result<Self, SandboxError> {
         let docker = sandbox.docker();
         let mut labels = job_labels(job);
@@ -52,7 +73,7 @@ impl WorkVolume {
                 ("device".to_string(), "tmpfs".to_string()),
                 (
                     "o".to_string(),
-                    format!("size={},mode=0755,nosuid,nodev", size.bytes()),
+                    format!("size={},{owner},nosuid,nodev", size.bytes()),
                 ),
             ])),
             labels: Some(labels.clone()),
@@ -73,6 +94,8 @@ impl WorkVolume {
             },
             loosened: Vec::new(),
             volume: Some(volume.name.clone()),
+            volume_read_only: false,
+            out_volume: None,
             labels,
         };
         let holder = match bounded(
@@ -127,9 +150,17 @@ impl WorkVolume {
 
     /// The workspace as a tar stream, refused past `cap` bytes (the tree is hostile: never trust its size).
     pub async fn download_workspace(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        let opts = DownloadFromContainerOptions {
-            path: WORKSPACE_DIR.into(),
-        };
+        self.download(WORKSPACE_DIR, cap).await
+    }
+
+    /// `path` (under [`KILN_DIR`], where the holder mounts the volume) as a tar stream, refused
+    /// past `cap` bytes.
+    pub async fn download(
+        &self,
+        path: &str,
+        cap: u64,
+    ) -> Result<Result<Vec<u8>, u64>, SandboxError> {
+        let opts = DownloadFromContainerOptions { path: path.into() };
         let mut stream = self
             .sandbox
             .docker()
@@ -143,7 +174,7 @@ impl WorkVolume {
                 .map_err(|_| SandboxError::Stuck("download workspace"))?;
             match next {
                 None => return Ok(Ok(tar)),
-                Some(Err(e)) => return Err(docker_err("copy the workspace out of its volume")(e)),
+                Some(Err(e)) => return Err(docker_err("copy files out of a volume")(e)),
                 Some(Ok(chunk)) => {
                     if tar.len() as u64 + chunk.len() as u64 > cap {
                         return Ok(Err(cap));

@@ -99,9 +99,20 @@ impl Workspace {
         Repository::open_bare(self.dir.path().join("repo.git"))
     }
 
-    /// The tar a container's volume starts from: `tree` under `workspace/`, and `job.json`.
-    pub fn tar_of_tree(&self, tree: Oid, job_input: &[u8]) -> Result<Vec<u8>, WorkspaceError> {
-        Ok(tree_tar::tar_of_tree(&self.repo()?, tree, job_input)?)
+    /// The tar a container's volume starts from: `tree` under `workspace/`, an empty `out/`,
+    /// and the stage's input file (`job.json`, `review.json`).
+    pub fn tar_of_tree(
+        &self,
+        tree: Oid,
+        input_name: &str,
+        input: &[u8],
+    ) -> Result<Vec<u8>, WorkspaceError> {
+        Ok(tree_tar::tar_of_tree(
+            &self.repo()?,
+            tree,
+            input_name,
+            input,
+        )?)
     }
 
     /// Reads back the workspace tar a container left; see [`tree_tar`] for what is refused.

@@ -36,16 +36,23 @@ pub struct Skipped {
 
 /// A tar of `tree` under `workspace/`, owned by the sandbox user, with `job.json` beside it
 /// owned by root and read-only. Submodule entries (gitlinks) become empty folders.
-pub fn tar_of_tree(repo: &Repository, tree: Oid, job_input: &[u8]) -> Result<Vec<u8>, git2::Error> {
+pub fn tar_of_tree(
+    repo: &Repository,
+    tree: Oid,
+    input_name: &str,
+    input: &[u8],
+) -> Result<Vec<u8>, git2::Error> {
     let mut builder = tar::Builder::new(Vec::new());
     let io = |e: std::io::Error| git2::Error::from_str(&format!("building the workspace tar: {e}"));
     append_dir(&mut builder, "workspace").map_err(io)?;
+    // The mount point of a reviewer's output volume, inside its read-only workspace.
+    append_dir(&mut builder, "out").map_err(io)?;
     let mut header = tar::Header::new_gnu();
     header.set_mode(0o444);
-    header.set_size(job_input.len() as u64);
+    header.set_size(input.len() as u64);
     header.set_entry_type(tar::EntryType::Regular);
     builder
-        .append_data(&mut header, "job.json", job_input)
+        .append_data(&mut header, input_name, input)
         .map_err(io)?;
 
     let tree = repo.find_tree(tree)?;
@@ -361,11 +368,14 @@ mod tests {
             ("workspace/l", tar::EntryType::Symlink, b"a/b.txt"),
         ]);
         let (first, _) = tree_from_tar(&repo, &tar).unwrap();
-        let out = tar_of_tree(&repo, first, b"{}").unwrap();
+        let out = tar_of_tree(&repo, first, "job.json", b"{}").unwrap();
         let (second, report) = tree_from_tar(&repo, &out).unwrap();
         assert_eq!(first, second);
         assert!(
-            report.skipped.iter().all(|s| s.path == "job.json"),
+            report
+                .skipped
+                .iter()
+                .all(|s| s.path == "job.json" || s.path == "out"),
             "{:?}",
             report.skipped
         );

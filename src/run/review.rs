@@ -1,0 +1,167 @@
+//! The reviewer stage: once the tests pass, a reviewer agent gets the tested tree (mounted
+//! read-only) and `/kiln/review.json`, in a fresh container with every sandbox default, and
+//! leaves its verdict in `/kiln/out/verdict.json`, the one place it may write.
+
+use std::sync::Arc;
+
+use git2::Oid;
+use serde::Serialize;
+
+use super::report::{ReviewReport, stage_report};
+use super::{Ran, Runner, write_file, write_json};
+use crate::error::Error;
+use crate::ids::Stage;
+use crate::job::{ByteSize, StageSpec};
+use crate::policy::TestInfo;
+use crate::review::{MAX_VERDICT_BYTES, ReviewVerdict, VERDICT_PATH, single_file_from_tar};
+use crate::sandbox::{self, KILN_DIR, WORKSPACE_DIR, WorkVolume};
+use crate::workspace::Workspace;
+
+/// Most bytes of the diff given to the reviewer.
+const REVIEW_DIFF_BYTES: usize = 256 << 10;
+/// Most bytes of the passing test output given to the reviewer.
+const REVIEW_TEST_BYTES: usize = 16 << 10;
+/// Size of the reviewer's output volume.
+const OUT_VOLUME: ByteSize = ByteSize::mib(1);
+
+/// What the reviewer finds in `/kiln/review.json` (schema `kiln.review-input/v1`, docs/job.md).
+#[derive(Serialize)]
+struct ReviewInput<'a> {
+    schema: &'static str,
+    job_id: &'a str,
+    attempt: u32,
+    max_attempts: u32,
+    prompt: &'a str,
+    test_requirements: Option<&'a str>,
+    branch: &'a str,
+    /// The tested tree, read-only.
+    workspace: &'static str,
+    /// Where the verdict goes.
+    verdict_path: &'static str,
+    /// The change against the base, as a unified diff.
+    diff: &'a str,
+    diff_truncated: bool,
+    tests: &'a [TestInfo],
+    /// The last bytes of the passing test run's output.
+    test_output_tail: String,
+}
+
+impl Runner<'_> {
+    /// Runs the reviewer on the tested `tree` of attempt `n` and returns its verdict; anything
+    /// short of a well-formed verdict from a reviewer that exited 0 is `escalate`.
+    pub(super) async fn review(
+        &mut self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        patch: &str,
+        tested: &Ran,
+        spec: &StageSpec,
+    ) -> Result<ReviewVerdict, Error> {
+        let job = self.job;
+        let dir = self.artifacts.join(format!("attempt-{n}"));
+        let diff = super::input::clip_bytes(patch, REVIEW_DIFF_BYTES);
+        let tests = self.tests();
+        let input = serde_json::to_vec_pretty(&ReviewInput {
+            schema: "kiln.review-input/v1",
+            job_id: job.id.as_str(),
+            attempt: n,
+            max_attempts: job.max_attempts,
+            prompt: &job.prompt,
+            test_requirements: job.test_requirements.as_deref(),
+            branch: job.branch.as_str(),
+            workspace: WORKSPACE_DIR,
+            verdict_path: VERDICT_PATH,
+            diff,
+            diff_truncated: diff.len() < patch.len(),
+            tests: &tests,
+            test_output_tail: sandbox::tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        write_file(&dir.join("review.json"), &input)?;
+
+        let timer = self
+            .progress
+            .start(format!("attempt {n}/{} · review", job.max_attempts));
+        let (ran, verdict) = self.run_reviewer(ws, n, tree, &input, spec).await?;
+        let comments = verdict.comments.len();
+        timer.done(&format!(
+            "{} ({comments} comment{}){}",
+            verdict.verdict.as_str(),
+            if comments == 1 { "" } else { "s" },
+            verdict
+                .invalid
+                .as_deref()
+                .map(|why| format!("; {why}"))
+                .unwrap_or_default()
+        ));
+        write_file(&dir.join("review.log"), &ran.output_bytes)?;
+        write_json(&dir.join("verdict.json"), &verdict)?;
+        if let Some(attempt) = self.attempts.last_mut() {
+            attempt.review = Some(ReviewReport {
+                stage: stage_report(spec, &ran),
+                verdict: verdict.clone(),
+            });
+        }
+        Ok(verdict)
+    }
+
+    async fn run_reviewer(
+        &self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+        spec: &StageSpec,
+    ) -> Result<(Ran, ReviewVerdict), Error> {
+        let volume = self
+            .volume(ws, Stage::Review, n, tree, "review.json", input)
+            .await?;
+        let out = match WorkVolume::create_writable(
+            self.sandbox,
+            &self.job.id,
+            &format!("review-out-{n}"),
+            OUT_VOLUME,
+        )
+        .await
+        {
+            Ok(out) => out,
+            Err(e) => {
+                volume.remove().await;
+                return Err(e.into());
+            }
+        };
+        let result = async {
+            let ran = self
+                .container(&volume, Some(&out), Stage::Review, n, spec)
+                .await?;
+            let verdict = if ran.timed_out {
+                ReviewVerdict::escalate("the reviewer was killed at its timeout")
+            } else if ran.oom_killed {
+                ReviewVerdict::escalate("the reviewer was killed: out of memory")
+            } else if ran.exit_code != Some(0) {
+                ReviewVerdict::escalate(format!(
+                    "the reviewer exited with {}",
+                    ran.exit_code
+                        .map_or("no exit code".to_string(), |c| c.to_string())
+                ))
+            } else {
+                // The out volume is 1 MiB; a tar of it fits in twice that.
+                match out.download(KILN_DIR, 2 * OUT_VOLUME.bytes()).await? {
+                    Ok(tar) => {
+                        match single_file_from_tar(&tar, "kiln/verdict.json", MAX_VERDICT_BYTES) {
+                            Ok(bytes) => ReviewVerdict::parse(&bytes),
+                            Err(why) => ReviewVerdict::escalate(why),
+                        }
+                    }
+                    Err(_) => ReviewVerdict::escalate("the reviewer's output is too large"),
+                }
+            };
+            Ok((ran, verdict))
+        }
+        .await;
+        volume.remove().await;
+        out.remove().await;
+        result
+    }
+}
