@@ -1,6 +1,7 @@
 //! kiln's errors, and the one place they map to the documented exit codes.
 
 use crate::config::ConfigError;
+use crate::escalation::EscalationError;
 use crate::images::ImageError;
 use crate::job::JobError;
 use crate::policy::{AuthorError, BundleError};
@@ -54,6 +55,8 @@ pub enum Error {
     Bundle(#[from] BundleError),
     #[error(transparent)]
     Author(#[from] AuthorError),
+    #[error(transparent)]
+    Escalation(#[from] EscalationError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -78,6 +81,8 @@ impl Error {
             }
             Error::Author(AuthorError::Cargo(_)) => ExitCode::Infrastructure,
             Error::Author(_) => ExitCode::Invalid,
+            Error::Escalation(EscalationError::Io { .. }) => ExitCode::Infrastructure,
+            Error::Escalation(_) => ExitCode::Invalid,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {

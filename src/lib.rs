@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod config;
 pub mod error;
+pub mod escalation;
 pub mod ids;
 pub mod images;
 pub mod job;

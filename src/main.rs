@@ -49,6 +49,15 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
+    /// Escalated jobs waiting for a human: list them, show one.
+    Escalations {
+        #[command(subcommand)]
+        command: cli::escalations::EscalationsCommand,
+    },
+    /// Approve an escalated job: its tested change is published on its work branch.
+    Approve(cli::escalations::ApproveArgs),
+    /// Reject an escalated job: nothing is published; exits 11.
+    Reject(cli::escalations::RejectArgs),
     /// Benchmarks that print figures against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -101,6 +110,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Gc(args) => cli::gc::exec(args).await,
         Command::Image { command } => cli::image::exec(command).await,
         Command::Policy { command } => tokio::task::block_in_place(|| cli::policy::exec(command)),
+        Command::Escalations { command } => cli::escalations::exec(&config, command),
+        Command::Approve(args) => {
+            tokio::task::block_in_place(|| cli::escalations::approve(&config, args))
+        }
+        Command::Reject(args) => cli::escalations::reject(&config, args),
         Command::Bench { command } => cli::bench::exec(command).await,
     }
 }

@@ -1,6 +1,7 @@
 //! The subcommands, one file each; `main.rs` parses and dispatches.
 
 pub mod bench;
+pub mod escalations;
 pub mod gc;
 pub mod image;
 pub mod policy;

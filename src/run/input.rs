@@ -60,7 +60,7 @@ impl Feedback {
         protected_reverted: Vec<String>,
     ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
-        diff.truncate(clip_bytes(&diff, FEEDBACK_DIFF_BYTES).len());
+        diff.truncate(sandbox::head_text(&diff, FEEDBACK_DIFF_BYTES).len());
         Feedback {
             attempt,
             diff,
@@ -82,13 +82,4 @@ impl Feedback {
         self.review = Some(verdict);
         self
     }
-}
-
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub(super) fn clip_bytes(text: &str, max: usize) -> &str {
-    let mut cut = max.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
 }

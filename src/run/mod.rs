@@ -23,6 +23,7 @@ pub use report::{Report, Status};
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
+use crate::escalation::{self, Candidate, Kind};
 use crate::ids::Stage;
 use crate::job::{Job, StageSpec};
 use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
@@ -32,7 +33,8 @@ use crate::sandbox::{
 };
 use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
 use report::{
-    AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, Timings, stage_report,
+    AttemptReport, CommitReport, EscalationReport, FileSummary, JobSummary, SandboxSummary,
+    Timings, stage_report,
 };
 
 /// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
@@ -101,11 +103,12 @@ pub async fn run_job(
                 commit: None,
                 workspace_ms: 0,
                 base_commit: None,
+                candidate: None,
             };
             (end, e.exit_code())
         }
     };
-    let report = Report {
+    let mut report = Report {
         schema: report::SCHEMA,
         job: JobSummary {
             id: job.id.to_string(),
@@ -137,9 +140,48 @@ pub async fn run_job(
             workspace_ms: end.workspace_ms,
         },
         exit_code: exit,
+        escalation: None,
     };
+    if Kind::of(report.status).is_some() {
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| artifacts.join("repo.git"));
+        report.escalation =
+            Some(escalate(&report, job, config, end.candidate, &out, &runner.progress).await?);
+    }
     write_json(&artifacts.join("report.json"), &report)?;
     Ok(report)
+}
+
+/// Writes the escalation folder of a job that ended for a human to decide, and announces it.
+async fn escalate(
+    report: &Report,
+    job: &Job,
+    config: &Config,
+    candidate: Option<Candidate>,
+    out: &Path,
+    progress: &Progress,
+) -> Result<EscalationReport, Error> {
+    let escalation = escalation::write(
+        report,
+        &job.prompt,
+        job.test_requirements.as_deref(),
+        candidate,
+        out,
+    )?;
+    let dir = Path::new(&report.artifacts).join(escalation::DIR);
+    let summary = dir.join("summary.html");
+    progress.line(&format!("  escalated: {}", summary.display()));
+    let notice = escalation::notify::Notice::new(&escalation, summary.display().to_string());
+    let deliveries = escalation::notify::deliver(&config.notify, &notice).await;
+    write_json(&dir.join("deliveries.json"), &deliveries)?;
+    Ok(EscalationReport {
+        dir: dir.display().to_string(),
+        summary_html: summary.display().to_string(),
+        notified: deliveries.iter().any(|d| d.ok),
+        deliveries,
+    })
 }
 
 struct Runner<'a> {
@@ -161,6 +203,8 @@ struct End {
     commit: Option<CommitReport>,
     workspace_ms: u64,
     base_commit: Option<Oid>,
+    /// The tested commit kept for a human's decision, when the job escalated after its tests passed.
+    candidate: Option<Candidate>,
 }
 
 /// Runs blocking git work off the async threads.
@@ -200,6 +244,7 @@ impl Runner<'_> {
             commit,
             workspace_ms,
             base_commit: Some(ws.base_commit),
+            candidate: None,
         };
 
         let mut trees = vec![ws.base_tree];
@@ -243,7 +288,11 @@ impl Runner<'_> {
                     };
                     if let Some((status, why)) = held(decision, verdict.as_ref()) {
                         let reason = format!("tests passed on attempt {n}; {why}");
-                        return Ok(end(status, reason, None));
+                        let mut end = end(status, reason, None);
+                        if Kind::of(status).is_some() {
+                            end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
+                        }
+                        return Ok(end);
                     }
                     let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
                     let commit = CommitReport {
@@ -532,6 +581,26 @@ impl Runner<'_> {
         Ok(Ran::from(outcome))
     }
 
+    /// Keeps the tested `tree` of attempt `n` in the escalation folder for `kiln approve`.
+    async fn keep_candidate(
+        &self,
+        ws: &Arc<Workspace>,
+        tree: Oid,
+        n: u32,
+    ) -> Result<Candidate, Error> {
+        let dest = self
+            .artifacts
+            .join(escalation::DIR)
+            .join(escalation::CANDIDATE_REPO);
+        let message = commit_message(self.job, n);
+        let (ws, who) = (ws.clone(), self.config.commit.clone());
+        let commit = blocking(move || Ok(ws.keep_candidate(tree, &who, &message, &dest)?)).await?;
+        Ok(Candidate {
+            commit: commit.to_string(),
+            attempt: n,
+        })
+    }
+
     /// Every test run so far, as the gate and the reviewer see them.
     fn tests(&self) -> Vec<TestInfo> {
         self.attempts
@@ -603,18 +672,7 @@ impl Runner<'_> {
     ) -> Result<(Oid, String), Error> {
         let job = self.job;
         let timer = self.progress.start("commit");
-        let first_line: String = job
-            .prompt
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(72)
-            .collect();
-        let message = format!(
-            "kiln: job {}\n\n{first_line}\n\nKiln-Job: {}\nKiln-Attempts: {attempts}\n",
-            job.id, job.id
-        );
+        let message = commit_message(job, attempts);
         let out = opts
             .out
             .clone()
@@ -737,6 +795,22 @@ fn cut_short(generated: &Ran, whole: bool, unchanged: bool) -> Option<&'static s
     } else {
         None
     }
+}
+
+/// The message of the commit kiln makes of a job's tested tree.
+fn commit_message(job: &Job, attempts: u32) -> String {
+    let first_line: String = job
+        .prompt
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(72)
+        .collect();
+    format!(
+        "kiln: job {}\n\n{first_line}\n\nKiln-Job: {}\nKiln-Attempts: {attempts}\n",
+        job.id, job.id
+    )
 }
 
 fn exit_note(ran: &Ran) -> String {

@@ -26,6 +26,18 @@ pub struct Report {
     pub artifacts: String,
     pub timings: Timings,
     pub exit_code: crate::ExitCode,
+    /// Where the escalation went, when the job ended for a human to decide.
+    pub escalation: Option<EscalationReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EscalationReport {
+    /// The escalation folder: `escalation.json`, `summary.html`, `deliveries.json`.
+    pub dir: String,
+    pub summary_html: String,
+    /// True when at least one notify target took the notice.
+    pub notified: bool,
+    pub deliveries: Vec<crate::escalation::notify::Delivery>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

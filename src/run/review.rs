@@ -60,7 +60,7 @@ impl Runner<'_> {
     ) -> Result<ReviewVerdict, Error> {
         let job = self.job;
         let dir = self.artifacts.join(format!("attempt-{n}"));
-        let diff = super::input::clip_bytes(patch, REVIEW_DIFF_BYTES);
+        let diff = sandbox::head_text(patch, REVIEW_DIFF_BYTES);
         let tests = self.tests();
         let input = serde_json::to_vec_pretty(&ReviewInput {
             schema: "kiln.review-input/v1",

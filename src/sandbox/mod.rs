@@ -17,7 +17,7 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 use tracing::{debug, warn};
 
-pub use output::{CappedLog, tail_text};
+pub use output::{CappedLog, head_text, tail_text};
 pub use spec::{
     ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };

@@ -199,16 +199,60 @@ impl Workspace {
         Ok(oid)
     }
 
+    /// Commits `tree` on top of the base under `refs/kiln/candidate` (no branch) and copies that
+    /// one ref into the repository `dest` (made bare): a tested change waiting for a human.
+    pub fn keep_candidate(
+        &self,
+        tree: Oid,
+        who: &CommitIdentity,
+        message: &str,
+        dest: &Path,
+    ) -> Result<Oid, WorkspaceError> {
+        const CANDIDATE: &str = "refs/kiln/candidate";
+        let repo = self.repo()?;
+        let signature = Signature::now(&who.name, &who.email)?;
+        let parent = repo.find_commit(self.base_commit)?;
+        let tree = repo.find_tree(tree)?;
+        let oid = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        repo.reference(CANDIDATE, oid, true, "kiln: candidate")?;
+        let dest = Repository::init_bare(dest)?;
+        let source = self.dir.path().join("repo.git");
+        let mut remote = dest.remote_anonymous(&source.to_string_lossy())?;
+        remote.fetch(
+            &[&format!("+{CANDIDATE}:{CANDIDATE}")],
+            Some(&mut quiet_fetch()),
+            None,
+        )?;
+        Ok(oid)
+    }
+
     /// Writes the work branch, and no other ref, into the repository at `out` (made bare if
     /// absent). Refuses when the branch already exists there.
     pub fn export(&self, branch: &BranchName, out: &Path) -> Result<(), WorkspaceError> {
-        let out_repo = open_out(out, branch)?;
-        let refspec = format!("{0}:{0}", branch.refname());
         let source = self.dir.path().join("repo.git");
-        let mut remote = out_repo.remote_anonymous(&source.to_string_lossy())?;
-        remote.fetch(&[&refspec], Some(&mut quiet_fetch()), None)?;
-        Ok(())
+        export_ref(&source, &branch.refname(), branch, out)
     }
+}
+
+/// Writes `branch`, and no other ref, into the repository at `out` (made bare if absent) as the
+/// commit the repository `source` holds under `source_ref`. Refuses when `out` has the branch.
+pub fn export_ref(
+    source: &Path,
+    source_ref: &str,
+    branch: &BranchName,
+    out: &Path,
+) -> Result<(), WorkspaceError> {
+    let out_repo = open_out(out, branch)?;
+    let refspec = format!("{source_ref}:{}", branch.refname());
+    let mut remote = out_repo.remote_anonymous(&source.to_string_lossy())?;
+    remote.fetch(&[&refspec], Some(&mut quiet_fetch()), None)?;
+    Ok(())
+}
+
+/// The commit `source_ref` names in the repository at `source`.
+pub fn resolve_ref(source: &Path, source_ref: &str) -> Result<Oid, WorkspaceError> {
+    let repo = Repository::open_bare(source)?;
+    Ok(repo.find_reference(source_ref)?.peel_to_commit()?.id())
 }
 
 /// The blobs and links of `tree` whose path `globs` matches, by path.

@@ -1,0 +1,147 @@
+//! `kiln escalations [list | show ID]`, `kiln approve ID`, `kiln reject ID`: the human in the
+//! loop. Escalations live in the job artifacts folder (`<artifacts>/<id>/escalation/`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use kiln::config::Config;
+use kiln::escalation::{self, Decision, Verdict};
+use kiln::{Error, ExitCode};
+
+#[derive(Subcommand)]
+pub enum EscalationsCommand {
+    /// Every escalation, oldest first: id, state, why, and the summary page.
+    List {
+        #[command(flatten)]
+        root: Root,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One escalation's record (`escalation.json`) and its decision, as JSON.
+    Show {
+        id: String,
+        #[command(flatten)]
+        root: Root,
+    },
+}
+
+#[derive(Args)]
+pub struct Root {
+    /// The artifacts root the jobs ran with. Default: operator config, `.kiln/jobs`.
+    #[arg(long)]
+    artifacts: Option<PathBuf>,
+}
+
+impl Root {
+    fn path(self, config: &Config) -> PathBuf {
+        self.artifacts
+            .unwrap_or_else(|| config.artifacts_dir.clone())
+    }
+}
+
+#[derive(Args)]
+pub struct ApproveArgs {
+    /// The escalated job's id.
+    id: String,
+    /// Who approves (recorded).
+    #[arg(long)]
+    by: String,
+    #[arg(long)]
+    note: Option<String>,
+    #[command(flatten)]
+    root: Root,
+}
+
+#[derive(Args)]
+pub struct RejectArgs {
+    /// The escalated job's id.
+    id: String,
+    /// Who rejects (recorded).
+    #[arg(long)]
+    by: String,
+    /// Why (recorded; required).
+    #[arg(long)]
+    note: String,
+    #[command(flatten)]
+    root: Root,
+}
+
+pub fn exec(config: &Config, command: EscalationsCommand) -> Result<ExitCode, Error> {
+    match command {
+        EscalationsCommand::List { root, json } => {
+            let found = escalation::list(&root.path(config))?;
+            if json {
+                let rows: Vec<_> = found
+                    .iter()
+                    .map(|f| {
+                        serde_json::json!({
+                            "id": f.escalation.id,
+                            "state": f.state(),
+                            "kind": f.escalation.kind,
+                            "created_at": f.escalation.created_at,
+                            "reason": f.escalation.reason,
+                            "branch": f.escalation.publish.branch,
+                            "summary_html": f.dir.join("summary.html"),
+                        })
+                    })
+                    .collect();
+                super::print_json(&rows)?;
+            } else {
+                for f in &found {
+                    println!(
+                        "{}  {:<8}  {}  {}",
+                        f.escalation.id,
+                        f.state(),
+                        f.escalation.reason,
+                        f.dir.join("summary.html").display()
+                    );
+                }
+                if found.is_empty() {
+                    eprintln!("no escalations");
+                }
+            }
+            Ok(ExitCode::Success)
+        }
+        EscalationsCommand::Show { id, root } => {
+            let found = escalation::open(&root.path(config), &id)?;
+            super::print_json(&serde_json::json!({
+                "state": found.state(),
+                "escalation": found.escalation,
+                "decision": found.decision,
+                "summary_html": found.dir.join("summary.html"),
+            }))?;
+            Ok(ExitCode::Success)
+        }
+    }
+}
+
+/// Approves and publishes; exits 0 once the branch is written.
+pub fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Error> {
+    let root = args.root.path(config);
+    let approved = escalation::approve(&root, &args.id, &args.by, args.note, config)?;
+    eprintln!(
+        "approved by {}: {} published as {} in {}",
+        args.by.trim(),
+        &approved.commit[..10],
+        approved.branch,
+        approved.out
+    );
+    Ok(ExitCode::Success)
+}
+
+/// Rejects; the job ends as denied (exit 11).
+pub fn reject(config: &Config, args: RejectArgs) -> Result<ExitCode, Error> {
+    let root = args.root.path(config);
+    let mut found = escalation::open(&root, &args.id)?;
+    escalation::decide(
+        &mut found,
+        Decision {
+            decision: Verdict::Rejected,
+            by: args.by.trim().into(),
+            at: escalation::now(),
+            note: Some(args.note),
+        },
+    )?;
+    eprintln!("rejected by {}: nothing is published", args.by.trim());
+    Ok(ExitCode::PolicyDeny)
+}

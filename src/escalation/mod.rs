@@ -1,0 +1,461 @@
+//! Escalation: when a job ends for a human to decide (a policy escalated or asked for review,
+//! the reviewer escalated, the attempts stopped converging), kiln writes everything that human
+//! needs into `<artifacts>/<id>/escalation/`: `escalation.json` (schema `kiln.escalation/v1`),
+//! `summary.html` (one self-contained page), and, when the tests passed, `candidate.git` holding
+//! the tested commit. `kiln approve` and `kiln reject` record the decision in `decision.json`.
+
+mod html;
+pub mod notify;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::run::report::{Report, Status};
+
+pub const SCHEMA: &str = "kiln.escalation/v1";
+/// The folder of a job's escalation, inside its artifacts folder.
+pub const DIR: &str = "escalation";
+/// Where the tested commit of an escalated job waits for a decision, inside [`DIR`].
+pub const CANDIDATE_REPO: &str = "candidate.git";
+pub const CANDIDATE_REF: &str = "refs/kiln/candidate";
+/// Most bytes of each attempt's diff, test output and generator log kept in the bundle.
+const DIFF_BYTES: usize = 64 << 10;
+const LOG_BYTES: usize = 16 << 10;
+
+/// Why a human is asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A policy escalated the change.
+    Policy,
+    /// A policy asked for review.
+    Review,
+    /// The reviewer escalated, or its verdict could not be used.
+    Reviewer,
+    /// The attempts stopped converging.
+    NotConverging,
+}
+
+impl Kind {
+    /// The escalation a job's end calls for, if any.
+    pub fn of(status: Status) -> Option<Kind> {
+        match status {
+            Status::PolicyEscalated => Some(Kind::Policy),
+            Status::AwaitingReview => Some(Kind::Review),
+            Status::ReviewEscalated => Some(Kind::Reviewer),
+            Status::NotConverging => Some(Kind::NotConverging),
+            _ => None,
+        }
+    }
+}
+
+/// `escalation.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Escalation {
+    pub schema: String,
+    pub id: String,
+    pub created_at: String,
+    pub kind: Kind,
+    /// The job's status when it stopped, and why.
+    pub status: String,
+    pub reason: String,
+    /// What the bundle says to do (`notify_human`) and where (`#factory-reviews`).
+    pub action: Option<String>,
+    pub channel: Option<String>,
+    pub request: Request,
+    pub attempts: Vec<Attempt>,
+    /// The policy gate's result, when it ran.
+    pub gate: Option<serde_json::Value>,
+    /// The tested commit, when the tests passed: what `kiln approve` publishes.
+    pub candidate: Option<Candidate>,
+    /// The branch and repository an approval publishes to.
+    pub publish: Publish,
+    /// The job's artifacts folder.
+    pub artifacts: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub repo: String,
+    pub base: Option<String>,
+    pub base_commit: Option<String>,
+    pub branch: String,
+    pub prompt: String,
+    pub test_requirements: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub passed: bool,
+    pub test_exit_code: Option<i64>,
+    /// The attempt's change against the base, unified, at most 64 KiB.
+    pub diff: String,
+    pub diff_truncated: bool,
+    /// The last 16 KiB of the generator's and the tests' output.
+    pub generate_log_tail: String,
+    pub test_log_tail: String,
+    /// The reviewer's verdict on this attempt, when it ran.
+    pub review: Option<serde_json::Value>,
+    pub protected_reverted: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Candidate {
+    pub commit: String,
+    /// The attempt whose tested tree it holds.
+    pub attempt: u32,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Publish {
+    pub branch: String,
+    pub out: String,
+}
+
+/// `decision.json`: who decided, when, and what came of it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Decision {
+    pub decision: Verdict,
+    pub by: String,
+    pub at: String,
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Approved,
+    Rejected,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EscalationError {
+    #[error("no escalation `{id}` under {root}; `kiln escalations list` shows them")]
+    Unknown { id: String, root: PathBuf },
+    #[error("escalation {0} was already {1}")]
+    Decided(String, String),
+    #[error(
+        "escalation {0} has no tested change to approve (the attempts stopped converging); reject it, or run the job again"
+    )]
+    NothingToApprove(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("escalation {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EscalationError + '_ {
+    move |source| EscalationError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+/// The current time as RFC 3339, UTC, seconds.
+pub fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The last `max` bytes of `bytes`, as text, starting on a character boundary.
+fn tail(bytes: &[u8], max: usize) -> String {
+    crate::sandbox::tail_text(bytes, max)
+}
+
+/// Builds the escalation of a job that ended with `report` (whose attempt folders are read for
+/// diffs and logs) and writes its folder: `escalation.json` and `summary.html`.
+pub fn write(
+    report: &Report,
+    prompt: &str,
+    test_requirements: Option<&str>,
+    candidate: Option<Candidate>,
+    out: &Path,
+) -> Result<Escalation, EscalationError> {
+    let kind = Kind::of(report.status).ok_or_else(|| {
+        EscalationError::Invalid(format!(
+            "status {} is not escalated",
+            report.status.as_str()
+        ))
+    })?;
+    let artifacts = PathBuf::from(&report.artifacts);
+    let read = |n: u32, name: &str| {
+        std::fs::read(artifacts.join(format!("attempt-{n}")).join(name)).unwrap_or_default()
+    };
+    let attempts = report
+        .attempts
+        .iter()
+        .map(|a| {
+            let patch = read(a.attempt, "diff.patch");
+            let diff = String::from_utf8_lossy(&patch);
+            let kept = crate::sandbox::head_text(&diff, DIFF_BYTES);
+            Attempt {
+                attempt: a.attempt,
+                passed: a.passed,
+                test_exit_code: a.test.as_ref().and_then(|t| t.exit_code),
+                diff: kept.to_string(),
+                diff_truncated: kept.len() < diff.len(),
+                generate_log_tail: tail(&read(a.attempt, "generate.log"), LOG_BYTES),
+                test_log_tail: tail(&read(a.attempt, "test.log"), LOG_BYTES),
+                review: a
+                    .review
+                    .as_ref()
+                    .and_then(|r| serde_json::to_value(&r.verdict).ok()),
+                protected_reverted: a.protected_reverted.clone(),
+            }
+        })
+        .collect();
+    let escalation_of_gate = report.gate.as_ref().and_then(|g| g.escalation.as_ref());
+    let escalation = Escalation {
+        schema: SCHEMA.into(),
+        id: report.job.id.clone(),
+        created_at: now(),
+        kind,
+        status: report.status.as_str().into(),
+        reason: report.reason.clone(),
+        action: Some(
+            escalation_of_gate
+                .map(|e| e.action.clone())
+                .unwrap_or_else(|| "notify_human".into()),
+        ),
+        channel: escalation_of_gate.and_then(|e| e.channel.clone()),
+        request: Request {
+            repo: report.job.repo.clone(),
+            base: report.job.base.clone(),
+            base_commit: report.job.base_commit.clone(),
+            branch: report.job.branch.clone(),
+            prompt: prompt.into(),
+            test_requirements: test_requirements.map(String::from),
+        },
+        attempts,
+        gate: report
+            .gate
+            .as_ref()
+            .and_then(|g| serde_json::to_value(g).ok()),
+        candidate,
+        publish: Publish {
+            branch: report.job.branch.clone(),
+            out: out.display().to_string(),
+        },
+        artifacts: report.artifacts.clone(),
+    };
+    let dir = artifacts.join(DIR);
+    std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+    write_json(&dir.join("escalation.json"), &escalation)?;
+    let page = html::summary(&escalation, None);
+    let path = dir.join("summary.html");
+    std::fs::write(&path, page).map_err(io(&path))?;
+    Ok(escalation)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EscalationError> {
+    let mut bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| EscalationError::Invalid(e.to_string()))?;
+    bytes.push(b'\n');
+    std::fs::write(path, bytes).map_err(io(path))
+}
+
+/// One escalation on disk, with its decision if there is one.
+pub struct Found {
+    pub dir: PathBuf,
+    pub escalation: Escalation,
+    pub decision: Option<Decision>,
+}
+
+impl Found {
+    /// `open`, `approved` or `rejected`.
+    pub fn state(&self) -> &'static str {
+        match self.decision.as_ref().map(|d| d.decision) {
+            None => "open",
+            Some(Verdict::Approved) => "approved",
+            Some(Verdict::Rejected) => "rejected",
+        }
+    }
+}
+
+/// Every escalation under the artifacts root `root`, oldest first.
+pub fn list(root: &Path) -> Result<Vec<Found>, EscalationError> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(io(root)(e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.path().join(DIR).join("escalation.json").is_file()
+            && let Ok(f) = open(root, &name)
+        {
+            found.push(f);
+        }
+    }
+    found.sort_by(|a, b| a.escalation.created_at.cmp(&b.escalation.created_at));
+    Ok(found)
+}
+
+/// The escalation of job `id` under the artifacts root `root`.
+pub fn open(root: &Path, id: &str) -> Result<Found, EscalationError> {
+    let unknown = || EscalationError::Unknown {
+        id: id.into(),
+        root: root.into(),
+    };
+    // A job id is a ULID: letters and digits only, so it can never name another folder.
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(unknown());
+    }
+    let dir = root.join(id).join(DIR);
+    let path = dir.join("escalation.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(unknown()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let escalation: Escalation = serde_json::from_slice(&bytes)
+        .map_err(|e| EscalationError::Invalid(format!("{}: {e}", path.display())))?;
+    let decision_path = dir.join("decision.json");
+    let decision =
+        match std::fs::read(&decision_path) {
+            Ok(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                EscalationError::Invalid(format!("{}: {e}", decision_path.display()))
+            })?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(&decision_path)(e)),
+        };
+    Ok(Found {
+        dir,
+        escalation,
+        decision,
+    })
+}
+
+/// Records `decision` for an open escalation; the first decision wins (the file is created
+/// exclusively, so two people deciding at once cannot both succeed). The summary page is
+/// rewritten to show it.
+pub fn decide(found: &mut Found, decision: Decision) -> Result<(), EscalationError> {
+    let by = decision.by.trim();
+    if by.is_empty() || by.chars().count() > 100 || by.chars().any(char::is_control) {
+        return Err(EscalationError::Invalid(
+            "--by must name who decides: 1 to 100 characters, no control characters".into(),
+        ));
+    }
+    if decision
+        .note
+        .as_deref()
+        .is_some_and(|n| n.chars().count() > 4000)
+    {
+        return Err(EscalationError::Invalid(
+            "--note is over 4,000 characters".into(),
+        ));
+    }
+    if decision.decision == Verdict::Rejected
+        && decision.note.as_deref().is_none_or(|n| n.trim().is_empty())
+    {
+        return Err(EscalationError::Invalid(
+            "a rejection needs --note saying why".into(),
+        ));
+    }
+    if let Some(d) = &found.decision {
+        return Err(EscalationError::Decided(
+            found.escalation.id.clone(),
+            format!("{} by {} at {}", found.state(), d.by, d.at),
+        ));
+    }
+    if decision.decision == Verdict::Approved && found.escalation.candidate.is_none() {
+        return Err(EscalationError::NothingToApprove(
+            found.escalation.id.clone(),
+        ));
+    }
+    let path = found.dir.join("decision.json");
+    let mut bytes = serde_json::to_vec_pretty(&decision)
+        .map_err(|e| EscalationError::Invalid(e.to_string()))?;
+    bytes.push(b'\n');
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    match file {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(&bytes).map_err(io(&path))?;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(EscalationError::Decided(
+                found.escalation.id.clone(),
+                "decided by someone else just now".into(),
+            ));
+        }
+        Err(e) => return Err(io(&path)(e)),
+    }
+    let page = html::summary(&found.escalation, Some(&decision));
+    let summary = found.dir.join("summary.html");
+    std::fs::write(&summary, page).map_err(io(&summary))?;
+    found.decision = Some(decision);
+    Ok(())
+}
+
+/// What `kiln approve` did.
+pub struct Approved {
+    pub commit: String,
+    pub branch: String,
+    pub out: String,
+}
+
+/// Approves the open escalation `id` (by `by`, with `note`) and publishes its tested commit as
+/// its work branch; the branch is checked again against `config`, as a job's would be.
+pub fn approve(
+    root: &Path,
+    id: &str,
+    by: &str,
+    note: Option<String>,
+    config: &crate::config::Config,
+) -> Result<Approved, crate::Error> {
+    let mut found = open(root, id)?;
+    if let Some(d) = &found.decision {
+        return Err(EscalationError::Decided(
+            id.into(),
+            format!("{} by {} at {}", found.state(), d.by, d.at),
+        )
+        .into());
+    }
+    let candidate = found
+        .escalation
+        .candidate
+        .clone()
+        .ok_or_else(|| EscalationError::NothingToApprove(id.into()))?;
+    let branch = crate::job::BranchName::parse(
+        &found.escalation.publish.branch,
+        &config.branch_prefix,
+        &config.protected_branches,
+    )
+    .map_err(|e| EscalationError::Invalid(format!("escalation {id}: {e}")))?;
+    let source = found.dir.join(CANDIDATE_REPO);
+    let held = crate::workspace::resolve_ref(&source, CANDIDATE_REF)?;
+    if held.to_string() != candidate.commit {
+        return Err(EscalationError::Invalid(format!(
+            "escalation {id}: {} holds {held}, not the tested commit {}; refusing to publish it",
+            source.display(),
+            candidate.commit
+        ))
+        .into());
+    }
+    let out = PathBuf::from(&found.escalation.publish.out);
+    crate::workspace::check_out_repo(&out, &branch)?;
+    decide(
+        &mut found,
+        Decision {
+            decision: Verdict::Approved,
+            by: by.into(),
+            at: now(),
+            note,
+        },
+    )?;
+    crate::workspace::export_ref(&source, CANDIDATE_REF, &branch, &out)?;
+    Ok(Approved {
+        commit: candidate.commit,
+        branch: branch.to_string(),
+        out: out.display().to_string(),
+    })
+}
