@@ -42,6 +42,69 @@ pub struct Config {
     pub defaults: StageDefaults,
     /// Who hears of an escalation. Only the operator config names these, never a job.
     pub notify: NotifyConfig,
+    /// Credentials for publishing and the branches the merge queue may land on.
+    pub publish: PublishConfig,
+}
+
+/// `[publish]`: how kiln writes to a remote, and where merges may land. The credentials stay on
+/// the host: they are never mounted or passed into any container.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// User name for https pushes with a token. Default: the URL's, else `kiln`.
+    pub username: Option<String>,
+    /// Environment variable holding the https token (read when kiln pushes).
+    pub token_env: Option<String>,
+    /// File holding the https token (its first line).
+    pub token_file: Option<PathBuf>,
+    /// Private key for ssh pushes.
+    pub ssh_key: Option<PathBuf>,
+    /// Branches the merge queue may update, after a green re-test. Default `["main"]`.
+    pub merge_targets: Vec<String>,
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        PublishConfig {
+            username: None,
+            token_env: None,
+            token_file: None,
+            ssh_key: None,
+            merge_targets: vec!["main".into()],
+        }
+    }
+}
+
+impl PublishConfig {
+    /// The https token, when one is configured.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        if let Some(var) = &self.token_env {
+            return std::env::var(var)
+                .map(Some)
+                .map_err(|_| format!("[publish] token_env names `{var}`, which is not set"));
+        }
+        if let Some(file) = &self.token_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("[publish] token_file {}: {e}", file.display()))?;
+            return Ok(text.lines().next().map(|l| l.trim().to_string()));
+        }
+        Ok(None)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.token_env.is_some() && self.token_file.is_some() {
+            return Err("[publish] give token_env or token_file, not both".into());
+        }
+        for target in &self.merge_targets {
+            let refname = format!("refs/heads/{target}");
+            if target.contains("..") || !git2::Reference::is_valid_name(&refname) {
+                return Err(format!(
+                    "[publish] merge_targets: `{target}` is not a branch name"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[notify]`: where an escalation is announced.
@@ -150,8 +213,20 @@ impl Default for Config {
             commit: CommitIdentity::default(),
             defaults: StageDefaults::default(),
             notify: NotifyConfig::default(),
+            publish: PublishConfig::default(),
         }
     }
+}
+
+/// kiln's cache folder: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln`, else `~/.cache/kiln`.
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("kiln"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -196,6 +271,7 @@ impl Config {
             ));
         }
         self.notify.check()?;
+        self.publish.check()?;
         self.limits.check().map_err(|e| format!("[limits]: {e}"))
     }
 }

@@ -5,6 +5,7 @@ use crate::escalation::EscalationError;
 use crate::images::ImageError;
 use crate::job::JobError;
 use crate::policy::{AuthorError, BundleError};
+use crate::publish::PublishError;
 use crate::sandbox::SandboxError;
 use crate::workspace::WorkspaceError;
 
@@ -57,6 +58,8 @@ pub enum Error {
     Author(#[from] AuthorError),
     #[error(transparent)]
     Escalation(#[from] EscalationError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -83,6 +86,8 @@ impl Error {
             Error::Author(_) => ExitCode::Invalid,
             Error::Escalation(EscalationError::Io { .. }) => ExitCode::Infrastructure,
             Error::Escalation(_) => ExitCode::Invalid,
+            Error::Publish(e) if e.is_bad_input() => ExitCode::Invalid,
+            Error::Publish(_) => ExitCode::Infrastructure,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {

@@ -48,6 +48,8 @@ pub enum Stage {
     Generate,
     Test,
     Review,
+    /// The merge queue's re-test of a change merged onto its target's tip.
+    MergeTest,
 }
 
 impl Stage {
@@ -56,6 +58,7 @@ impl Stage {
             Stage::Generate => "generate",
             Stage::Test => "test",
             Stage::Review => "review",
+            Stage::MergeTest => "merge-test",
         }
     }
 }

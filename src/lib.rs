@@ -15,6 +15,7 @@ pub mod ids;
 pub mod images;
 pub mod job;
 pub mod policy;
+pub mod publish;
 pub mod review;
 pub mod run;
 pub mod sandbox;

@@ -111,9 +111,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Image { command } => cli::image::exec(command).await,
         Command::Policy { command } => tokio::task::block_in_place(|| cli::policy::exec(command)),
         Command::Escalations { command } => cli::escalations::exec(&config, command),
-        Command::Approve(args) => {
-            tokio::task::block_in_place(|| cli::escalations::approve(&config, args))
-        }
+        Command::Approve(args) => cli::escalations::approve(&config, args).await,
         Command::Reject(args) => cli::escalations::reject(&config, args),
         Command::Bench { command } => cli::bench::exec(command).await,
     }

@@ -115,18 +115,32 @@ pub fn exec(config: &Config, command: EscalationsCommand) -> Result<ExitCode, Er
     }
 }
 
-/// Approves and publishes; exits 0 once the branch is written.
-pub fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Error> {
+/// Approves and publishes (and merges, when the job has a target); exits 0 once done, 12 when
+/// the merge queue could not land the change.
+pub async fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Error> {
     let root = args.root.path(config);
-    let approved = escalation::approve(&root, &args.id, &args.by, args.note, config)?;
-    eprintln!(
+    let progress = kiln::run::Progress::default();
+    let approved =
+        kiln::run::approve(&root, &args.id, &args.by, args.note, config, &progress).await?;
+    progress.line(&format!(
         "approved by {}: {} published as {} in {}",
         args.by.trim(),
         &approved.commit[..10],
         approved.branch,
         approved.out
-    );
-    Ok(ExitCode::Success)
+    ));
+    if let Some(merged) = &approved.merged {
+        progress.line(&format!(
+            "merged into {}: {} (re-tested on {})",
+            merged.target,
+            &merged.commit[..10],
+            &merged.onto[..10]
+        ));
+    }
+    if let Some(why) = &approved.not_merged {
+        progress.line(&format!("not merged: {why}"));
+    }
+    Ok(approved.exit_code)
 }
 
 /// Rejects; the job ends as denied (exit 11).

@@ -7,6 +7,7 @@ use clap::Args;
 use kiln::config::Config;
 use kiln::job::Job;
 use kiln::policy::{Bundle, Gate, PolicyEngine};
+use kiln::publish::Destination;
 use kiln::run::{Progress, RunOptions};
 use kiln::sandbox::Sandbox;
 use kiln::{Error, ExitCode};
@@ -21,9 +22,10 @@ pub struct RunArgs {
     /// Root folder for artifacts; the job's go in `<DIR>/<job id>/`. Default: operator config, `.kiln/jobs`.
     #[arg(long)]
     artifacts: Option<PathBuf>,
-    /// Repository that receives the work branch (made bare if absent). Default: `<artifacts>/<id>/repo.git`.
+    /// Where the work branch is published: a repository path (made bare if absent) or a URL
+    /// pushed to with the operator's [publish] credentials. Default: `<artifacts>/<id>/repo.git`.
     #[arg(long)]
-    out: Option<PathBuf>,
+    out: Option<String>,
     /// Policy bundle to judge the passing change with; only an `allow` publishes the branch.
     #[arg(long)]
     policies: Option<PathBuf>,
@@ -62,10 +64,10 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     progress.line(&format!("job {}", job.id));
     let opts = RunOptions {
         artifacts_root: artifacts.unwrap_or_else(|| config.artifacts_dir.clone()),
-        out,
+        out: out.map(|o| Destination::parse(&o)),
     };
     let sandbox = Sandbox::connect().await?;
-    kiln::run::preflight(&job, &sandbox, &opts).await?;
+    kiln::run::preflight(&job, config, &sandbox, &opts).await?;
 
     let work = kiln::run::run_job(&job, config, &sandbox, &opts, gate, progress);
     let outcome = tokio::select! {

@@ -35,6 +35,8 @@ pub enum Kind {
     Reviewer,
     /// The attempts stopped converging.
     NotConverging,
+    /// The merge queue could not land the change and no attempts were left.
+    Merge,
 }
 
 impl Kind {
@@ -45,6 +47,7 @@ impl Kind {
             Status::AwaitingReview => Some(Kind::Review),
             Status::ReviewEscalated => Some(Kind::Reviewer),
             Status::NotConverging => Some(Kind::NotConverging),
+            Status::MergeEscalated => Some(Kind::Merge),
             _ => None,
         }
     }
@@ -71,6 +74,8 @@ pub struct Escalation {
     pub candidate: Option<Candidate>,
     /// The branch and repository an approval publishes to.
     pub publish: Publish,
+    /// What an approval merges, when the job has a `[merge]` target.
+    pub merge: Option<MergeRecord>,
     /// The job's artifacts folder.
     pub artifacts: String,
 }
@@ -106,6 +111,15 @@ pub struct Candidate {
     pub commit: String,
     /// The attempt whose tested tree it holds.
     pub attempt: u32,
+}
+
+/// What the merge queue needs to land an approved change: the target and how to re-test.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MergeRecord {
+    pub target: String,
+    pub test: crate::job::StageSpec,
+    pub limits: crate::job::Limits,
+    pub loosened: Vec<crate::config::Loosening>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -170,10 +184,9 @@ fn tail(bytes: &[u8], max: usize) -> String {
 /// diffs and logs) and writes its folder: `escalation.json` and `summary.html`.
 pub fn write(
     report: &Report,
-    prompt: &str,
-    test_requirements: Option<&str>,
+    job: &crate::job::Job,
     candidate: Option<Candidate>,
-    out: &Path,
+    out: &str,
 ) -> Result<Escalation, EscalationError> {
     let kind = Kind::of(report.status).ok_or_else(|| {
         EscalationError::Invalid(format!(
@@ -227,8 +240,8 @@ pub fn write(
             base: report.job.base.clone(),
             base_commit: report.job.base_commit.clone(),
             branch: report.job.branch.clone(),
-            prompt: prompt.into(),
-            test_requirements: test_requirements.map(String::from),
+            prompt: job.prompt.clone(),
+            test_requirements: job.test_requirements.clone(),
         },
         attempts,
         gate: report
@@ -238,8 +251,14 @@ pub fn write(
         candidate,
         publish: Publish {
             branch: report.job.branch.clone(),
-            out: out.display().to_string(),
+            out: out.into(),
         },
+        merge: job.merge.as_ref().map(|m| MergeRecord {
+            target: m.target.clone(),
+            test: job.test.clone(),
+            limits: job.limits.clone(),
+            loosened: job.loosened.clone(),
+        }),
         artifacts: report.artifacts.clone(),
     };
     let dir = artifacts.join(DIR);
@@ -394,68 +413,4 @@ pub fn decide(found: &mut Found, decision: Decision) -> Result<(), EscalationErr
     std::fs::write(&summary, page).map_err(io(&summary))?;
     found.decision = Some(decision);
     Ok(())
-}
-
-/// What `kiln approve` did.
-pub struct Approved {
-    pub commit: String,
-    pub branch: String,
-    pub out: String,
-}
-
-/// Approves the open escalation `id` (by `by`, with `note`) and publishes its tested commit as
-/// its work branch; the branch is checked again against `config`, as a job's would be.
-pub fn approve(
-    root: &Path,
-    id: &str,
-    by: &str,
-    note: Option<String>,
-    config: &crate::config::Config,
-) -> Result<Approved, crate::Error> {
-    let mut found = open(root, id)?;
-    if let Some(d) = &found.decision {
-        return Err(EscalationError::Decided(
-            id.into(),
-            format!("{} by {} at {}", found.state(), d.by, d.at),
-        )
-        .into());
-    }
-    let candidate = found
-        .escalation
-        .candidate
-        .clone()
-        .ok_or_else(|| EscalationError::NothingToApprove(id.into()))?;
-    let branch = crate::job::BranchName::parse(
-        &found.escalation.publish.branch,
-        &config.branch_prefix,
-        &config.protected_branches,
-    )
-    .map_err(|e| EscalationError::Invalid(format!("escalation {id}: {e}")))?;
-    let source = found.dir.join(CANDIDATE_REPO);
-    let held = crate::workspace::resolve_ref(&source, CANDIDATE_REF)?;
-    if held.to_string() != candidate.commit {
-        return Err(EscalationError::Invalid(format!(
-            "escalation {id}: {} holds {held}, not the tested commit {}; refusing to publish it",
-            source.display(),
-            candidate.commit
-        ))
-        .into());
-    }
-    let out = PathBuf::from(&found.escalation.publish.out);
-    crate::workspace::check_out_repo(&out, &branch)?;
-    decide(
-        &mut found,
-        Decision {
-            decision: Verdict::Approved,
-            by: by.into(),
-            at: now(),
-            note,
-        },
-    )?;
-    crate::workspace::export_ref(&source, CANDIDATE_REF, &branch, &out)?;
-    Ok(Approved {
-        commit: candidate.commit,
-        branch: branch.to_string(),
-        out: out.display().to_string(),
-    })
 }

@@ -123,6 +123,14 @@ pub struct SandboxFile {
     pub root_user: bool,
 }
 
+/// `[merge]`: land the change on a target branch through the merge queue.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MergeSpec {
+    /// The branch to merge into; the operator config must list it (`[publish] merge_targets`).
+    pub target: String,
+}
+
 #[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 struct RetryFile {
@@ -146,6 +154,7 @@ struct JobFile {
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
     review: Option<StageSpec>,
+    merge: Option<MergeSpec>,
     limits: Option<LimitsFile>,
     #[serde(default)]
     retry: RetryFile,
@@ -210,6 +219,8 @@ pub struct Job {
     pub test: StageSpec,
     /// The reviewer agent, run after the tests pass; `None` when the job has no `[review]`.
     pub review: Option<StageSpec>,
+    /// Where the merge queue lands the change; `None`: the work branch is only published.
+    pub merge: Option<MergeSpec>,
     pub limits: Limits,
     pub max_attempts: u32,
     pub sandbox: SandboxFile,
@@ -336,6 +347,18 @@ impl JobFile {
                 "belongs in [test]: it names what the tests run with".into(),
             ));
         }
+        if let Some(merge) = &self.merge
+            && !config.publish.merge_targets.contains(&merge.target)
+        {
+            return Err((
+                "merge.target",
+                format!(
+                    "is `{}`, which the operator config does not list in [publish] merge_targets ({})",
+                    merge.target.escape_debug(),
+                    config.publish.merge_targets.join(", ")
+                ),
+            ));
+        }
         let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
         limits.check().map_err(|m| ("limits", m))?;
         let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
@@ -373,6 +396,7 @@ impl JobFile {
             generate,
             test,
             review,
+            merge: self.merge,
             limits,
             max_attempts,
             sandbox: self.sandbox,

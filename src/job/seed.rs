@@ -6,12 +6,12 @@
 //!              "context_files": [...], "test_requirements": "...", "review_agent": "jazz"},
 //!  "priority": 2, "assigned_worker": null, "status": "queued"}
 //! ```
-//! kiln's own tables (`generate`, `test`, `review`, `limits`, `retry`, `sandbox`) may sit beside
+//! kiln's own tables (`generate`, `test`, `review`, `merge`, `limits`, `retry`, `sandbox`) may sit beside
 //! `payload`; where they are absent the operator config's defaults apply.
 
 use serde::Deserialize;
 
-use super::{JobFile, LimitsFile, RetryFile, SandboxFile, SeedFields, StageSpec};
+use super::{JobFile, LimitsFile, MergeSpec, RetryFile, SandboxFile, SeedFields, StageSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -30,6 +30,7 @@ pub(super) struct SeedRecord {
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
     review: Option<StageSpec>,
+    merge: Option<MergeSpec>,
     limits: Option<LimitsFile>,
     #[serde(default)]
     retry: RetryFile,
@@ -75,6 +76,7 @@ impl SeedRecord {
             generate: self.generate,
             test: self.test,
             review: self.review,
+            merge: self.merge,
             limits: self.limits,
             retry: self.retry,
             sandbox: self.sandbox,

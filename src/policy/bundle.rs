@@ -32,6 +32,17 @@ pub enum Condition {
     NoEscalationPatterns,
 }
 
+impl Condition {
+    /// The name a bundle uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::AllTestsPass => "all_tests_pass",
+            Condition::ReviewerApproval => "reviewer_approval",
+            Condition::NoEscalationPatterns => "no_escalation_patterns",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BundleFile {

@@ -21,14 +21,7 @@ pub use sarif::{empty_sarif, to_sarif};
 /// Where compiled policies are cached: `KILN_CACHE_DIR`, else `$XDG_CACHE_HOME/kiln/policies`,
 /// else `~/.cache/kiln/policies`; `None` (compile every time) when none is known.
 pub fn default_cache_dir() -> Option<std::path::PathBuf> {
-    use std::path::PathBuf;
-    if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
-        return Some(PathBuf::from(dir).join("policies"));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("kiln").join("policies"))
+    crate::config::cache_dir().map(|dir| dir.join("policies"))
 }
 
 /// ABI version kiln speaks; a module reporting another is refused.

@@ -48,6 +48,58 @@ pub(super) struct Feedback {
     /// The reviewer's verdict, when the tests passed and the reviewer requested changes.
     #[serde(skip_serializing_if = "Option::is_none")]
     review: Option<ReviewVerdict>,
+    /// Why the passing change did not merge: this attempt starts on the target's new tip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    merge: Option<MergeFeedback>,
+}
+
+/// A merge the queue could not land: the change conflicts with the target's new tip, or the
+/// merged tree fails its tests.
+#[derive(Clone, Serialize)]
+pub(super) struct MergeFeedback {
+    target: String,
+    /// The target's tip, which is now the attempt's base.
+    tip: String,
+    /// Paths that conflict; empty when the merge was clean but its tests failed.
+    conflicts: Vec<String>,
+    test_exit_code: Option<i64>,
+    /// The last bytes of the merged tree's failing test output.
+    test_output_tail: String,
+}
+
+impl MergeFeedback {
+    pub(super) fn conflict(target: &str, tip: git2::Oid, paths: Vec<String>) -> Self {
+        MergeFeedback {
+            target: target.into(),
+            tip: tip.to_string(),
+            conflicts: paths,
+            test_exit_code: None,
+            test_output_tail: String::new(),
+        }
+    }
+
+    pub(super) fn red(target: &str, tip: git2::Oid, tested: &Ran) -> Self {
+        MergeFeedback {
+            target: target.into(),
+            tip: tip.to_string(),
+            conflicts: Vec::new(),
+            test_exit_code: tested.exit_code,
+            test_output_tail: sandbox::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
+        }
+    }
+
+    /// In a sentence, for the report.
+    pub(super) fn summary(&self) -> String {
+        if self.conflicts.is_empty() {
+            format!("merged onto {} its tests fail", self.target)
+        } else {
+            format!(
+                "it conflicts with {} on {}",
+                self.target,
+                self.conflicts.join(", ")
+            )
+        }
+    }
 }
 
 impl Feedback {
@@ -74,7 +126,14 @@ impl Feedback {
                 .unwrap_or_default(),
             protected_reverted,
             review: None,
+            merge: None,
         }
+    }
+
+    /// The same feedback, with why the merge queue could not land the change.
+    pub(super) fn with_merge(mut self, merge: MergeFeedback) -> Self {
+        self.merge = Some(merge);
+        self
     }
 
     /// The same feedback, with the reviewer's request for changes.

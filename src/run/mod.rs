@@ -2,11 +2,14 @@
 //! failure back, stopping early when attempts stop converging; commit the passing tree on the
 //! work branch; write every attempt's artifacts and the report.
 
+mod approve;
 mod convergence;
 mod input;
+mod merge;
 mod progress;
 pub mod report;
 mod review;
+mod stage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,10 +19,15 @@ use git2::Oid;
 use serde::Serialize;
 use tracing::{Instrument, info_span};
 
+pub use approve::{Approved, approve};
 use convergence::convergence;
+use input::MergeFeedback;
 use input::{Feedback, JobInput};
+pub use merge::MergeReport;
+use merge::{MergeOutcome, MergeTurn};
 pub use progress::Progress;
 pub use report::{Report, Status};
+use stage::Stages;
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
@@ -27,10 +35,9 @@ use crate::escalation::{self, Candidate, Kind};
 use crate::ids::Stage;
 use crate::job::{Job, StageSpec};
 use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
+use crate::publish::{Destination, check_destination, publish_branch};
 use crate::review::{ReviewVerdict, VerdictKind};
-use crate::sandbox::{
-    self, ContainerSpec, JOB_INPUT, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume,
-};
+use crate::sandbox::{self, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume};
 use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
 use report::{
     AttemptReport, CommitReport, EscalationReport, FileSummary, JobSummary, SandboxSummary,
@@ -41,14 +48,20 @@ use report::{
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     pub artifacts_root: PathBuf,
-    /// Repository the work branch is written to; default `<artifacts>/<id>/repo.git`.
-    pub out: Option<PathBuf>,
+    /// Where the work branch is published; default `<artifacts>/<id>/repo.git`.
+    pub out: Option<Destination>,
 }
 
 /// Checks what must hold before anything runs: the images exist and `--out` can take the branch.
-pub async fn preflight(job: &Job, sandbox: &Sandbox, opts: &RunOptions) -> Result<(), Error> {
+pub async fn preflight(
+    job: &Job,
+    config: &Config,
+    sandbox: &Sandbox,
+    opts: &RunOptions,
+) -> Result<(), Error> {
     if let Some(out) = &opts.out {
-        crate::workspace::check_out_repo(out, &job.branch)?;
+        let (out, branch, config) = (out.clone(), job.branch.clone(), config.clone());
+        blocking(move || Ok(check_destination(&out, &branch, &config)?)).await?;
     }
     let review = job.review.as_ref().map(|r| r.image.as_str());
     for image in [
@@ -146,7 +159,7 @@ pub async fn run_job(
         let out = opts
             .out
             .clone()
-            .unwrap_or_else(|| artifacts.join("repo.git"));
+            .unwrap_or_else(|| Destination::Local(artifacts.join("repo.git")));
         report.escalation =
             Some(escalate(&report, job, config, end.candidate, &out, &runner.progress).await?);
     }
@@ -160,16 +173,10 @@ async fn escalate(
     job: &Job,
     config: &Config,
     candidate: Option<Candidate>,
-    out: &Path,
+    out: &Destination,
     progress: &Progress,
 ) -> Result<EscalationReport, Error> {
-    let escalation = escalation::write(
-        report,
-        &job.prompt,
-        job.test_requirements.as_deref(),
-        candidate,
-        out,
-    )?;
+    let escalation = escalation::write(report, job, candidate, &out.to_string())?;
     let dir = Path::new(&report.artifacts).join(escalation::DIR);
     let summary = dir.join("summary.html");
     progress.line(&format!("  escalated: {}", summary.display()));
@@ -235,7 +242,7 @@ impl Runner<'_> {
             blocking(move || Ok(ws.context_files(&globs)?)).await?
         };
         let workspace_ms = timer
-            .done(&format!("base {}", short(ws.base_commit)))
+            .done(&format!("base {}", short(ws.base_commit())))
             .as_millis() as u64;
 
         let end = |status, reason, commit| End {
@@ -243,11 +250,11 @@ impl Runner<'_> {
             reason,
             commit,
             workspace_ms,
-            base_commit: Some(ws.base_commit),
+            base_commit: Some(ws.base_commit()),
             candidate: None,
         };
 
-        let mut trees = vec![ws.base_tree];
+        let mut trees = vec![ws.base_tree()];
         let mut deltas: Vec<Vec<BlobChange>> = Vec::new();
         let mut feedback: Option<Feedback> = None;
         for n in 1..=job.max_attempts {
@@ -263,6 +270,7 @@ impl Runner<'_> {
                         diff,
                         patch,
                         tested,
+                        input,
                         retry,
                     } = *passed;
                     let verdict = match &job.review {
@@ -294,14 +302,83 @@ impl Runner<'_> {
                         }
                         return Ok(end);
                     }
-                    let (commit, repository) = self.publish(&ws, tree, n, opts).await?;
-                    let commit = CommitReport {
-                        oid: commit.to_string(),
-                        branch: job.branch.to_string(),
-                        repository,
+                    let Some(merge) = &job.merge else {
+                        let commit = self.publish(&ws, tree, n, opts, None).await?;
+                        let reason = format!("tests passed on attempt {n}");
+                        return Ok(end(Status::Succeeded, reason, Some(commit)));
                     };
-                    let reason = format!("tests passed on attempt {n}");
-                    return Ok(end(Status::Succeeded, reason, Some(commit)));
+                    // The merge queue takes only what the bundle lets merge by itself; anything
+                    // else waits for a human, whose approval merges it.
+                    if let Some(why) = self.not_auto_mergeable() {
+                        let reason = format!(
+                            "tests passed on attempt {n}; merging into {} needs a human: {why}",
+                            merge.target
+                        );
+                        let mut end = end(Status::AwaitingReview, reason, None);
+                        end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
+                        return Ok(end);
+                    }
+                    let change = self.commit(&ws, tree, n).await?;
+                    let turn = MergeTurn {
+                        stages: self.stages(),
+                        repo: &ws.repo_path(),
+                        change,
+                        message: format!("kiln: merge {} into {}", job.branch, merge.target),
+                        target: &merge.target,
+                        test: &job.test,
+                        input: &input,
+                        attempt: n,
+                        dest: &self.destination(opts),
+                        config: self.config,
+                    };
+                    let (tip, why) = match turn.run(&self.progress).await? {
+                        MergeOutcome::Landed { tip, merged } => {
+                            let landed = MergeReport {
+                                target: merge.target.clone(),
+                                onto: tip.to_string(),
+                                commit: merged.to_string(),
+                            };
+                            let commit = self.publish(&ws, tree, n, opts, Some(change)).await?;
+                            let commit = CommitReport {
+                                merged: Some(landed),
+                                ..commit
+                            };
+                            let reason = format!(
+                                "tests passed on attempt {n}; merged into {} and re-tested",
+                                merge.target
+                            );
+                            return Ok(end(Status::Succeeded, reason, Some(commit)));
+                        }
+                        MergeOutcome::Conflict { tip, paths } => {
+                            let why = MergeFeedback::conflict(&merge.target, tip, paths);
+                            (tip, why)
+                        }
+                        MergeOutcome::Red { tip, tested } => {
+                            let why = MergeFeedback::red(&merge.target, tip, &tested);
+                            (tip, why)
+                        }
+                    };
+                    if n < job.max_attempts {
+                        // The next attempt makes the change again on the target's new tip.
+                        self.progress.line(&format!(
+                            "  attempt {} starts again on {} at {}",
+                            n + 1,
+                            merge.target,
+                            short(tip)
+                        ));
+                        ws.rebase(tip)?;
+                        trees = vec![ws.base_tree()];
+                        deltas.clear();
+                        feedback = Some(retry.next.with_merge(why));
+                        continue;
+                    }
+                    let reason = format!(
+                        "tests passed on attempt {n}, but {}; no attempts are left",
+                        why.summary()
+                    );
+                    let mut end = end(Status::MergeEscalated, reason, None);
+                    end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
+                    return Ok(end);
                 }
                 Step::NotConverging(reason) => return Ok(end(Status::NotConverging, reason, None)),
                 Step::Failed(retry) => {
@@ -347,7 +424,7 @@ impl Runner<'_> {
         let previous_tree = *trees.last().expect("trees starts with the base tree");
         let (generated, tree, ingested) = self.generate(ws, n, previous_tree, &input).await?;
         let (diff, patch) = {
-            let (ws, base) = (ws.clone(), ws.base_tree);
+            let (ws, base) = (ws.clone(), ws.base_tree());
             blocking(move || Ok(ws.diff(base, tree)?)).await?
         };
         let delta = {
@@ -389,7 +466,7 @@ impl Runner<'_> {
         }
         // A generator cut off mid-write, or a tree kiln could not read whole, is nothing to
         // commit: the attempt fails untested.
-        if let Some(why) = cut_short(&generated, whole, tree == ws.base_tree) {
+        if let Some(why) = cut_short(&generated, whole, tree == ws.base_tree()) {
             self.progress.line(&format!(
                 "  attempt {n} failed untested: the generator {why}"
             ));
@@ -432,6 +509,7 @@ impl Runner<'_> {
                 diff,
                 patch,
                 tested,
+                input,
                 retry: Retry { tree, delta, next },
             })));
         }
@@ -494,14 +572,10 @@ impl Runner<'_> {
         tree: Oid,
         input: &[u8],
     ) -> Result<Ran, Error> {
-        let volume = self
-            .volume(ws, Stage::Test, n, tree, "job.json", input)
-            .await?;
-        let result = self
-            .container(&volume, None, Stage::Test, n, &self.job.test)
-            .await;
-        volume.remove().await;
-        result
+        let repo = ws.repo_path();
+        self.stages()
+            .test(Stage::Test, &repo, n, tree, input, &self.job.test)
+            .await
     }
 
     /// A fresh volume holding `tree` and the stage's input file (`input_name`).
@@ -514,23 +588,9 @@ impl Runner<'_> {
         input_name: &'static str,
         input: &[u8],
     ) -> Result<WorkVolume, Error> {
-        let role = format!("{stage}-{n}");
-        let volume =
-            WorkVolume::create(self.sandbox, &self.job.id, &role, self.job.limits.workspace)
-                .await?;
-        let tar = {
-            let (ws, input) = (ws.clone(), input.to_vec());
-            blocking(move || Ok(ws.tar_of_tree(tree, input_name, &input)?)).await
-        };
-        let uploaded = match tar {
-            Ok(tar) => volume.upload(tar).await.map_err(Error::from),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = uploaded {
-            volume.remove().await;
-            return Err(e);
-        }
-        Ok(volume)
+        self.stages()
+            .volume(&ws.repo_path(), stage, n, tree, input_name, input)
+            .await
     }
 
     /// Runs one stage's container on `volume`; with `out`, the workspace is mounted read-only
@@ -543,42 +603,16 @@ impl Runner<'_> {
         n: u32,
         spec: &StageSpec,
     ) -> Result<Ran, Error> {
-        let job = self.job;
-        let mut labels = sandbox::job_labels(&job.id);
-        labels.insert("kiln.stage".into(), stage.to_string());
-        labels.insert("kiln.attempt".into(), n.to_string());
-        let container = ContainerSpec {
-            image: spec.image.clone(),
-            command: spec.command.clone(),
-            env: vec![
-                ("KILN_JOB_ID".into(), job.id.to_string()),
-                ("KILN_ATTEMPT".into(), n.to_string()),
-                ("KILN_STAGE".into(), stage.to_string()),
-                (
-                    "KILN_JOB_INPUT".into(),
-                    match stage {
-                        Stage::Review => crate::review::REVIEW_INPUT,
-                        _ => JOB_INPUT,
-                    }
-                    .into(),
-                ),
-                ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
-                ("HOME".into(), "/tmp".into()),
-            ],
-            limits: job.limits.clone(),
-            loosened: job.loosened.clone(),
-            volume: Some(volume.name().to_string()),
-            volume_read_only: out.is_some(),
-            out_volume: out.map(|o| o.name().to_string()),
-            labels,
-        };
-        let span = info_span!("stage", job_id = %job.id, attempt = n, stage = %stage);
-        let outcome = self
-            .sandbox
-            .run(&container, spec.timeout)
-            .instrument(span)
-            .await?;
-        Ok(Ran::from(outcome))
+        self.stages().container(volume, out, stage, n, spec).await
+    }
+
+    fn stages(&self) -> Stages<'_> {
+        Stages {
+            sandbox: self.sandbox,
+            job: &self.job.id,
+            limits: &self.job.limits,
+            loosened: &self.job.loosened,
+        }
     }
 
     /// Keeps the tested `tree` of attempt `n` in the escalation folder for `kiln approve`.
@@ -663,39 +697,75 @@ impl Runner<'_> {
         Ok(decision)
     }
 
+    /// Commits the tested `tree` of attempt `n` in the private repository (on the work branch,
+    /// there only).
+    async fn commit(&self, ws: &Arc<Workspace>, tree: Oid, n: u32) -> Result<Oid, Error> {
+        let message = commit_message(self.job, n);
+        let (ws, branch, who) = (
+            ws.clone(),
+            self.job.branch.clone(),
+            self.config.commit.clone(),
+        );
+        blocking(move || Ok(ws.commit(tree, &branch, &who, &message)?)).await
+    }
+
+    /// Where published work goes: `--out`, else `<artifacts>/<id>/repo.git`.
+    fn destination(&self, opts: &RunOptions) -> Destination {
+        opts.out
+            .clone()
+            .unwrap_or_else(|| Destination::Local(self.artifacts.join("repo.git")))
+    }
+
+    /// Publishes the work branch: `commit` when the merge queue already made it, else a new
+    /// commit of `tree`.
     async fn publish(
         &self,
         ws: &Arc<Workspace>,
         tree: Oid,
         attempts: u32,
         opts: &RunOptions,
-    ) -> Result<(Oid, String), Error> {
+        commit: Option<Oid>,
+    ) -> Result<CommitReport, Error> {
         let job = self.job;
-        let timer = self.progress.start("commit");
-        let message = commit_message(job, attempts);
-        let out = opts
-            .out
-            .clone()
-            .unwrap_or_else(|| self.artifacts.join("repo.git"));
-        let (ws, branch, who, target) = (
-            ws.clone(),
+        let timer = self.progress.start("publish");
+        let oid = match commit {
+            Some(oid) => oid,
+            None => self.commit(ws, tree, attempts).await?,
+        };
+        let dest = self.destination(opts);
+        let (source, branch, config, to) = (
+            ws.repo_path(),
             job.branch.clone(),
-            self.config.commit.clone(),
-            out.clone(),
+            self.config.clone(),
+            dest.clone(),
         );
-        let oid = blocking(move || {
-            let oid = ws.commit(tree, &branch, &who, &message)?;
-            ws.export(&branch, &target)?;
-            Ok(oid)
+        blocking(move || Ok(publish_branch(&source, oid, &branch, &to, &config)?)).await?;
+        timer.done(&format!("{} on {} in {dest}", short(oid), job.branch));
+        Ok(CommitReport {
+            oid: oid.to_string(),
+            branch: job.branch.to_string(),
+            repository: dest.to_string(),
+            merged: None,
         })
-        .await?;
-        timer.done(&format!(
-            "{} on {} in {}",
-            short(oid),
-            job.branch,
-            out.display()
-        ));
-        Ok((oid, out.display().to_string()))
+    }
+
+    /// Why the gate does not let this change merge by itself, if it does not.
+    fn not_auto_mergeable(&self) -> Option<String> {
+        let Some(gate) = &self.gate_result else {
+            return Some("no policy bundle judged it (--policies)".into());
+        };
+        let auto = &gate.auto_merge;
+        if auto.eligible {
+            return None;
+        }
+        if !auto.allowed_by_bundle {
+            return Some("the bundle does not allow auto-merge".into());
+        }
+        let failed: Vec<&str> = auto.failed_conditions.iter().map(|c| c.as_str()).collect();
+        Some(format!(
+            "auto-merge conditions not met: {}",
+            failed.join(", ")
+        ))
     }
 }
 
@@ -713,6 +783,8 @@ struct Passed {
     diff: Diff,
     patch: String,
     tested: Ran,
+    /// The attempt's `job.json`, which the merge queue's re-test gets too.
+    input: Vec<u8>,
     /// How the next attempt starts if the reviewer requests changes.
     retry: Retry,
 }

@@ -52,6 +52,9 @@ pub enum Status {
     PolicyEscalated,
     /// Tests passed; a policy denied the change. Nothing was published.
     PolicyDenied,
+    /// Tests passed, but the merge queue could not land the change (a conflict with the target or
+    /// a red merged tree) and no attempts were left. Nothing was published.
+    MergeEscalated,
     /// Tests passed; the reviewer escalated (or its verdict was unusable, or it still requested
     /// changes after the last attempt). Nothing was published.
     ReviewEscalated,
@@ -69,6 +72,7 @@ impl Status {
             Status::PolicyEscalated => "policy_escalated",
             Status::PolicyDenied => "policy_denied",
             Status::ReviewEscalated => "review_escalated",
+            Status::MergeEscalated => "merge_escalated",
             Status::Error => "error",
         }
     }
@@ -80,7 +84,9 @@ impl Status {
             Status::Succeeded => ExitCode::Success,
             Status::TestsFailed | Status::NotConverging => ExitCode::TestsFailed,
             Status::AwaitingReview => ExitCode::AwaitingReview,
-            Status::PolicyEscalated | Status::ReviewEscalated => ExitCode::PolicyEscalate,
+            Status::PolicyEscalated | Status::ReviewEscalated | Status::MergeEscalated => {
+                ExitCode::PolicyEscalate
+            }
             Status::PolicyDenied => ExitCode::PolicyDeny,
             Status::Error => ExitCode::Internal,
         }
@@ -162,6 +168,8 @@ pub struct CommitReport {
     pub branch: String,
     /// The repository the branch was written to.
     pub repository: String,
+    /// The merge queue's landing, when the job has a `[merge]` target.
+    pub merged: Option<super::MergeReport>,
 }
 
 #[derive(Debug, Serialize)]

@@ -58,8 +58,9 @@ impl WorkspaceError {
 /// The job's private repository in a temporary folder, removed when this is dropped.
 pub struct Workspace {
     dir: tempfile::TempDir,
-    pub base_commit: Oid,
-    pub base_tree: Oid,
+    /// The commit the job's change is made against, and its tree; the merge queue moves it to
+    /// the target's tip when a change must be made again on top of it.
+    base: std::sync::Mutex<(Oid, Oid)>,
 }
 
 impl Workspace {
@@ -90,9 +91,28 @@ impl Workspace {
         let base_tree = repo.find_commit(base_commit)?.tree_id();
         Ok(Workspace {
             dir,
-            base_commit,
-            base_tree,
+            base: std::sync::Mutex::new((base_commit, base_tree)),
         })
+    }
+
+    pub fn base_commit(&self) -> Oid {
+        self.base.lock().expect("the base lock is never poisoned").0
+    }
+
+    pub fn base_tree(&self) -> Oid {
+        self.base.lock().expect("the base lock is never poisoned").1
+    }
+
+    /// Makes `commit` (already in the private repository) the base of the attempts to come.
+    pub fn rebase(&self, commit: Oid) -> Result<(), WorkspaceError> {
+        let tree = self.repo()?.find_commit(commit)?.tree_id();
+        *self.base.lock().expect("the base lock is never poisoned") = (commit, tree);
+        Ok(())
+    }
+
+    /// The private bare repository's folder.
+    pub fn repo_path(&self) -> PathBuf {
+        self.dir.path().join("repo.git")
     }
 
     fn repo(&self) -> Result<Repository, git2::Error> {
@@ -131,7 +151,7 @@ impl Workspace {
     /// Paths of the base tree matched by the job's `context_files` globs (links included, as paths).
     pub fn context_files(&self, globs: &GlobSet) -> Result<Vec<String>, WorkspaceError> {
         let repo = self.repo()?;
-        let tree = repo.find_tree(self.base_tree)?;
+        let tree = repo.find_tree(self.base_tree())?;
         let mut found = Vec::new();
         tree.walk(git2::TreeWalkMode::PreOrder, |dir, entry| {
             if entry.kind() == Some(git2::ObjectType::Blob) {
@@ -154,7 +174,7 @@ impl Workspace {
         protect: &GlobSet,
     ) -> Result<(Oid, Vec<String>), WorkspaceError> {
         let repo = self.repo()?;
-        let base = blobs(&repo, self.base_tree, protect)?;
+        let base = blobs(&repo, self.base_tree(), protect)?;
         let ours = blobs(&repo, tree, protect)?;
         let mut update = git2::build::TreeUpdateBuilder::new();
         let mut reverted = Vec::new();
@@ -192,7 +212,7 @@ impl Workspace {
     ) -> Result<Oid, WorkspaceError> {
         let repo = self.repo()?;
         let signature = Signature::now(&who.name, &who.email)?;
-        let parent = repo.find_commit(self.base_commit)?;
+        let parent = repo.find_commit(self.base_commit())?;
         let tree = repo.find_tree(tree)?;
         let oid = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
         repo.reference(&branch.refname(), oid, false, &format!("kiln: {message}"))?;
@@ -211,7 +231,7 @@ impl Workspace {
         const CANDIDATE: &str = "refs/kiln/candidate";
         let repo = self.repo()?;
         let signature = Signature::now(&who.name, &who.email)?;
-        let parent = repo.find_commit(self.base_commit)?;
+        let parent = repo.find_commit(self.base_commit())?;
         let tree = repo.find_tree(tree)?;
         let oid = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
         repo.reference(CANDIDATE, oid, true, "kiln: candidate")?;
@@ -225,28 +245,17 @@ impl Workspace {
         )?;
         Ok(oid)
     }
-
-    /// Writes the work branch, and no other ref, into the repository at `out` (made bare if
-    /// absent). Refuses when the branch already exists there.
-    pub fn export(&self, branch: &BranchName, out: &Path) -> Result<(), WorkspaceError> {
-        let source = self.dir.path().join("repo.git");
-        export_ref(&source, &branch.refname(), branch, out)
-    }
 }
 
-/// Writes `branch`, and no other ref, into the repository at `out` (made bare if absent) as the
-/// commit the repository `source` holds under `source_ref`. Refuses when `out` has the branch.
-pub fn export_ref(
-    source: &Path,
-    source_ref: &str,
-    branch: &BranchName,
-    out: &Path,
-) -> Result<(), WorkspaceError> {
-    let out_repo = open_out(out, branch)?;
-    let refspec = format!("{source_ref}:{}", branch.refname());
-    let mut remote = out_repo.remote_anonymous(&source.to_string_lossy())?;
-    remote.fetch(&[&refspec], Some(&mut quiet_fetch()), None)?;
-    Ok(())
+/// [`Workspace::tar_of_tree`] for any repository kiln keeps (an escalation's candidate).
+pub fn tar_of_tree_at(
+    repo: &Path,
+    tree: Oid,
+    input_name: &str,
+    input: &[u8],
+) -> Result<Vec<u8>, WorkspaceError> {
+    let repo = Repository::open_bare(repo)?;
+    Ok(tree_tar::tar_of_tree(&repo, tree, input_name, input)?)
 }
 
 /// The commit `source_ref` names in the repository at `source`.
@@ -281,33 +290,6 @@ fn file_mode(mode: i32) -> git2::FileMode {
         0o120000 => git2::FileMode::Link,
         _ => git2::FileMode::Blob,
     }
-}
-
-/// Checks, before anything runs, that `out` can take `branch`: it is a repository (or absent)
-/// and has no branch of that name.
-pub fn check_out_repo(out: &Path, branch: &BranchName) -> Result<(), WorkspaceError> {
-    if out.exists() {
-        open_out(out, branch)?;
-    }
-    Ok(())
-}
-
-fn open_out(out: &Path, branch: &BranchName) -> Result<Repository, WorkspaceError> {
-    let err = |message: String| WorkspaceError::Out {
-        path: out.into(),
-        message,
-    };
-    let repo = if out.exists() {
-        Repository::open(out).map_err(|e| err(format!("not a git repository ({})", e.message())))?
-    } else {
-        Repository::init_bare(out).map_err(|e| err(e.message().to_string()))?
-    };
-    if repo.find_reference(&branch.refname()).is_ok() {
-        return Err(err(format!(
-            "branch `{branch}` exists already; kiln never overwrites a branch"
-        )));
-    }
-    Ok(repo)
 }
 
 fn quiet_fetch() -> FetchOptions<'static> {

@@ -1,0 +1,118 @@
+//! One stage's container, on a fresh volume holding a tree: what the generator, the tests, the
+//! reviewer and the merge queue's re-test all run through.
+
+use std::path::Path;
+
+use git2::Oid;
+use tracing::{Instrument, info_span};
+
+use super::{Ran, blocking};
+use crate::config::Loosening;
+use crate::error::Error;
+use crate::ids::{JobId, Stage};
+use crate::job::{Limits, StageSpec};
+use crate::sandbox::{self, ContainerSpec, JOB_INPUT, Sandbox, WORKSPACE_DIR, WorkVolume};
+
+/// What every container of one job shares: the engine, the job's labels, limits and loosenings.
+pub(crate) struct Stages<'a> {
+    pub sandbox: &'a Sandbox,
+    pub job: &'a JobId,
+    pub limits: &'a Limits,
+    pub loosened: &'a [Loosening],
+}
+
+impl Stages<'_> {
+    /// A fresh volume holding `tree` of the repository at `repo`, and the stage's input file.
+    pub async fn volume(
+        &self,
+        repo: &Path,
+        stage: Stage,
+        n: u32,
+        tree: Oid,
+        input_name: &'static str,
+        input: &[u8],
+    ) -> Result<WorkVolume, Error> {
+        let role = format!("{stage}-{n}");
+        let volume =
+            WorkVolume::create(self.sandbox, self.job, &role, self.limits.workspace).await?;
+        let tar = {
+            let (repo, input) = (repo.to_path_buf(), input.to_vec());
+            blocking(move || {
+                Ok(crate::workspace::tar_of_tree_at(
+                    &repo, tree, input_name, &input,
+                )?)
+            })
+            .await
+        };
+        let uploaded = match tar {
+            Ok(tar) => volume.upload(tar).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = uploaded {
+            volume.remove().await;
+            return Err(e);
+        }
+        Ok(volume)
+    }
+
+    /// Runs one stage's container on `volume`; with `out`, the workspace is mounted read-only
+    /// and `out` is the one place the container may write.
+    pub async fn container(
+        &self,
+        volume: &WorkVolume,
+        out: Option<&WorkVolume>,
+        stage: Stage,
+        n: u32,
+        spec: &StageSpec,
+    ) -> Result<Ran, Error> {
+        let mut labels = sandbox::job_labels(self.job);
+        labels.insert("kiln.stage".into(), stage.to_string());
+        labels.insert("kiln.attempt".into(), n.to_string());
+        let input = match stage {
+            Stage::Review => crate::review::REVIEW_INPUT,
+            _ => JOB_INPUT,
+        };
+        let container = ContainerSpec {
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: vec![
+                ("KILN_JOB_ID".into(), self.job.to_string()),
+                ("KILN_ATTEMPT".into(), n.to_string()),
+                ("KILN_STAGE".into(), stage.to_string()),
+                ("KILN_JOB_INPUT".into(), input.into()),
+                ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
+                ("HOME".into(), "/tmp".into()),
+            ],
+            limits: self.limits.clone(),
+            loosened: self.loosened.to_vec(),
+            volume: Some(volume.name().to_string()),
+            volume_read_only: out.is_some(),
+            out_volume: out.map(|o| o.name().to_string()),
+            labels,
+        };
+        let span = info_span!("stage", job_id = %self.job, attempt = n, stage = %stage);
+        let outcome = self
+            .sandbox
+            .run(&container, spec.timeout)
+            .instrument(span)
+            .await?;
+        Ok(Ran::from(outcome))
+    }
+
+    /// The tests (`stage` is [`Stage::Test`] or [`Stage::MergeTest`]) on `tree` of the
+    /// repository at `repo`, in a fresh volume.
+    pub async fn test(
+        &self,
+        stage: Stage,
+        repo: &Path,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+        spec: &StageSpec,
+    ) -> Result<Ran, Error> {
+        let volume = self.volume(repo, stage, n, tree, "job.json", input).await?;
+        let result = self.container(&volume, None, stage, n, spec).await;
+        volume.remove().await;
+        result
+    }
+}
