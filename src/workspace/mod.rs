@@ -215,7 +215,8 @@ impl Workspace {
         let parent = repo.find_commit(self.base_commit())?;
         let tree = repo.find_tree(tree)?;
         let oid = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
-        repo.reference(&branch.refname(), oid, false, &format!("kiln: {message}"))?;
+        // The private repository is kiln's own: a later attempt (after a merge conflict) moves it.
+        repo.reference(&branch.refname(), oid, true, &format!("kiln: {message}"))?;
         Ok(oid)
     }
 

@@ -1,0 +1,353 @@
+//! The merge queue against real bare remotes in temp folders: independent and conflicting jobs,
+//! a target another writer moves (compare-and-swap), and the refs kiln refuses to write.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{BUSYBOX, Fixture, Ran, kiln, require_busybox};
+use kiln::config::Config;
+use kiln::publish::merge::{Landed, Merged, fetch_tip, land, merge_onto};
+use kiln::publish::{Destination, PublishError, guard};
+use serde_json::Value;
+
+/// A repository whose tests pass while `a.txt` exists, with `main` at the base.
+const FILES: &[(&str, &str)] = &[("a.txt", "a\n"), ("b.txt", "b\n")];
+
+/// A bare clone of the fixture's repository: the remote the merge queue lands on.
+fn remote(fixture: &Fixture) -> PathBuf {
+    let out = fixture.path("remote.git");
+    let source = fixture.path("repo");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(&format!("file://{}", source.display()), &out)
+        .unwrap();
+    out
+}
+
+/// A bundle that lets a change merge by itself when its tests pass and nothing escalates.
+fn auto_merge_bundle(fixture: &Fixture) -> PathBuf {
+    let size = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("policies/target/wasm32-unknown-unknown/release/size.wasm");
+    let pin = kiln::policy::sha256_hex(&std::fs::read(&size).expect("the policies are built"));
+    let path = fixture.path("bundle.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "auto_merge_allowed = true\nauto_merge_conditions = [\"all_tests_pass\", \"no_escalation_patterns\"]\n\n\
+             [[policy]]\nname = \"size\"\nmodule = {:?}\nsha256 = \"{pin}\"\n",
+            size.display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A job file `name` whose generator runs `script` and whose change merges into `main`.
+fn merging_job(fixture: &Fixture, name: &str, script: &str, extra: &str) -> PathBuf {
+    let path = fixture.path(&format!("{name}.toml"));
+    let text = format!(
+        "repo = \"repo\"\nbranch = \"factory/{name}\"\nprompt = \"{name}\"\n\n\
+         [generate]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {script:?}]\n\n\
+         [test]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", \"test -f a.txt && sleep 1\"]\n\n\
+         [merge]\ntarget = \"main\"\n\n{extra}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(fixture: &Fixture, job: &Path, out: &Path, bundle: &Path, report: &str) -> Command {
+    let mut cmd = kiln();
+    cmd.arg("run")
+        .arg(job)
+        .arg("--out")
+        .arg(out)
+        .arg("--policies")
+        .arg(bundle)
+        .arg("--artifacts")
+        .arg(fixture.artifacts_root())
+        .arg("--report")
+        .arg(fixture.path(report));
+    cmd
+}
+
+fn report(fixture: &Fixture, name: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture.path(name)).unwrap()).unwrap()
+}
+
+fn file_on_main(repo: &Path, path: &str) -> String {
+    let repo = git2::Repository::open(repo).unwrap();
+    let tree = repo
+        .find_reference("refs/heads/main")
+        .unwrap()
+        .peel_to_tree()
+        .unwrap();
+    let blob = tree
+        .get_path(Path::new(path))
+        .unwrap()
+        .to_object(&repo)
+        .unwrap();
+    String::from_utf8_lossy(blob.as_blob().unwrap().content()).into_owned()
+}
+
+#[test]
+fn two_independent_jobs_both_land_the_second_retested_on_the_first() {
+    require_busybox();
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    let bundle = auto_merge_bundle(&fixture);
+    let one = merging_job(&fixture, "one", "echo one >> /kiln/workspace/a.txt", "");
+    let two = merging_job(&fixture, "two", "echo two >> /kiln/workspace/b.txt", "");
+    let mut first = run(&fixture, &one, &out, &bundle, "one.json")
+        .spawn()
+        .unwrap();
+    let mut second = run(&fixture, &two, &out, &bundle, "two.json")
+        .spawn()
+        .unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+    assert_eq!(second.wait().unwrap().code(), Some(0));
+    let (one, two) = (report(&fixture, "one.json"), report(&fixture, "two.json"));
+    let base = one["job"]["base_commit"].as_str().unwrap().to_string();
+    let landed = |r: &Value| r["commit"]["merged"].clone();
+    // One landed on the base; the other was merged onto the first's landing and re-tested there.
+    let (early, late) = if landed(&one)["onto"] == base.as_str() {
+        (landed(&one), landed(&two))
+    } else {
+        (landed(&two), landed(&one))
+    };
+    assert_eq!(early["onto"], base.as_str());
+    assert_eq!(late["onto"], early["commit"]);
+    let repo = git2::Repository::open(&out).unwrap();
+    let main = repo
+        .find_reference("refs/heads/main")
+        .unwrap()
+        .target()
+        .unwrap();
+    assert_eq!(main.to_string(), late["commit"].as_str().unwrap());
+    assert_eq!(file_on_main(&out, "a.txt"), "a\none\n");
+    assert_eq!(file_on_main(&out, "b.txt"), "b\ntwo\n");
+    for branch in ["refs/heads/factory/one", "refs/heads/factory/two"] {
+        assert!(repo.find_reference(branch).is_ok(), "{branch} is published");
+    }
+}
+
+#[test]
+fn a_conflicting_job_gets_a_new_attempt_on_the_new_tip() {
+    require_busybox();
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    let bundle = auto_merge_bundle(&fixture);
+    let one = merging_job(&fixture, "one", "echo one > /kiln/workspace/a.txt", "");
+    // Rewrites a.txt, which conflicts with job one; told of the conflict, appends instead.
+    let script = "cd /kiln/workspace; if grep -q '\"conflicts\"' \"$KILN_JOB_INPUT\"; then echo two >> a.txt; else echo two > a.txt; fi";
+    let two = merging_job(&fixture, "two", script, "");
+    assert_eq!(
+        run(&fixture, &one, &out, &bundle, "one.json")
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let ran = run(&fixture, &two, &out, &bundle, "two.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(0), "{stderr}");
+    let two = report(&fixture, "two.json");
+    assert_eq!(two["attempts"].as_array().unwrap().len(), 2);
+    let one = report(&fixture, "one.json");
+    let tip = one["commit"]["merged"]["commit"].as_str().unwrap();
+    let artifacts = PathBuf::from(two["artifacts"].as_str().unwrap());
+    let input: Value =
+        serde_json::from_slice(&std::fs::read(artifacts.join("attempt-2/job.json")).unwrap())
+            .unwrap();
+    assert_eq!(input["previous"]["merge"]["conflicts"][0], "a.txt");
+    assert_eq!(input["previous"]["merge"]["tip"], tip);
+    assert!(
+        stderr.contains("attempt 2 starts again on main"),
+        "{stderr}"
+    );
+    assert_eq!(file_on_main(&out, "a.txt"), "one\ntwo\n");
+}
+
+#[test]
+fn a_conflict_with_no_attempts_left_escalates_and_approval_retries_the_merge() {
+    require_busybox();
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    let bundle = auto_merge_bundle(&fixture);
+    let one = merging_job(&fixture, "one", "echo one > /kiln/workspace/a.txt", "");
+    let two = merging_job(
+        &fixture,
+        "two",
+        "echo two > /kiln/workspace/a.txt",
+        "[retry]\nmax_attempts = 1",
+    );
+    assert_eq!(
+        run(&fixture, &one, &out, &bundle, "one.json")
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let ran = run(&fixture, &two, &out, &bundle, "two.json")
+        .output()
+        .unwrap();
+    assert_eq!(
+        ran.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let two = report(&fixture, "two.json");
+    assert_eq!(two["status"], "merge_escalated");
+    let id = two["job"]["id"].as_str().unwrap();
+    let git = git2::Repository::open(&out).unwrap();
+    assert!(
+        git.find_reference("refs/heads/factory/two").is_err(),
+        "nothing published"
+    );
+    // A human approves: the branch is published; the merge still conflicts, so main keeps job one's.
+    let approve = kiln()
+        .args(["approve", id, "--by", "alice", "--artifacts"])
+        .arg(fixture.artifacts_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&approve.stderr);
+    assert_eq!(approve.status.code(), Some(12), "{stderr}");
+    assert!(
+        stderr.contains("not merged: it conflicts with main on a.txt"),
+        "{stderr}"
+    );
+    assert!(git.find_reference("refs/heads/factory/two").is_ok());
+    assert_eq!(file_on_main(&out, "a.txt"), "one\n");
+}
+
+#[test]
+fn an_approved_change_is_merged_by_the_queue() {
+    require_busybox();
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    // The default bundle wants a reviewer's approval; without one, merging waits for a human.
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml");
+    let job = merging_job(&fixture, "one", "echo one >> /kiln/workspace/a.txt", "");
+    let ran = run(&fixture, &job, &out, &bundle, "one.json")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&ran.stderr);
+    assert_eq!(ran.status.code(), Some(13), "{stderr}");
+    assert!(
+        stderr.contains(
+            "merging into main needs a human: auto-merge conditions not met: reviewer_approval"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(file_on_main(&out, "a.txt"), "a\n");
+    let id = report(&fixture, "one.json")["job"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let approve = kiln()
+        .args(["approve", &id, "--by", "alice", "--artifacts"])
+        .arg(fixture.artifacts_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&approve.stderr);
+    assert_eq!(approve.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("merged into main"), "{stderr}");
+    assert_eq!(file_on_main(&out, "a.txt"), "a\none\n");
+}
+
+#[test]
+fn a_target_moved_by_another_writer_is_never_overwritten() {
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    let dest = Destination::Local(out.clone());
+    let config = Config::default();
+    // kiln's private repository, with a change on top of the base.
+    let private = fixture.path("private.git");
+    let repo = git2::Repository::init_bare(&private).unwrap();
+    let sig = git2::Signature::now("t", "t@localhost").unwrap();
+    let base = fetch_tip(&private, "main", &dest, &config).unwrap();
+    let change = commit_with(&repo, base, "b.txt", "b\nkiln\n", &sig);
+    let Merged::Clean { tip, commit, .. } =
+        merge_onto(&private, change, base, &config.commit, "merge").unwrap()
+    else {
+        panic!("a clean merge")
+    };
+    // While the merged tree is being tested, someone else moves main.
+    let remote_repo = git2::Repository::open(&out).unwrap();
+    let theirs = commit_with(&remote_repo, base, "a.txt", "a\nthem\n", &sig);
+    remote_repo
+        .reference("refs/heads/main", theirs, true, "another writer")
+        .unwrap();
+    assert_eq!(
+        land(&private, commit, tip, "main", &dest, &config).unwrap(),
+        Landed::Moved
+    );
+    assert_eq!(
+        remote_repo.refname_to_id("refs/heads/main").unwrap(),
+        theirs,
+        "not overwritten"
+    );
+    // The next round merges onto their commit and lands on it.
+    let tip = fetch_tip(&private, "main", &dest, &config).unwrap();
+    assert_eq!(tip, theirs);
+    let Merged::Clean { commit, .. } =
+        merge_onto(&private, change, tip, &config.commit, "merge").unwrap()
+    else {
+        panic!("a clean merge")
+    };
+    assert_eq!(
+        land(&private, commit, tip, "main", &dest, &config).unwrap(),
+        Landed::Updated
+    );
+    let main = remote_repo
+        .find_reference("refs/heads/main")
+        .unwrap()
+        .peel_to_commit()
+        .unwrap();
+    assert_eq!(main.parent_ids().collect::<Vec<_>>(), [theirs, change]);
+}
+
+fn commit_with(
+    repo: &git2::Repository,
+    parent: git2::Oid,
+    path: &str,
+    text: &str,
+    sig: &git2::Signature,
+) -> git2::Oid {
+    let parent = repo.find_commit(parent).unwrap();
+    let blob = repo.blob(text.as_bytes()).unwrap();
+    let mut tree = repo.treebuilder(Some(&parent.tree().unwrap())).unwrap();
+    tree.insert(path, blob, 0o100644).unwrap();
+    let tree = repo.find_tree(tree.write().unwrap()).unwrap();
+    repo.commit(None, sig, sig, "change", &tree, &[&parent])
+        .unwrap()
+}
+
+#[test]
+fn kiln_writes_no_ref_but_the_work_branch_and_listed_targets() {
+    let config = Config::default();
+    for refname in [
+        "refs/heads/main",
+        "main",
+        "refs/heads/factory/../main",
+        "refs/tags/v1",
+    ] {
+        assert!(
+            matches!(
+                guard(refname, &config, false),
+                Err(PublishError::Refused { .. })
+            ),
+            "{refname}"
+        );
+    }
+    let fixture = Fixture::with_git(FILES);
+    let job = merging_job(&fixture, "x", "true", "");
+    fixture.edit_job(&job, "target = \"main\"", "target = \"production\"");
+    let ran: Ran = fixture.run(&job, &[]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(ran.stderr.contains("merge_targets"), "{}", ran.stderr);
+}
