@@ -351,3 +351,59 @@ fn kiln_writes_no_ref_but_the_work_branch_and_listed_targets() {
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("merge_targets"), "{}", ran.stderr);
 }
+
+#[test]
+fn a_remote_url_gets_the_branch_by_push_and_the_target_by_fast_forward_only() {
+    let fixture = Fixture::with_git(FILES);
+    let out = remote(&fixture);
+    // A URL goes through git2's push, as an https or ssh remote would (file:// needs no credentials).
+    let dest = Destination::Url(format!("file://{}", out.display()));
+    let config = Config::default();
+    let private = fixture.path("private.git");
+    let repo = git2::Repository::init_bare(&private).unwrap();
+    let sig = git2::Signature::now("t", "t@localhost").unwrap();
+    let base = fetch_tip(&private, "main", &dest, &config).unwrap();
+    let change = commit_with(&repo, base, "b.txt", "b\nkiln\n", &sig);
+    let branch = kiln::job::BranchName::parse("factory/remote", "factory/", &[]).unwrap();
+    kiln::publish::publish_branch(&private, change, &branch, &dest, &config).unwrap();
+    let remote_repo = git2::Repository::open(&out).unwrap();
+    assert_eq!(
+        remote_repo
+            .refname_to_id("refs/heads/factory/remote")
+            .unwrap(),
+        change
+    );
+    // Once there, the branch is never overwritten.
+    let again = kiln::publish::publish_branch(&private, base, &branch, &dest, &config);
+    assert!(
+        matches!(again, Err(PublishError::Exists { .. })),
+        "{again:?}"
+    );
+    // A target another writer moved is refused as a non-fast-forward, then landed on its new tip.
+    let theirs = commit_with(&remote_repo, base, "a.txt", "a\nthem\n", &sig);
+    remote_repo
+        .reference("refs/heads/main", theirs, true, "another writer")
+        .unwrap();
+    assert_eq!(
+        land(&private, change, base, "main", &dest, &config).unwrap(),
+        Landed::Moved
+    );
+    assert_eq!(
+        remote_repo.refname_to_id("refs/heads/main").unwrap(),
+        theirs
+    );
+    let tip = fetch_tip(&private, "main", &dest, &config).unwrap();
+    let Merged::Clean { commit, .. } =
+        merge_onto(&private, change, tip, &config.commit, "merge").unwrap()
+    else {
+        panic!("a clean merge")
+    };
+    assert_eq!(
+        land(&private, commit, tip, "main", &dest, &config).unwrap(),
+        Landed::Updated
+    );
+    assert_eq!(
+        remote_repo.refname_to_id("refs/heads/main").unwrap(),
+        commit
+    );
+}
