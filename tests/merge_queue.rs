@@ -407,3 +407,53 @@ fn a_remote_url_gets_the_branch_by_push_and_the_target_by_fast_forward_only() {
         commit
     );
 }
+
+#[test]
+fn a_merge_whose_tests_fail_gives_a_new_attempt_with_the_test_output() {
+    require_busybox();
+    let fixture = Fixture::with_git(&[("a.txt", "1\n2\n3\n4\n5\n")]);
+    let out = remote(&fixture);
+    let bundle = auto_merge_bundle(&fixture);
+    // Each change alone keeps a.txt within six lines; both together do not.
+    let limit = "test \"$(wc -l < a.txt)\" -le 6 || { echo \"a.txt is too long\"; exit 1; }";
+    let one = merging_job(&fixture, "one", "echo one >> /kiln/workspace/a.txt", "");
+    let script = "cd /kiln/workspace; if grep -q '\"merge\"' \"$KILN_JOB_INPUT\"; then sed -i 's/^3$/two/' a.txt; else sed -i '1i two' a.txt; fi";
+    let two = merging_job(&fixture, "two", script, "");
+    for job in [&one, &two] {
+        // The test command sits in a TOML string: escape its quotes.
+        fixture.edit_job(job, "test -f a.txt && sleep 1", &limit.replace('"', "\\\""));
+    }
+    assert_eq!(
+        run(&fixture, &one, &out, &bundle, "one.json")
+            .status()
+            .unwrap()
+            .code(),
+        Some(0)
+    );
+    let ran = run(&fixture, &two, &out, &bundle, "two.json")
+        .output()
+        .unwrap();
+    assert_eq!(
+        ran.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    let two = report(&fixture, "two.json");
+    assert_eq!(two["attempts"].as_array().unwrap().len(), 2);
+    let artifacts = PathBuf::from(two["artifacts"].as_str().unwrap());
+    let input: Value =
+        serde_json::from_slice(&std::fs::read(artifacts.join("attempt-2/job.json")).unwrap())
+            .unwrap();
+    let merge = &input["previous"]["merge"];
+    assert_eq!(merge["conflicts"].as_array().unwrap().len(), 0);
+    assert_eq!(merge["test_exit_code"], 1);
+    assert!(
+        merge["test_output_tail"]
+            .as_str()
+            .unwrap()
+            .contains("a.txt is too long"),
+        "{merge}"
+    );
+    assert_eq!(file_on_main(&out, "a.txt"), "1\n2\ntwo\n4\n5\none\n");
+}
