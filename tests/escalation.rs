@@ -8,12 +8,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use common::{Fixture, HELLO_FILES, kiln, require_busybox};
+use common::{Fixture, HELLO_FILES, default_bundle, kiln, require_busybox};
 use serde_json::Value;
-
-fn default_bundle() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml")
-}
 
 /// A webhook receiver on loopback that answers 500 to its first `failures` requests and 200
 /// after; it keeps every body it received.
@@ -69,6 +65,24 @@ fn auth_job(fixture: &Fixture) -> PathBuf {
     )
 }
 
+/// Runs [`auth_job`] with the default bundle and the operator config `cfg`; returns the run and
+/// the repository it publishes to.
+fn run_auth_job(fixture: &Fixture, cfg: &Path) -> (common::Ran, PathBuf) {
+    let job = auth_job(fixture);
+    let out = fixture.path("out.git");
+    let bundle = default_bundle();
+    let ran = fixture.run_with(
+        kiln().arg("--config").arg(cfg).arg("run").arg(&job),
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--policies",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    (ran, out)
+}
+
 fn config(fixture: &Fixture, text: &str) -> PathBuf {
     let path = fixture.path("kiln.toml");
     std::fs::write(&path, text).unwrap();
@@ -86,18 +100,7 @@ fn a_policy_escalation_is_bundled_notified_with_retries_and_approved() {
             "[notify]\nwebhook = \"{url}\"\nretries = 3\nbackoff = \"50ms\"\ntimeout = \"5s\"\n"
         ),
     );
-    let job = auth_job(&fixture);
-    let out = fixture.path("out.git");
-    let bundle = default_bundle();
-    let ran = fixture.run_with(
-        kiln().arg("--config").arg(&cfg).arg("run").arg(&job),
-        &[
-            "--out",
-            out.to_str().unwrap(),
-            "--policies",
-            bundle.to_str().unwrap(),
-        ],
-    );
+    let (ran, out) = run_auth_job(&fixture, &cfg);
     assert_eq!(ran.code, 10, "{}", ran.stderr);
     let report = ran.report();
     assert_eq!(report["status"], "policy_escalated");
@@ -213,18 +216,7 @@ fn a_rejected_escalation_publishes_nothing_and_exits_11() {
             notice.display()
         ),
     );
-    let job = auth_job(&fixture);
-    let out = fixture.path("out.git");
-    let bundle = default_bundle();
-    let ran = fixture.run_with(
-        kiln().arg("--config").arg(&cfg).arg("run").arg(&job),
-        &[
-            "--out",
-            out.to_str().unwrap(),
-            "--policies",
-            bundle.to_str().unwrap(),
-        ],
-    );
+    let (ran, out) = run_auth_job(&fixture, &cfg);
     assert_eq!(ran.code, 10, "{}", ran.stderr);
     let sent: Value = serde_json::from_slice(&std::fs::read(&notice).unwrap()).unwrap();
     assert_eq!(sent["id"], ran.job_id().as_str());

@@ -77,18 +77,14 @@ fn report(fixture: &Fixture, name: &str) -> Value {
 }
 
 fn file_on_main(repo: &Path, path: &str) -> String {
-    let repo = git2::Repository::open(repo).unwrap();
-    let tree = repo
-        .find_reference("refs/heads/main")
-        .unwrap()
-        .peel_to_tree()
-        .unwrap();
-    let blob = tree
-        .get_path(Path::new(path))
-        .unwrap()
-        .to_object(&repo)
-        .unwrap();
-    String::from_utf8_lossy(blob.as_blob().unwrap().content()).into_owned()
+    common::file_on(repo, "refs/heads/main", path)
+}
+
+/// The `/kiln/job.json` attempt `n` of the job `report` describes was given.
+fn attempt_input(report: &Value, n: u32) -> Value {
+    let artifacts = PathBuf::from(report["artifacts"].as_str().unwrap());
+    let path = artifacts.join(format!("attempt-{n}/job.json"));
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
 #[test]
@@ -158,10 +154,7 @@ fn a_conflicting_job_gets_a_new_attempt_on_the_new_tip() {
     assert_eq!(two["attempts"].as_array().unwrap().len(), 2);
     let one = report(&fixture, "one.json");
     let tip = one["commit"]["merged"]["commit"].as_str().unwrap();
-    let artifacts = PathBuf::from(two["artifacts"].as_str().unwrap());
-    let input: Value =
-        serde_json::from_slice(&std::fs::read(artifacts.join("attempt-2/job.json")).unwrap())
-            .unwrap();
+    let input = attempt_input(&two, 2);
     assert_eq!(input["previous"]["merge"]["conflicts"][0], "a.txt");
     assert_eq!(input["previous"]["merge"]["tip"], tip);
     assert!(
@@ -230,7 +223,7 @@ fn an_approved_change_is_merged_by_the_queue() {
     let fixture = Fixture::with_git(FILES);
     let out = remote(&fixture);
     // The default bundle wants a reviewer's approval; without one, merging waits for a human.
-    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml");
+    let bundle = common::default_bundle();
     let job = merging_job(&fixture, "one", "echo one >> /kiln/workspace/a.txt", "");
     let ran = run(&fixture, &job, &out, &bundle, "one.json")
         .output()
@@ -441,10 +434,7 @@ fn a_merge_whose_tests_fail_gives_a_new_attempt_with_the_test_output() {
     );
     let two = report(&fixture, "two.json");
     assert_eq!(two["attempts"].as_array().unwrap().len(), 2);
-    let artifacts = PathBuf::from(two["artifacts"].as_str().unwrap());
-    let input: Value =
-        serde_json::from_slice(&std::fs::read(artifacts.join("attempt-2/job.json")).unwrap())
-            .unwrap();
+    let input = attempt_input(&two, 2);
     let merge = &input["previous"]["merge"];
     assert_eq!(merge["conflicts"].as_array().unwrap().len(), 0);
     assert_eq!(merge["test_exit_code"], 1);

@@ -5,23 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Fixture, HELLO_FILES, require_busybox};
-
-/// The blob at `path` on `refname` of the repository at `repo`.
-fn file_on(repo: &Path, refname: &str, path: &str) -> String {
-    let repo = git2::Repository::open(repo).unwrap();
-    let tree = repo
-        .find_reference(refname)
-        .unwrap()
-        .peel_to_tree()
-        .unwrap();
-    let blob = tree
-        .get_path(Path::new(path))
-        .unwrap()
-        .to_object(&repo)
-        .unwrap();
-    String::from_utf8_lossy(blob.as_blob().unwrap().content()).into_owned()
-}
+use common::{Fixture, HELLO_FILES, default_bundle, file_on, require_busybox};
 
 const PROTECT_TEST: &str = "[test]\nprotect = [\"test.sh\"]";
 
@@ -87,10 +71,6 @@ fn protect_on_the_generator_is_refused() {
     let ran = fixture.run(&job, &[]);
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(ran.stderr.contains("generate.protect"), "{}", ran.stderr);
-}
-
-fn default_bundle() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml")
 }
 
 #[test]

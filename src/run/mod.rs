@@ -6,6 +6,7 @@ mod approve;
 mod convergence;
 mod input;
 mod merge;
+mod outcome;
 mod progress;
 pub mod report;
 mod review;
@@ -21,27 +22,25 @@ use tracing::{Instrument, info_span};
 
 pub use approve::{Approved, approve};
 use convergence::convergence;
-use input::MergeFeedback;
 use input::{Feedback, JobInput};
 pub use merge::MergeReport;
-use merge::{MergeOutcome, MergeTurn};
+use outcome::AfterPass;
 pub use progress::Progress;
 pub use report::{Report, Status};
 use stage::Stages;
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
-use crate::escalation::{self, Candidate, Kind};
+use crate::escalation::{Candidate, Kind};
 use crate::ids::Stage;
-use crate::job::{Job, StageSpec};
+use crate::job::Job;
 use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
-use crate::publish::{Destination, check_destination, publish_branch};
-use crate::review::{ReviewVerdict, VerdictKind};
-use crate::sandbox::{self, RunOutcome, Sandbox, WORKSPACE_DIR, WorkVolume};
+use crate::publish::{Destination, check_destination};
+use crate::review::ReviewVerdict;
+use crate::sandbox::{self, RunOutcome, Sandbox, WORKSPACE_DIR};
 use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
 use report::{
-    AttemptReport, CommitReport, EscalationReport, FileSummary, JobSummary, SandboxSummary,
-    Timings, stage_report,
+    AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, Timings, stage_report,
 };
 
 /// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
@@ -110,14 +109,7 @@ pub async fn run_job(
             (end, exit)
         }
         Err(e) => {
-            let end = End {
-                status: Status::Error,
-                reason: e.to_string(),
-                commit: None,
-                workspace_ms: 0,
-                base_commit: None,
-                candidate: None,
-            };
+            let end = End::new(Status::Error, e.to_string());
             (end, e.exit_code())
         }
     };
@@ -160,35 +152,12 @@ pub async fn run_job(
             .out
             .clone()
             .unwrap_or_else(|| Destination::Local(artifacts.join("repo.git")));
-        report.escalation =
-            Some(escalate(&report, job, config, end.candidate, &out, &runner.progress).await?);
+        report.escalation = Some(
+            outcome::escalate(&report, job, config, end.candidate, &out, &runner.progress).await?,
+        );
     }
     write_json(&artifacts.join("report.json"), &report)?;
     Ok(report)
-}
-
-/// Writes the escalation folder of a job that ended for a human to decide, and announces it.
-async fn escalate(
-    report: &Report,
-    job: &Job,
-    config: &Config,
-    candidate: Option<Candidate>,
-    out: &Destination,
-    progress: &Progress,
-) -> Result<EscalationReport, Error> {
-    let escalation = escalation::write(report, job, candidate, &out.to_string())?;
-    let dir = Path::new(&report.artifacts).join(escalation::DIR);
-    let summary = dir.join("summary.html");
-    progress.line(&format!("  escalated: {}", summary.display()));
-    let notice = escalation::notify::Notice::new(&escalation, summary.display().to_string());
-    let deliveries = escalation::notify::deliver(&config.notify, &notice).await;
-    write_json(&dir.join("deliveries.json"), &deliveries)?;
-    Ok(EscalationReport {
-        dir: dir.display().to_string(),
-        summary_html: summary.display().to_string(),
-        notified: deliveries.iter().any(|d| d.ok),
-        deliveries,
-    })
 }
 
 struct Runner<'a> {
@@ -212,6 +181,19 @@ struct End {
     base_commit: Option<Oid>,
     /// The tested commit kept for a human's decision, when the job escalated after its tests passed.
     candidate: Option<Candidate>,
+}
+
+impl End {
+    fn new(status: Status, reason: String) -> Self {
+        End {
+            status,
+            reason,
+            commit: None,
+            workspace_ms: 0,
+            base_commit: None,
+            candidate: None,
+        }
+    }
 }
 
 /// Runs blocking git work off the async threads.
@@ -245,13 +227,11 @@ impl Runner<'_> {
             .done(&format!("base {}", short(ws.base_commit())))
             .as_millis() as u64;
 
-        let end = |status, reason, commit| End {
-            status,
-            reason,
-            commit,
+        let base_commit = ws.base_commit();
+        let stamp = |ended: End| End {
             workspace_ms,
-            base_commit: Some(ws.base_commit()),
-            candidate: None,
+            base_commit: Some(base_commit),
+            ..ended
         };
 
         let mut trees = vec![ws.base_tree()];
@@ -264,123 +244,22 @@ impl Runner<'_> {
                 .instrument(span)
                 .await?;
             match step {
-                Step::Passed(passed) => {
-                    let Passed {
-                        tree,
-                        diff,
-                        patch,
-                        tested,
-                        input,
-                        retry,
-                    } = *passed;
-                    let verdict = match &job.review {
-                        Some(spec) => Some(self.review(&ws, n, tree, &patch, &tested, spec).await?),
-                        None => None,
-                    };
-                    if let Some(v) = verdict.as_ref()
-                        && v.verdict == VerdictKind::RequestChanges
-                        && n < job.max_attempts
-                    {
-                        self.progress.line(&format!(
-                            "  the reviewer requested changes; attempt {} gets its comments",
-                            n + 1
-                        ));
+                Step::Passed(passed) => match self.after_pass(&ws, n, *passed, opts).await? {
+                    AfterPass::End(ended) => return Ok(stamp(ended)),
+                    AfterPass::Retry(retry) => {
                         trees.push(retry.tree);
                         deltas.push(retry.delta);
-                        feedback = Some(retry.next.with_review(v.clone()));
-                        continue;
+                        feedback = Some(retry.next);
                     }
-                    let decision = match self.gate.clone() {
-                        Some(gate) => Some(self.judge(gate, diff, verdict.as_ref()).await?),
-                        None => None,
-                    };
-                    if let Some((status, why)) = held(decision, verdict.as_ref()) {
-                        let reason = format!("tests passed on attempt {n}; {why}");
-                        let mut end = end(status, reason, None);
-                        if Kind::of(status).is_some() {
-                            end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
-                        }
-                        return Ok(end);
-                    }
-                    let Some(merge) = &job.merge else {
-                        let commit = self.publish(&ws, tree, n, opts, None).await?;
-                        let reason = format!("tests passed on attempt {n}");
-                        return Ok(end(Status::Succeeded, reason, Some(commit)));
-                    };
-                    // The merge queue takes only what the bundle lets merge by itself; anything
-                    // else waits for a human, whose approval merges it.
-                    if let Some(why) = self.not_auto_mergeable() {
-                        let reason = format!(
-                            "tests passed on attempt {n}; merging into {} needs a human: {why}",
-                            merge.target
-                        );
-                        let mut end = end(Status::AwaitingReview, reason, None);
-                        end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
-                        return Ok(end);
-                    }
-                    let change = self.commit(&ws, tree, n).await?;
-                    let turn = MergeTurn {
-                        stages: self.stages(),
-                        repo: &ws.repo_path(),
-                        change,
-                        message: format!("kiln: merge {} into {}", job.branch, merge.target),
-                        target: &merge.target,
-                        test: &job.test,
-                        input: &input,
-                        attempt: n,
-                        dest: &self.destination(opts),
-                        config: self.config,
-                    };
-                    let (tip, why) = match turn.run(&self.progress).await? {
-                        MergeOutcome::Landed { tip, merged } => {
-                            let landed = MergeReport {
-                                target: merge.target.clone(),
-                                onto: tip.to_string(),
-                                commit: merged.to_string(),
-                            };
-                            let commit = self.publish(&ws, tree, n, opts, Some(change)).await?;
-                            let commit = CommitReport {
-                                merged: Some(landed),
-                                ..commit
-                            };
-                            let reason = format!(
-                                "tests passed on attempt {n}; merged into {} and re-tested",
-                                merge.target
-                            );
-                            return Ok(end(Status::Succeeded, reason, Some(commit)));
-                        }
-                        MergeOutcome::Conflict { tip, paths } => {
-                            let why = MergeFeedback::conflict(&merge.target, tip, paths);
-                            (tip, why)
-                        }
-                        MergeOutcome::Red { tip, tested } => {
-                            let why = MergeFeedback::red(&merge.target, tip, &tested);
-                            (tip, why)
-                        }
-                    };
-                    if n < job.max_attempts {
-                        // The next attempt makes the change again on the target's new tip.
-                        self.progress.line(&format!(
-                            "  attempt {} starts again on {} at {}",
-                            n + 1,
-                            merge.target,
-                            short(tip)
-                        ));
-                        ws.rebase(tip)?;
+                    AfterPass::Restart(next) => {
                         trees = vec![ws.base_tree()];
                         deltas.clear();
-                        feedback = Some(retry.next.with_merge(why));
-                        continue;
+                        feedback = Some(next);
                     }
-                    let reason = format!(
-                        "tests passed on attempt {n}, but {}; no attempts are left",
-                        why.summary()
-                    );
-                    let mut end = end(Status::MergeEscalated, reason, None);
-                    end.candidate = Some(self.keep_candidate(&ws, tree, n).await?);
-                    return Ok(end);
+                },
+                Step::NotConverging(reason) => {
+                    return Ok(stamp(End::new(Status::NotConverging, reason)));
                 }
-                Step::NotConverging(reason) => return Ok(end(Status::NotConverging, reason, None)),
                 Step::Failed(retry) => {
                     trees.push(retry.tree);
                     deltas.push(retry.delta);
@@ -389,7 +268,7 @@ impl Runner<'_> {
             }
         }
         let reason = format!("tests still fail after {} attempts", job.max_attempts);
-        Ok(end(Status::TestsFailed, reason, None))
+        Ok(stamp(End::new(Status::TestsFailed, reason)))
     }
 
     async fn attempt(
@@ -525,11 +404,12 @@ impl Runner<'_> {
         tree: Oid,
         input: &[u8],
     ) -> Result<(Ran, Oid, Ingested), Error> {
-        let volume = self
-            .volume(ws, Stage::Generate, n, tree, "job.json", input)
+        let stages = self.stages();
+        let volume = stages
+            .volume(&ws.repo_path(), Stage::Generate, n, tree, "job.json", input)
             .await?;
         let result = async {
-            let ran = self
+            let ran = stages
                 .container(&volume, None, Stage::Generate, n, &self.job.generate)
                 .await?;
             // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
@@ -578,34 +458,6 @@ impl Runner<'_> {
             .await
     }
 
-    /// A fresh volume holding `tree` and the stage's input file (`input_name`).
-    async fn volume(
-        &self,
-        ws: &Arc<Workspace>,
-        stage: Stage,
-        n: u32,
-        tree: Oid,
-        input_name: &'static str,
-        input: &[u8],
-    ) -> Result<WorkVolume, Error> {
-        self.stages()
-            .volume(&ws.repo_path(), stage, n, tree, input_name, input)
-            .await
-    }
-
-    /// Runs one stage's container on `volume`; with `out`, the workspace is mounted read-only
-    /// and `out` is the one place the container may write.
-    async fn container(
-        &self,
-        volume: &WorkVolume,
-        out: Option<&WorkVolume>,
-        stage: Stage,
-        n: u32,
-        spec: &StageSpec,
-    ) -> Result<Ran, Error> {
-        self.stages().container(volume, out, stage, n, spec).await
-    }
-
     fn stages(&self) -> Stages<'_> {
         Stages {
             sandbox: self.sandbox,
@@ -613,26 +465,6 @@ impl Runner<'_> {
             limits: &self.job.limits,
             loosened: &self.job.loosened,
         }
-    }
-
-    /// Keeps the tested `tree` of attempt `n` in the escalation folder for `kiln approve`.
-    async fn keep_candidate(
-        &self,
-        ws: &Arc<Workspace>,
-        tree: Oid,
-        n: u32,
-    ) -> Result<Candidate, Error> {
-        let dest = self
-            .artifacts
-            .join(escalation::DIR)
-            .join(escalation::CANDIDATE_REPO);
-        let message = commit_message(self.job, n);
-        let (ws, who) = (ws.clone(), self.config.commit.clone());
-        let commit = blocking(move || Ok(ws.keep_candidate(tree, &who, &message, &dest)?)).await?;
-        Ok(Candidate {
-            commit: commit.to_string(),
-            attempt: n,
-        })
     }
 
     /// Every test run so far, as the gate and the reviewer see them.
@@ -696,77 +528,6 @@ impl Runner<'_> {
         self.gate_result = Some(result);
         Ok(decision)
     }
-
-    /// Commits the tested `tree` of attempt `n` in the private repository (on the work branch,
-    /// there only).
-    async fn commit(&self, ws: &Arc<Workspace>, tree: Oid, n: u32) -> Result<Oid, Error> {
-        let message = commit_message(self.job, n);
-        let (ws, branch, who) = (
-            ws.clone(),
-            self.job.branch.clone(),
-            self.config.commit.clone(),
-        );
-        blocking(move || Ok(ws.commit(tree, &branch, &who, &message)?)).await
-    }
-
-    /// Where published work goes: `--out`, else `<artifacts>/<id>/repo.git`.
-    fn destination(&self, opts: &RunOptions) -> Destination {
-        opts.out
-            .clone()
-            .unwrap_or_else(|| Destination::Local(self.artifacts.join("repo.git")))
-    }
-
-    /// Publishes the work branch: `commit` when the merge queue already made it, else a new
-    /// commit of `tree`.
-    async fn publish(
-        &self,
-        ws: &Arc<Workspace>,
-        tree: Oid,
-        attempts: u32,
-        opts: &RunOptions,
-        commit: Option<Oid>,
-    ) -> Result<CommitReport, Error> {
-        let job = self.job;
-        let timer = self.progress.start("publish");
-        let oid = match commit {
-            Some(oid) => oid,
-            None => self.commit(ws, tree, attempts).await?,
-        };
-        let dest = self.destination(opts);
-        let (source, branch, config, to) = (
-            ws.repo_path(),
-            job.branch.clone(),
-            self.config.clone(),
-            dest.clone(),
-        );
-        blocking(move || Ok(publish_branch(&source, oid, &branch, &to, &config)?)).await?;
-        timer.done(&format!("{} on {} in {dest}", short(oid), job.branch));
-        Ok(CommitReport {
-            oid: oid.to_string(),
-            branch: job.branch.to_string(),
-            repository: dest.to_string(),
-            merged: None,
-        })
-    }
-
-    /// Why the gate does not let this change merge by itself, if it does not.
-    fn not_auto_mergeable(&self) -> Option<String> {
-        let Some(gate) = &self.gate_result else {
-            return Some("no policy bundle judged it (--policies)".into());
-        };
-        let auto = &gate.auto_merge;
-        if auto.eligible {
-            return None;
-        }
-        if !auto.allowed_by_bundle {
-            return Some("the bundle does not allow auto-merge".into());
-        }
-        let failed: Vec<&str> = auto.failed_conditions.iter().map(|c| c.as_str()).collect();
-        Some(format!(
-            "auto-merge conditions not met: {}",
-            failed.join(", ")
-        ))
-    }
 }
 
 enum Step {
@@ -794,31 +555,6 @@ struct Retry {
     tree: Oid,
     delta: Vec<BlobChange>,
     next: Feedback,
-}
-
-/// Why a passing change is held back rather than published, if it is: the gate's decision and
-/// the reviewer's verdict combined, deny first.
-fn held(decision: Option<Decision>, verdict: Option<&ReviewVerdict>) -> Option<(Status, String)> {
-    let gate = |d: Decision| format!("the policy gate decided {}", d.as_str());
-    if decision == Some(Decision::Deny) {
-        return Some((Status::PolicyDenied, gate(Decision::Deny)));
-    }
-    if let Some(v) = verdict.filter(|v| v.verdict != VerdictKind::Approve) {
-        let why = match (&v.invalid, v.verdict) {
-            (Some(invalid), _) => format!("the reviewer's verdict counts as escalate: {invalid}"),
-            (None, VerdictKind::RequestChanges) => {
-                "the reviewer still requests changes after the last attempt".to_string()
-            }
-            (None, _) => "the reviewer escalated".to_string(),
-        };
-        return Some((Status::ReviewEscalated, why));
-    }
-    match decision? {
-        Decision::Allow => None,
-        Decision::Review => Some((Status::AwaitingReview, gate(Decision::Review))),
-        Decision::Escalate => Some((Status::PolicyEscalated, gate(Decision::Escalate))),
-        Decision::Deny => unreachable!("deny returned above"),
-    }
 }
 
 /// A finished container with its output turned into bytes.
@@ -867,22 +603,6 @@ fn cut_short(generated: &Ran, whole: bool, unchanged: bool) -> Option<&'static s
     } else {
         None
     }
-}
-
-/// The message of the commit kiln makes of a job's tested tree.
-fn commit_message(job: &Job, attempts: u32) -> String {
-    let first_line: String = job
-        .prompt
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .chars()
-        .take(72)
-        .collect();
-    format!(
-        "kiln: job {}\n\n{first_line}\n\nKiln-Job: {}\nKiln-Attempts: {attempts}\n",
-        job.id, job.id
-    )
 }
 
 fn exit_note(ran: &Ran) -> String {

@@ -114,8 +114,16 @@ impl Runner<'_> {
         input: &[u8],
         spec: &StageSpec,
     ) -> Result<(Ran, ReviewVerdict), Error> {
-        let volume = self
-            .volume(ws, Stage::Review, n, tree, "review.json", input)
+        let stages = self.stages();
+        let volume = stages
+            .volume(
+                &ws.repo_path(),
+                Stage::Review,
+                n,
+                tree,
+                "review.json",
+                input,
+            )
             .await?;
         let out = match WorkVolume::create_writable(
             self.sandbox,
@@ -132,7 +140,7 @@ impl Runner<'_> {
             }
         };
         let result = async {
-            let ran = self
+            let ran = stages
                 .container(&volume, Some(&out), Stage::Review, n, spec)
                 .await?;
             let verdict = if ran.timed_out {

@@ -196,3 +196,24 @@ pub const HELLO_FILES: &[(&str, &str)] = &[
         "want='Hello, kiln!'\ngot=$(sh greet.sh)\n[ \"$got\" = \"$want\" ] && exit 0\necho \"EXPECTED_GREETING=$want\"\nexit 1\n",
     ),
 ];
+
+/// The blob at `path` on `refname` of the repository at `repo`, as text.
+pub fn file_on(repo: &Path, refname: &str, path: &str) -> String {
+    let repo = git2::Repository::open(repo).unwrap();
+    let tree = repo
+        .find_reference(refname)
+        .unwrap()
+        .peel_to_tree()
+        .unwrap();
+    let blob = tree
+        .get_path(Path::new(path))
+        .unwrap()
+        .to_object(&repo)
+        .unwrap();
+    String::from_utf8_lossy(blob.as_blob().unwrap().content()).into_owned()
+}
+
+/// The default policy bundle (the seed article's review_config.yaml).
+pub fn default_bundle() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml")
+}
