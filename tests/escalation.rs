@@ -329,3 +329,60 @@ fn notify_settings_are_checked_and_unknown_ids_refused() {
         assert_eq!(out.status.code(), Some(2), "{id}");
     }
 }
+
+#[test]
+fn an_approval_whose_publish_fails_is_taken_back_and_can_be_made_again() {
+    require_busybox();
+    let fixture = Fixture::with_git(HELLO_FILES);
+    let job = auth_job(&fixture);
+    let out = fixture.path("blocker/out.git");
+    let bundle = default_bundle();
+    let ran = fixture.run(
+        &job,
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--policies",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, 10, "{}", ran.stderr);
+    // The destination cannot be made: a file stands where its parent folder should be.
+    std::fs::write(fixture.path("blocker"), "not a folder").unwrap();
+    let root = fixture.artifacts_root();
+    let approve = || {
+        kiln()
+            .args(["approve", &ran.job_id(), "--by", "alice", "--artifacts"])
+            .arg(&root)
+            .output()
+            .unwrap()
+    };
+    let failed = approve();
+    assert_eq!(
+        failed.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+    let show = kiln()
+        .args(["escalations", "show", &ran.job_id(), "--artifacts"])
+        .arg(&root)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["state"], "open", "the failed approval was taken back");
+    std::fs::remove_file(fixture.path("blocker")).unwrap();
+    let approved = approve();
+    assert_eq!(
+        approved.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    assert!(
+        git2::Repository::open(&out)
+            .unwrap()
+            .find_reference("refs/heads/factory/auth")
+            .is_ok()
+    );
+}

@@ -195,14 +195,16 @@ pub fn write(
         ))
     })?;
     let artifacts = PathBuf::from(&report.artifacts);
-    let read = |n: u32, name: &str| {
-        std::fs::read(artifacts.join(format!("attempt-{n}")).join(name)).unwrap_or_default()
+    // Artifacts may be large (a diff of a whole workspace): only the bytes kept are read.
+    let read = |n: u32, name: &str, from_end: bool, max: usize| {
+        let path = artifacts.join(format!("attempt-{n}")).join(name);
+        read_part(&path, from_end, max + 4).unwrap_or_default()
     };
     let attempts = report
         .attempts
         .iter()
         .map(|a| {
-            let patch = read(a.attempt, "diff.patch");
+            let patch = read(a.attempt, "diff.patch", false, DIFF_BYTES);
             let diff = String::from_utf8_lossy(&patch);
             let kept = crate::sandbox::head_text(&diff, DIFF_BYTES);
             Attempt {
@@ -211,8 +213,11 @@ pub fn write(
                 test_exit_code: a.test.as_ref().and_then(|t| t.exit_code),
                 diff: kept.to_string(),
                 diff_truncated: kept.len() < diff.len(),
-                generate_log_tail: tail(&read(a.attempt, "generate.log"), LOG_BYTES),
-                test_log_tail: tail(&read(a.attempt, "test.log"), LOG_BYTES),
+                generate_log_tail: tail(
+                    &read(a.attempt, "generate.log", true, LOG_BYTES),
+                    LOG_BYTES,
+                ),
+                test_log_tail: tail(&read(a.attempt, "test.log", true, LOG_BYTES), LOG_BYTES),
                 review: a
                     .review
                     .as_ref()
@@ -268,6 +273,19 @@ pub fn write(
     let path = dir.join("summary.html");
     std::fs::write(&path, page).map_err(io(&path))?;
     Ok(escalation)
+}
+
+/// At most `max` bytes of the file at `path`: its first, or with `from_end` its last.
+fn read_part(path: &Path, from_end: bool, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path)?;
+    if from_end {
+        let len = file.metadata()?.len();
+        file.seek(SeekFrom::Start(len.saturating_sub(max as u64)))?;
+    }
+    let mut bytes = Vec::new();
+    file.take(max as u64).read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EscalationError> {
@@ -412,5 +430,16 @@ pub fn decide(found: &mut Found, decision: Decision) -> Result<(), EscalationErr
     let summary = found.dir.join("summary.html");
     std::fs::write(&summary, page).map_err(io(&summary))?;
     found.decision = Some(decision);
+    Ok(())
+}
+
+/// Takes back a decision whose effect failed (an approval whose branch could not be published),
+/// so that it can be made again: nothing was done on its strength.
+pub fn undecide(found: &mut Found) -> Result<(), EscalationError> {
+    let path = found.dir.join("decision.json");
+    std::fs::remove_file(&path).map_err(io(&path))?;
+    let summary = found.dir.join("summary.html");
+    std::fs::write(&summary, html::summary(&found.escalation, None)).map_err(io(&summary))?;
+    found.decision = None;
     Ok(())
 }

@@ -96,10 +96,16 @@ pub async fn approve(
     )?;
     let commit = Oid::from_str(&candidate.commit)
         .map_err(|err| EscalationError::Invalid(format!("escalation {id}: {err}")))?;
-    {
+    let published = {
         let (source, branch, dest, config) =
             (source.clone(), branch.clone(), dest.clone(), config.clone());
-        blocking(move || Ok(publish_branch(&source, commit, &branch, &dest, &config)?)).await?;
+        blocking(move || Ok(publish_branch(&source, commit, &branch, &dest, &config)?)).await
+    };
+    if let Err(e) = published {
+        // The approval claimed the escalation first (so that no one else decides meanwhile);
+        // nothing came of it, so it is taken back and may be made again.
+        escalation::undecide(&mut found)?;
+        return Err(e);
     }
     let mut approved = Approved {
         commit: candidate.commit.clone(),
