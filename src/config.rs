@@ -44,6 +44,8 @@ pub struct Config {
     pub notify: NotifyConfig,
     /// Credentials for publishing and the branches the merge queue may land on.
     pub publish: PublishConfig,
+    /// The hash-chained audit log every run, approval and rejection appends to. Default: none.
+    pub audit_log: Option<PathBuf>,
 }
 
 /// `[publish]`: how kiln writes to a remote, and where merges may land. The credentials stay on
@@ -214,6 +216,7 @@ impl Default for Config {
             defaults: StageDefaults::default(),
             notify: NotifyConfig::default(),
             publish: PublishConfig::default(),
+            audit_log: None,
         }
     }
 }
@@ -241,6 +244,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// The audit log, when the config names one.
+    pub fn audit(&self) -> Result<Option<crate::audit::AuditLog>, crate::audit::AuditError> {
+        self.audit_log
+            .as_deref()
+            .map(crate::audit::AuditLog::open)
+            .transpose()
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.into(),

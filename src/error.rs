@@ -1,5 +1,6 @@
 //! kiln's errors, and the one place they map to the documented exit codes.
 
+use crate::audit::AuditError;
 use crate::config::ConfigError;
 use crate::escalation::EscalationError;
 use crate::images::ImageError;
@@ -30,6 +31,8 @@ pub enum ExitCode {
     TestsFailed = 12,
     /// A policy asked for review: the change awaits a reviewer.
     AwaitingReview = 13,
+    /// `kiln audit verify`: the audit log's chain is broken (a record edited, removed or moved).
+    AuditBroken = 14,
     /// kiln was interrupted (Ctrl-C or SIGTERM) and cleaned up.
     Interrupted = 130,
 }
@@ -60,6 +63,8 @@ pub enum Error {
     Escalation(#[from] EscalationError),
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -87,7 +92,7 @@ impl Error {
             Error::Escalation(EscalationError::Io { .. }) => ExitCode::Infrastructure,
             Error::Escalation(_) => ExitCode::Invalid,
             Error::Publish(e) if e.is_bad_input() => ExitCode::Invalid,
-            Error::Publish(_) => ExitCode::Infrastructure,
+            Error::Publish(_) | Error::Audit(_) => ExitCode::Infrastructure,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {

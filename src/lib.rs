@@ -7,6 +7,7 @@
 //! [`sandbox`] runs one container with every default locked down; [`run`] drives the attempts and
 //! writes artifacts and the report; [`images`] builds the images kiln uses from nothing.
 
+pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod error;

@@ -58,6 +58,11 @@ enum Command {
     Approve(cli::escalations::ApproveArgs),
     /// Reject an escalated job: nothing is published; exits 11.
     Reject(cli::escalations::RejectArgs),
+    /// The audit log: check its hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: cli::audit::AuditCommand,
+    },
     /// Benchmarks that print figures against a baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -113,6 +118,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Escalations { command } => cli::escalations::exec(&config, command),
         Command::Approve(args) => cli::escalations::approve(&config, args).await,
         Command::Reject(args) => cli::escalations::reject(&config, args),
+        Command::Audit { command } => cli::audit::exec(&config, command),
         Command::Bench { command } => cli::bench::exec(command).await,
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use kiln::config::Config;
-use kiln::escalation::{self, Decision, Verdict};
+use kiln::escalation;
 use kiln::{Error, ExitCode};
 
 #[derive(Subcommand)]
@@ -146,16 +146,7 @@ pub async fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Err
 /// Rejects; the job ends as denied (exit 11).
 pub fn reject(config: &Config, args: RejectArgs) -> Result<ExitCode, Error> {
     let root = args.root.path(config);
-    let mut found = escalation::open(&root, &args.id)?;
-    escalation::decide(
-        &mut found,
-        Decision {
-            decision: Verdict::Rejected,
-            by: args.by.trim().into(),
-            at: escalation::now(),
-            note: Some(args.note),
-        },
-    )?;
+    kiln::run::reject(&root, &args.id, &args.by, &args.note, config)?;
     eprintln!("rejected by {}: nothing is published", args.by.trim());
     Ok(ExitCode::PolicyDeny)
 }

@@ -1,5 +1,6 @@
 //! The subcommands, one file each; `main.rs` parses and dispatches.
 
+pub mod audit;
 pub mod bench;
 pub mod escalations;
 pub mod gc;

@@ -85,15 +85,29 @@ pub async fn approve(
         let (dest, branch, config) = (dest.clone(), branch.clone(), config.clone());
         blocking(move || Ok(check_destination(&dest, &branch, &config)?)).await?;
     }
+    let audit = config.audit()?;
+    let record = |kind: &str, data: serde_json::Value| -> Result<(), Error> {
+        if let Some(audit) = &audit {
+            audit.append(kind, Some(id), data)?;
+        }
+        Ok(())
+    };
     escalation::decide(
         &mut found,
         Decision {
             decision: Verdict::Approved,
             by: by.into(),
             at: escalation::now(),
-            note,
+            note: note.clone(),
         },
     )?;
+    if let Err(e) = record(
+        "escalation.approved",
+        serde_json::json!({"by": by.trim(), "note": note, "commit": candidate.commit}),
+    ) {
+        escalation::undecide(&mut found)?;
+        return Err(e);
+    }
     let commit = Oid::from_str(&candidate.commit)
         .map_err(|err| EscalationError::Invalid(format!("escalation {id}: {err}")))?;
     let published = {
@@ -105,8 +119,16 @@ pub async fn approve(
         // The approval claimed the escalation first (so that no one else decides meanwhile);
         // nothing came of it, so it is taken back and may be made again.
         escalation::undecide(&mut found)?;
+        record(
+            "escalation.reopened",
+            serde_json::json!({"why": e.to_string()}),
+        )?;
         return Err(e);
     }
+    record(
+        "push",
+        serde_json::json!({"dest": dest.to_string(), "ref": branch.refname(), "old": null, "new": candidate.commit}),
+    )?;
     let mut approved = Approved {
         commit: candidate.commit.clone(),
         branch: branch.to_string(),
@@ -150,6 +172,10 @@ pub async fn approve(
     }
     match outcome? {
         MergeOutcome::Landed { tip, merged } => {
+            record(
+                "push",
+                serde_json::json!({"dest": dest.to_string(), "ref": format!("refs/heads/{}", merge.target), "old": tip.to_string(), "new": merged.to_string()}),
+            )?;
             approved.merged = Some(MergeReport {
                 target: merge.target.clone(),
                 onto: tip.to_string(),
@@ -170,4 +196,26 @@ pub async fn approve(
         }
     }
     Ok(approved)
+}
+
+/// Rejects the open escalation `id` under the artifacts root `root`: nothing is published.
+pub fn reject(root: &Path, id: &str, by: &str, note: &str, config: &Config) -> Result<(), Error> {
+    let mut found = escalation::open(root, id)?;
+    escalation::decide(
+        &mut found,
+        Decision {
+            decision: Verdict::Rejected,
+            by: by.trim().into(),
+            at: escalation::now(),
+            note: Some(note.into()),
+        },
+    )?;
+    if let Some(audit) = config.audit()? {
+        let data = serde_json::json!({"by": by.trim(), "note": note});
+        if let Err(e) = audit.append("escalation.rejected", Some(id), data) {
+            escalation::undecide(&mut found)?;
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }

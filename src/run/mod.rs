@@ -20,7 +20,7 @@ use git2::Oid;
 use serde::Serialize;
 use tracing::{Instrument, info_span};
 
-pub use approve::{Approved, approve};
+pub use approve::{Approved, approve, reject};
 use convergence::convergence;
 use input::{Feedback, JobInput};
 pub use merge::MergeReport;
@@ -90,9 +90,11 @@ pub async fn run_job(
     let artifacts = opts.artifacts_root.join(job.id.as_str());
     std::fs::create_dir_all(&artifacts)
         .map_err(Error::io(format!("cannot create {}", artifacts.display())))?;
+    let audit = config.audit()?;
     let mut runner = Runner {
         job,
         config,
+        audit,
         sandbox,
         progress,
         artifacts: artifacts.clone(),
@@ -102,6 +104,10 @@ pub async fn run_job(
         gate_result: None,
     };
     let span = info_span!("job", job_id = %job.id);
+    runner.record(
+        "job.state",
+        serde_json::json!({"to": "running", "repo": job.repo.path(), "branch": job.branch}),
+    )?;
     let result = runner.execute(opts).instrument(span).await;
     let (end, exit) = match result {
         Ok(end) => {
@@ -122,7 +128,7 @@ pub async fn run_job(
             base_commit: end.base_commit.map(|c| c.to_string()),
             branch: job.branch.to_string(),
             max_attempts: job.max_attempts,
-            context_files: runner.context,
+            context_files: std::mem::take(&mut runner.context),
             seed: job.seed.clone(),
         },
         sandbox: SandboxSummary {
@@ -134,8 +140,8 @@ pub async fn run_job(
                 "none"
             },
         },
-        attempts: runner.attempts,
-        gate: runner.gate_result,
+        attempts: std::mem::take(&mut runner.attempts),
+        gate: runner.gate_result.take(),
         status: end.status,
         reason: end.reason,
         commit: end.commit,
@@ -157,12 +163,18 @@ pub async fn run_job(
         );
     }
     write_json(&artifacts.join("report.json"), &report)?;
+    runner.record(
+        "job.state",
+        serde_json::json!({"to": report.status.as_str(), "reason": report.reason, "exit_code": report.exit_code as u8}),
+    )?;
     Ok(report)
 }
 
 struct Runner<'a> {
     job: &'a Job,
     config: &'a Config,
+    /// The operator's audit log, if the config names one.
+    audit: Option<crate::audit::AuditLog>,
     sandbox: &'a Sandbox,
     progress: Progress,
     artifacts: PathBuf,
@@ -467,6 +479,15 @@ impl Runner<'_> {
         }
     }
 
+    /// Appends `kind` about this job to the audit log, if there is one; a record that cannot be
+    /// written stops the job: nothing goes unrecorded.
+    fn record(&self, kind: &str, data: serde_json::Value) -> Result<(), Error> {
+        if let Some(audit) = &self.audit {
+            audit.append(kind, Some(self.job.id.as_str()), data)?;
+        }
+        Ok(())
+    }
+
     /// Every test run so far, as the gate and the reviewer see them.
     fn tests(&self) -> Vec<TestInfo> {
         self.attempts
@@ -525,6 +546,15 @@ impl Runner<'_> {
             &crate::policy::to_sarif(&result),
         )?;
         let decision = result.decision;
+        let modules: Vec<_> = result
+            .policies
+            .iter()
+            .map(|p| serde_json::json!({"name": p.name, "sha256": p.sha256, "mode": p.mode, "decision": p.decision}))
+            .collect();
+        self.record(
+            "policy.decision",
+            serde_json::json!({"decision": decision, "auto_merge": result.auto_merge.eligible, "policies": modules}),
+        )?;
         self.gate_result = Some(result);
         Ok(decision)
     }

@@ -113,6 +113,10 @@ impl Runner<'_> {
         };
         let (tip, why) = match turn.run(&self.progress).await? {
             MergeOutcome::Landed { tip, merged } => {
+                self.record(
+                    "push",
+                    serde_json::json!({"dest": self.destination(opts).to_string(), "ref": format!("refs/heads/{}", merge.target), "old": tip.to_string(), "new": merged.to_string()}),
+                )?;
                 let landed = MergeReport {
                     target: merge.target.clone(),
                     onto: tip.to_string(),
@@ -224,6 +228,10 @@ impl Runner<'_> {
             dest.clone(),
         );
         blocking(move || Ok(publish_branch(&source, oid, &branch, &to, &config)?)).await?;
+        self.record(
+            "push",
+            serde_json::json!({"dest": dest.to_string(), "ref": job.branch.refname(), "old": null, "new": oid.to_string()}),
+        )?;
         timer.done(&format!("{} on {} in {dest}", short(oid), job.branch));
         Ok(CommitReport {
             oid: oid.to_string(),

@@ -1,0 +1,348 @@
+//! The audit log: an append-only, hash-chained record of what kiln decided and did (job state
+//! changes, policy decisions with module hashes, approvals and rejections, pushes).
+//!
+//! One JSON object a line. Each record holds the sha256 of the record before it (`prev`) and its
+//! own (`hash`, over its other fields in a fixed order), so an edited, removed, inserted or
+//! reordered record breaks the chain where it happened; [`verify`] names the first bad one.
+//! Appends take an exclusive lock on the file and are flushed to disk before they return, so a
+//! record is durable before kiln acts on what it says.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// `prev` of the first record.
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// The longest record line kiln writes or reads back.
+const MAX_LINE: usize = 1 << 20;
+
+/// One record, as stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// 1, 2, 3...: a record's place in the log.
+    pub seq: u64,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// What happened: `job.state`, `policy.decision`, `escalation.approved`, `push`...
+    pub kind: String,
+    /// The job it concerns, if any.
+    pub job: Option<String>,
+    /// The details, as the kind defines them.
+    pub data: serde_json::Value,
+    /// The hash of the record before (all zeros for the first).
+    pub prev: String,
+    /// sha256 of this record's other fields (see [`Record::digest`]).
+    pub hash: String,
+}
+
+impl Record {
+    /// The hash a record must carry: sha256 over `seq`, `at`, `kind`, `job`, `data` and `prev`,
+    /// serialized as a JSON array in that order (serde_json writes object keys sorted, so the
+    /// bytes are the same however the record was built).
+    pub fn digest(&self) -> String {
+        let fields =
+            serde_json::json!([self.seq, self.at, self.kind, self.job, self.data, self.prev]);
+        let bytes = serde_json::to_vec(&fields).expect("a JSON value serializes");
+        format!("{:x}", Sha256::digest(bytes))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("audit log {path}: its last record is unreadable ({why}); run `kiln audit verify`")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// The first record that breaks the chain, and how.
+#[derive(Debug, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// The line of the file (from 1).
+    pub line: usize,
+    /// The record's `seq`, when the line could be read as a record.
+    pub seq: Option<u64>,
+    pub why: String,
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Serialize)]
+pub struct Verified {
+    pub records: usize,
+    /// The last good record's hash: what a copy kept elsewhere can be checked against.
+    pub head: String,
+    pub broken: Option<Broken>,
+}
+
+/// An audit log file, appended to under a lock.
+pub struct AuditLog {
+    path: PathBuf,
+}
+
+impl AuditLog {
+    /// Opens (or starts) the log at `path`; its folder is made 0700 if absent.
+    pub fn open(path: &Path) -> Result<AuditLog, AuditError> {
+        let io = |source| AuditError::Io {
+            path: path.into(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io)?;
+        }
+        Ok(AuditLog { path: path.into() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends one record after the last one, durably, and returns it.
+    pub fn append(
+        &self,
+        kind: &str,
+        job: Option<&str>,
+        data: serde_json::Value,
+    ) -> Result<Record, AuditError> {
+        let io = |source| AuditError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&self.path)
+            .map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+        let (seq, prev) = match last_record(&mut file).map_err(io)? {
+            None => (1, GENESIS.to_string()),
+            Some(Ok(last)) => (last.seq + 1, last.hash),
+            Some(Err(why)) => {
+                return Err(AuditError::Corrupt {
+                    path: self.path.clone(),
+                    why,
+                });
+            }
+        };
+        let mut record = Record {
+            seq,
+            at: crate::escalation::now(),
+            kind: kind.into(),
+            job: job.map(String::from),
+            data,
+            prev,
+            hash: String::new(),
+        };
+        record.hash = record.digest();
+        let mut line = serde_json::to_vec(&record).expect("a record serializes");
+        line.push(b'\n');
+        file.write_all(&line).map_err(io)?;
+        file.sync_data().map_err(io)?;
+        Ok(record)
+    }
+}
+
+/// The last record of the log, if it has any; `Err` when the last line is not a record.
+fn last_record(file: &mut File) -> std::io::Result<Option<Result<Record, String>>> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(None);
+    }
+    // The last line is at most MAX_LINE long: read no more than that of the end.
+    let start = len.saturating_sub(MAX_LINE as u64 + 1);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let text = String::from_utf8_lossy(&tail);
+    let Some(line) = text.trim_end_matches('\n').rsplit('\n').next() else {
+        return Ok(None);
+    };
+    Ok(Some(
+        serde_json::from_str::<Record>(line).map_err(|e| e.to_string()),
+    ))
+}
+
+/// Checks the whole chain of the log at `path`: every line a record, `seq` counting up from 1,
+/// each `prev` the hash of the record before, each `hash` right for its record.
+pub fn verify(path: &Path) -> Result<Verified, AuditError> {
+    let file = File::open(path).map_err(|source| AuditError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let mut reader = BufReader::new(file);
+    let mut head = GENESIS.to_string();
+    let mut records = 0;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|source| AuditError::Io {
+                path: path.into(),
+                source,
+            })?;
+        if read == 0 {
+            break;
+        }
+        let number = records + 1;
+        let broken = |seq: Option<u64>, why: String| Verified {
+            records,
+            head: head.clone(),
+            broken: Some(Broken {
+                line: number,
+                seq,
+                why,
+            }),
+        };
+        if line.len() > MAX_LINE {
+            return Ok(broken(None, "the line is over 1 MiB".into()));
+        }
+        let record: Record = match serde_json::from_slice(&line) {
+            Ok(record) => record,
+            Err(e) => return Ok(broken(None, format!("not a record: {e}"))),
+        };
+        let seq = Some(record.seq);
+        if record.seq != number as u64 {
+            return Ok(broken(
+                seq,
+                format!(
+                    "seq is {}, expected {number}: a record was removed, inserted or moved",
+                    record.seq
+                ),
+            ));
+        }
+        if record.prev != head {
+            return Ok(broken(
+                seq,
+                "prev is not the hash of the record before: a record before it was removed or replaced"
+                    .into(),
+            ));
+        }
+        if record.digest() != record.hash {
+            return Ok(broken(
+                seq,
+                "its hash does not match its contents: it was edited".into(),
+            ));
+        }
+        head = record.hash;
+        records += 1;
+    }
+    Ok(Verified {
+        records,
+        head,
+        broken: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit/audit.jsonl");
+        let log = AuditLog::open(&path).unwrap();
+        for i in 0..n {
+            log.append("job.state", Some("01job"), serde_json::json!({"to": i}))
+                .unwrap();
+        }
+        (dir, path)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+
+    fn write_lines(path: &Path, lines: &[String]) {
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    #[test]
+    fn an_untouched_log_verifies_and_chains_from_genesis() {
+        let (_dir, path) = log_with(5);
+        let verified = verify(&path).unwrap();
+        assert_eq!(verified.records, 5);
+        assert_eq!(verified.broken, None);
+        let first: Record = serde_json::from_str(&lines(&path)[0]).unwrap();
+        assert_eq!(first.prev, GENESIS);
+        assert_eq!(first.seq, 1);
+    }
+
+    #[test]
+    fn an_edited_record_is_named() {
+        let (_dir, path) = log_with(5);
+        let mut all = lines(&path);
+        all[2] = all[2].replace("\"to\":2", "\"to\":7");
+        write_lines(&path, &all);
+        let broken = verify(&path).unwrap().broken.unwrap();
+        assert_eq!((broken.line, broken.seq), (3, Some(3)));
+        assert!(broken.why.contains("edited"), "{}", broken.why);
+    }
+
+    #[test]
+    fn a_removed_or_reordered_record_is_named() {
+        let (_dir, path) = log_with(5);
+        let mut removed = lines(&path);
+        removed.remove(1);
+        write_lines(&path, &removed);
+        let broken = verify(&path).unwrap().broken.unwrap();
+        assert_eq!(broken.line, 2);
+        assert!(broken.why.contains("removed"), "{}", broken.why);
+
+        let (_dir, path) = log_with(5);
+        let mut swapped = lines(&path);
+        swapped.swap(3, 4);
+        write_lines(&path, &swapped);
+        assert_eq!(verify(&path).unwrap().broken.unwrap().line, 4);
+    }
+
+    #[test]
+    fn a_record_rewritten_with_a_fresh_hash_breaks_the_next_link() {
+        let (_dir, path) = log_with(4);
+        let mut all = lines(&path);
+        let mut second: Record = serde_json::from_str(&all[1]).unwrap();
+        second.data = serde_json::json!({"to": "forged"});
+        second.hash = second.digest();
+        all[1] = serde_json::to_string(&second).unwrap();
+        write_lines(&path, &all);
+        let broken = verify(&path).unwrap().broken.unwrap();
+        assert_eq!(broken.line, 3, "{broken:?}");
+        assert!(broken.why.contains("prev"), "{}", broken.why);
+    }
+
+    #[test]
+    fn appends_after_a_corrupt_tail_are_refused() {
+        let (_dir, path) = log_with(2);
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap()
+            .write_all(b"{not json\n")
+            .unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        assert!(matches!(
+            log.append("x", None, serde_json::Value::Null),
+            Err(AuditError::Corrupt { .. })
+        ));
+    }
+}
