@@ -20,6 +20,7 @@ pub mod publish;
 pub mod review;
 pub mod run;
 pub mod sandbox;
+pub mod scheduler;
 pub mod workspace;
 
 pub use error::{Error, ExitCode};

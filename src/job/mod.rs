@@ -151,6 +151,11 @@ struct JobFile {
     test_requirements: Option<String>,
     #[serde(default)]
     tests_fixed: bool,
+    /// For `kiln serve`: lower runs sooner (0 to 9). Default 5.
+    priority: Option<i64>,
+    /// For `kiln serve`: globs of the paths the job may change. Default: `context_files`.
+    #[serde(default)]
+    touches: Vec<String>,
     generate: Option<StageSpec>,
     test: Option<StageSpec>,
     review: Option<StageSpec>,
@@ -215,6 +220,11 @@ pub struct Job {
     pub tests_fixed: bool,
     /// Globs of `[test] protect`: the tests run with the base version of these paths.
     pub protect: Vec<String>,
+    /// For `kiln serve`: lower runs sooner, 0 to 9.
+    pub priority: i64,
+    /// For `kiln serve`: globs of the paths the job may change (declared, else `context_files`;
+    /// empty means anything). No two running jobs on one repository may overlap.
+    pub touches: Vec<String>,
     pub generate: StageSpec,
     pub test: StageSpec,
     /// The reviewer agent, run after the tests pass; `None` when the job has no `[review]`.
@@ -328,6 +338,19 @@ impl JobFile {
             return Err(("prompt", "is empty".into()));
         }
         context_globs(&self.context_files).map_err(|m| ("context_files", m))?;
+        context_globs(&self.touches).map_err(|m| ("touches", m))?;
+        let priority = self
+            .priority
+            .or(seed.as_ref().and_then(|s| s.priority))
+            .unwrap_or(5);
+        if !(0..=9).contains(&priority) {
+            return Err(("priority", format!("is {priority}; it must be 0 (soonest) to 9")));
+        }
+        let touches = if self.touches.is_empty() {
+            self.context_files.clone()
+        } else {
+            self.touches
+        };
         let generate = stage(self.generate, &config.defaults.generate, "generate")?;
         let test = stage(self.test, &config.defaults.test, "test")?;
         if !generate.protect.is_empty() {
@@ -393,6 +416,8 @@ impl JobFile {
             test_requirements: self.test_requirements,
             tests_fixed: self.tests_fixed,
             protect: test.protect.clone(),
+            priority,
+            touches,
             generate,
             test,
             review,

@@ -73,6 +73,8 @@ impl SeedRecord {
             context_files: self.payload.context_files,
             test_requirements: self.payload.test_requirements,
             tests_fixed: false,
+            priority: None,
+            touches: Vec::new(),
             generate: self.generate,
             test: self.test,
             review: self.review,
