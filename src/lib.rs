@@ -21,6 +21,7 @@ pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod scheduler;
+pub mod store;
 pub mod workspace;
 
 pub use error::{Error, ExitCode};

@@ -344,7 +344,10 @@ impl JobFile {
             .or(seed.as_ref().and_then(|s| s.priority))
             .unwrap_or(5);
         if !(0..=9).contains(&priority) {
-            return Err(("priority", format!("is {priority}; it must be 0 (soonest) to 9")));
+            return Err((
+                "priority",
+                format!("is {priority}; it must be 0 (soonest) to 9"),
+            ));
         }
         let touches = if self.touches.is_empty() {
             self.context_files.clone()
