@@ -37,6 +37,26 @@ pub enum ExitCode {
     Interrupted = 130,
 }
 
+impl ExitCode {
+    /// The code `code` stands for, if kiln documents it.
+    pub fn from_code(code: i64) -> Option<ExitCode> {
+        [
+            ExitCode::Success,
+            ExitCode::Internal,
+            ExitCode::Invalid,
+            ExitCode::Infrastructure,
+            ExitCode::PolicyEscalate,
+            ExitCode::PolicyDeny,
+            ExitCode::TestsFailed,
+            ExitCode::AwaitingReview,
+            ExitCode::AuditBroken,
+            ExitCode::Interrupted,
+        ]
+        .into_iter()
+        .find(|c| *c as i64 == code)
+    }
+}
+
 impl serde::Serialize for ExitCode {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u8(*self as u8)

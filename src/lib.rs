@@ -21,6 +21,7 @@ pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod scheduler;
+pub mod serve;
 pub mod store;
 pub mod workspace;
 

@@ -23,6 +23,8 @@ struct Cli {
     /// How diagnostics are logged on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    #[command(flatten)]
+    remote: cli::client::Remote,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +60,11 @@ enum Command {
     Approve(cli::escalations::ApproveArgs),
     /// Reject an escalated job: nothing is published; exits 11.
     Reject(cli::escalations::RejectArgs),
+    /// Serve the HTTP API: a durable queue and a scheduler running many jobs.
+    Serve(cli::serve::ServeArgs),
+    /// Talk to `kiln serve`: submit, status, list, cancel, logs, wait.
+    #[command(flatten)]
+    Client(cli::client::ClientCommand),
     /// The audit log: check its hash chain.
     Audit {
         #[command(subcommand)]
@@ -119,6 +126,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Approve(args) => cli::escalations::approve(&config, args).await,
         Command::Reject(args) => cli::escalations::reject(&config, args),
         Command::Audit { command } => cli::audit::exec(&config, command),
+        Command::Serve(args) => cli::serve::exec(&config, cli.remote.state_dir.clone(), args).await,
+        Command::Client(command) => cli::client::exec(&cli.remote, command).await,
         Command::Bench { command } => cli::bench::exec(command).await,
     }
 }

@@ -2,11 +2,13 @@
 
 pub mod audit;
 pub mod bench;
+pub mod client;
 pub mod escalations;
 pub mod gc;
 pub mod image;
 pub mod policy;
 pub mod run;
+pub mod serve;
 
 use kiln::Error;
 

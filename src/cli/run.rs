@@ -69,7 +69,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     let sandbox = Sandbox::connect().await?;
     kiln::run::preflight(&job, config, &sandbox, &opts).await?;
 
-    let work = kiln::run::run_job(&job, config, &sandbox, &opts, gate, progress);
+    let work = kiln::run::run_job(&job, config, &sandbox, &opts, gate, progress.clone());
     let outcome = tokio::select! {
         result = work => Some(result),
         () = interrupted() => None,

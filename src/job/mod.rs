@@ -265,24 +265,45 @@ impl Job {
             path: path.into(),
             source,
         })?;
+        let json = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, json, Some(dir), path, config)
+    }
+
+    /// Checks a job given as text (`json`: the seed article's record, else TOML). Relative paths
+    /// resolve against `dir`; with no `dir` (a job submitted to a server), they are refused.
+    /// `origin` names the job in messages.
+    pub fn parse(
+        text: &str,
+        json: bool,
+        dir: Option<&Path>,
+        origin: &Path,
+        config: &Config,
+    ) -> Result<Job, JobError> {
+        let path = origin;
         let syntax = |message: String| JobError::Syntax {
             path: path.into(),
             message,
         };
-        let (file, seed) = if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
-        {
+        if text.len() as u64 > MAX_PROMPT_BYTES * 2 {
+            return Err(syntax(format!(
+                "it is {} bytes, over the {} limit",
+                text.len(),
+                MAX_PROMPT_BYTES * 2
+            )));
+        }
+        let (file, seed) = if json {
             let record: seed::SeedRecord =
-                serde_json::from_str(&text).map_err(|e| syntax(e.to_string()))?;
+                serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
             record.into_job_file().map_err(syntax)?
         } else {
             (
-                toml::from_str::<JobFile>(&text).map_err(|e| syntax(e.to_string()))?,
+                toml::from_str::<JobFile>(text).map_err(|e| syntax(e.to_string()))?,
                 None,
             )
         };
-        let dir = path.parent().unwrap_or(Path::new("."));
         file.check(dir, config, seed)
             .map_err(|(field, message)| JobError::Field {
                 path: path.into(),
@@ -297,7 +318,7 @@ type FieldError = (&'static str, String);
 impl JobFile {
     fn check(
         self,
-        dir: &Path,
+        dir: Option<&Path>,
         config: &Config,
         seed: Option<SeedFields>,
     ) -> Result<Job, FieldError> {
@@ -319,7 +340,7 @@ impl JobFile {
         let prompt = match (self.prompt, self.prompt_file) {
             (Some(p), None) => p,
             (None, Some(file)) => {
-                let file = dir.join(file);
+                let file = resolve(dir, &file).map_err(|m| ("prompt_file", m))?;
                 read_capped(&file, MAX_PROMPT_BYTES).map_err(|e| {
                     (
                         "prompt_file",
@@ -499,7 +520,19 @@ fn loosenings(sandbox: &SandboxFile) -> Result<Vec<Loosening>, FieldError> {
     Ok(loosened)
 }
 
-fn repo_source(repo: &str, dir: &Path) -> Result<RepoSource, String> {
+/// `path` against the job's folder; with none, `path` must be absolute.
+fn resolve(dir: Option<&Path>, path: &Path) -> Result<PathBuf, String> {
+    match dir {
+        Some(dir) => Ok(dir.join(path)),
+        None if path.is_absolute() => Ok(path.into()),
+        None => Err(format!(
+            "`{}` is relative; a submitted job names paths on the server absolutely",
+            path.display()
+        )),
+    }
+}
+
+fn repo_source(repo: &str, dir: Option<&Path>) -> Result<RepoSource, String> {
     let path = if let Some(rest) = repo.strip_prefix("file://") {
         PathBuf::from(rest)
     } else if repo.contains("://") || is_scp_like(repo) {
@@ -508,7 +541,7 @@ fn repo_source(repo: &str, dir: &Path) -> Result<RepoSource, String> {
              remote clones need host-side credentials. Clone it on the host and give that path"
         ));
     } else {
-        dir.join(repo)
+        resolve(dir, Path::new(repo))?
     };
     let meta = std::fs::metadata(&path).map_err(|e| format!("`{}`: {e}", path.display()))?;
     if !meta.is_dir() {

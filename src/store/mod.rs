@@ -221,10 +221,11 @@ impl Store {
         Ok(())
     }
 
-    /// Where a running job is: attempt and stage.
+    /// Where a running job is: its stage, and its attempt (0 keeps the one recorded).
     pub fn progress(&self, id: &str, attempt: u32, stage: &str) -> Result<(), StoreError> {
         self.db.execute(
-            "UPDATE jobs SET attempt = ?2, stage = ?3 WHERE id = ?1 AND state = 'running'",
+            "UPDATE jobs SET attempt = CASE WHEN ?2 > 0 THEN ?2 ELSE attempt END, stage = ?3
+             WHERE id = ?1 AND state = 'running'",
             params![id, attempt, stage],
         )?;
         Ok(())

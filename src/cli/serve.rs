@@ -1,0 +1,78 @@
+//! `kiln serve`: the job server (HTTP API, durable queue, scheduler).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use kiln::config::Config;
+use kiln::policy::{Bundle, Gate, PolicyEngine};
+use kiln::serve::ServeOptions;
+use kiln::{Error, ExitCode};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The address to listen on; loopback unless you mean otherwise.
+    #[arg(long, default_value = "127.0.0.1:7878")]
+    listen: SocketAddr,
+    /// Jobs running at once.
+    #[arg(long, default_value_t = 2)]
+    concurrency: usize,
+    /// Jobs running at once on one repository.
+    #[arg(long, default_value_t = 1)]
+    per_repo: usize,
+    /// Each full interval a job waits makes it one priority level more urgent.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    aging: Duration,
+    /// Policy bundle every job's passing change is judged with.
+    #[arg(long)]
+    policies: Option<PathBuf>,
+}
+
+/// The state folder a server uses when none is given.
+pub fn default_state_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .map(|d| d.join("kiln"))
+}
+
+/// Serves with the state folder `state_dir` (the global `--state-dir`): where the store, token,
+/// address, audit log and job artifacts live.
+pub async fn exec(
+    config: &Config,
+    state_dir: Option<PathBuf>,
+    args: ServeArgs,
+) -> Result<ExitCode, Error> {
+    let state_dir = state_dir
+        .or_else(default_state_dir)
+        .ok_or_else(|| Error::Usage("give --state-dir (no HOME to default from)".into()))?;
+    if args.concurrency == 0 || args.per_repo == 0 {
+        return Err(Error::Usage(
+            "--concurrency and --per-repo must be at least 1".into(),
+        ));
+    }
+    let gate = match &args.policies {
+        Some(path) => {
+            let bundle = Bundle::load(path)?;
+            let engine =
+                PolicyEngine::new(kiln::policy::default_cache_dir()).map_err(Error::Internal)?;
+            Some(Arc::new(tokio::task::block_in_place(|| {
+                Gate::new(engine, bundle)
+            })))
+        }
+        None => None,
+    };
+    let options = ServeOptions {
+        state_dir,
+        listen: args.listen,
+        limits: kiln::scheduler::Limits {
+            global: args.concurrency,
+            per_repo: args.per_repo,
+            aging: args.aging,
+        },
+    };
+    kiln::serve::serve(options, config.clone(), gate).await?;
+    Ok(ExitCode::Success)
+}
