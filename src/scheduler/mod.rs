@@ -57,9 +57,10 @@ impl Touches {
         &self.0
     }
 
-    /// Whether some path could match a glob of each. Conservative: two globs are taken to
-    /// overlap unless the literal text before their first wildcard shows they cannot (neither
-    /// is a prefix of the other), so a false "overlap" only costs waiting, never a conflict.
+    /// Whether some path could match a glob of each (globs match whole paths from the root, as
+    /// `context_files` do). Conservative: two globs are taken to overlap unless the literal text
+    /// before their first wildcard shows they cannot (neither is a prefix of the other), so a
+    /// false "overlap" only costs waiting, never a conflict.
     pub fn overlaps(&self, other: &Touches) -> bool {
         self.0
             .iter()
@@ -75,13 +76,9 @@ fn literal_prefix(glob: &str) -> (&str, bool) {
 }
 
 fn globs_may_meet(a: &str, b: &str) -> bool {
-    // A pattern with no `/` names a file or folder in any folder.
-    for (name, other) in [(a, b), (b, a)] {
-        if !name.contains('/') {
-            return !(is_literal(name) && is_literal(other))
-                || other.split('/').any(|segment| segment == name);
-        }
-    }
+    // Globs match whole paths from the repository's root (globset, as `context_files`): every
+    // path a glob matches starts with its literal beginning, so a path both match starts with
+    // both, and one beginning is a prefix of the other.
     let (a, a_literal) = literal_prefix(a.trim_start_matches('/'));
     let (b, b_literal) = literal_prefix(b.trim_start_matches('/'));
     match (a_literal, b_literal) {
@@ -91,10 +88,6 @@ fn globs_may_meet(a: &str, b: &str) -> bool {
         }
         _ => a.starts_with(b) || b.starts_with(a),
     }
-}
-
-fn is_literal(glob: &str) -> bool {
-    literal_prefix(glob).1
 }
 
 impl Queued {

@@ -1,0 +1,416 @@
+//! `kiln serve` through its real HTTP API and the real binary: tokens, malformed and oversized
+//! requests, submit and wait, kill -9 of the server mid-job, overlap and priority scheduling.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BUSYBOX, HELLO_FILES, kiln, leftovers, require_busybox};
+use serde_json::Value;
+
+/// A running `kiln serve`, killed when dropped.
+struct Server {
+    child: Child,
+    state: PathBuf,
+    url: String,
+    token: String,
+}
+
+impl Server {
+    fn start(state: &Path, extra: &[&str]) -> Server {
+        let _ = std::fs::remove_file(state.join("address"));
+        let child = kiln()
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state.join("address").exists() {
+            assert!(Instant::now() < deadline, "the server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let read = |name| {
+            std::fs::read_to_string(state.join(name))
+                .unwrap()
+                .trim()
+                .to_string()
+        };
+        Server {
+            child,
+            state: state.into(),
+            url: read("address"),
+            token: read("token"),
+        }
+    }
+
+    fn client(&self) -> Command {
+        let mut cmd = kiln();
+        cmd.arg("--state-dir").arg(&self.state);
+        cmd
+    }
+
+    /// `curl`-like: method, path, optional body; returns status and body.
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+        json: bool,
+    ) -> (u16, String) {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+        if let Some(token) = token {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if json {
+            cmd.args(["-H", "Content-Type: application/json"]);
+        }
+        if body.is_some() {
+            cmd.args(["--data-binary", "@-"]);
+        }
+        cmd.arg(format!("{}{path}", self.url))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(body) = body {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(body).unwrap();
+        }
+        drop(child.stdin.take());
+        let out = String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.parse().unwrap(), body.to_string())
+    }
+
+    fn job(&self, id: &str) -> Value {
+        let (code, body) = self.http(
+            "GET",
+            &format!("/jobs/{id}"),
+            Some(&self.token.clone()),
+            None,
+            false,
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    fn submit(&self, job: &Path) -> String {
+        let out = self.client().arg("submit").arg(job).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    fn wait(&self, id: &str) -> i32 {
+        let out = self
+            .client()
+            .args(["wait", id, "--timeout", "120s"])
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or(-1)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A folder with a repository and job files whose paths are absolute, as a server needs.
+struct Jobs {
+    dir: tempfile::TempDir,
+}
+
+impl Jobs {
+    fn new() -> Jobs {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in HELLO_FILES {
+            std::fs::create_dir_all(dir.path().join("repo")).unwrap();
+            std::fs::write(dir.path().join("repo").join(path), text).unwrap();
+        }
+        Jobs { dir }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A job that fixes the greeting after `sleep` seconds; `head` adds top-level keys.
+    fn write(&self, name: &str, sleep: u32, head: &str) -> PathBuf {
+        let repo = self.dir.path().join("repo");
+        let script =
+            format!("sleep {sleep}; echo 'echo \"Hello, kiln!\"' > /kiln/workspace/greet.sh");
+        let text = format!(
+            "repo = {repo:?}\nbranch = \"factory/{name}\"\nprompt = \"greet kiln\"\n{head}\n\n\
+             [generate]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {script:?}]\n\n\
+             [test]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"test.sh\"]\n",
+            repo = repo.display().to_string()
+        );
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// Containers and volumes a kiln process `pid` made.
+fn of_pid(pid: u32) -> Vec<String> {
+    let label = format!("label=kiln.pid={pid}");
+    let mut found = Vec::new();
+    for args in [
+        vec!["ps", "-a", "-q", "--filter", &label],
+        vec!["volume", "ls", "-q", "--filter", &label],
+    ] {
+        let out = Command::new("docker").args(&args).output().unwrap();
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from),
+        );
+    }
+    found
+}
+
+/// The times a job ran, from its record.
+fn span(job: &Value) -> (i64, i64) {
+    (
+        job["started_ms"].as_i64().unwrap(),
+        job["finished_ms"].as_i64().unwrap(),
+    )
+}
+
+#[test]
+fn requests_without_the_token_or_malformed_or_oversized_are_refused() {
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &[]);
+    let token = server.token.clone();
+    let mode = std::fs::metadata(jobs.state().join("token")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
+    assert_eq!(server.http("GET", "/health", None, None, false).0, 200);
+    assert_eq!(server.http("GET", "/jobs", None, None, false).0, 401);
+    assert_eq!(
+        server.http("GET", "/jobs", Some("wrong"), None, false).0,
+        401
+    );
+    assert_eq!(
+        server
+            .http("GET", "/metrics", Some(&token[1..]), None, false)
+            .0,
+        401
+    );
+    assert_eq!(
+        server.http("GET", "/jobs", Some(&token), None, false).0,
+        200
+    );
+    let (code, body) = server.http("POST", "/jobs", Some(&token), Some(b"repo = ["), false);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    let job = std::fs::read_to_string(jobs.write("x", 0, "")).unwrap();
+    let unknown = format!("{job}\nbogus = 1\n");
+    let (code, body) = server.http(
+        "POST",
+        "/jobs",
+        Some(&token),
+        Some(unknown.as_bytes()),
+        false,
+    );
+    assert_eq!(code, 400);
+    assert!(body.contains("bogus"), "{body}");
+    let relative = job.replace(&jobs.dir.path().join("repo").display().to_string(), "repo");
+    let (code, body) = server.http(
+        "POST",
+        "/jobs",
+        Some(&token),
+        Some(relative.as_bytes()),
+        false,
+    );
+    assert_eq!(code, 400);
+    assert!(
+        body.contains("`repo`") && body.contains("relative"),
+        "{body}"
+    );
+    let (code, _) = server.http(
+        "POST",
+        "/jobs",
+        Some(&token),
+        Some(b"{\"job_id\": 1}"),
+        true,
+    );
+    assert_eq!(code, 400);
+    let huge = vec![b'#'; 2 << 20];
+    assert_eq!(
+        server
+            .http("POST", "/jobs", Some(&token), Some(&huge), false)
+            .0,
+        413
+    );
+    assert_eq!(
+        server
+            .http("GET", "/jobs/01nope", Some(&token), None, false)
+            .0,
+        404
+    );
+    assert_eq!(
+        server
+            .http("GET", "/jobs?state=nope", Some(&token), None, false)
+            .0,
+        400
+    );
+    let (code, body) = server.http(
+        "GET",
+        "/jobs/x/artifacts/../../token",
+        Some(&token),
+        None,
+        false,
+    );
+    assert_ne!(code, 200, "{body}");
+    let (code, body) = server.http("GET", "/openapi.json", None, None, false);
+    assert_eq!(code, 200);
+    assert!(body.contains("\"openapi\""));
+    // Nothing was accepted.
+    let (_, list) = server.http("GET", "/jobs", Some(&token), None, false);
+    assert_eq!(
+        serde_json::from_str::<Value>(&list).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &[]);
+    let id = server.submit(&jobs.write("ok", 0, ""));
+    assert_eq!(server.wait(&id), 0);
+    let job = server.job(&id);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["attempt"], 1);
+    let report = server.http(
+        "GET",
+        &format!("/jobs/{id}/report"),
+        Some(&server.token.clone()),
+        None,
+        false,
+    );
+    assert_eq!(report.0, 200);
+    assert!(report.1.contains("kiln.report/v1"));
+    let logs = server.client().args(["logs", &id]).output().unwrap();
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("==> attempt 1 test.log <=="));
+    // A job whose tests never pass ends as kiln run would: exit 12.
+    let failing = jobs.write("failing", 0, "");
+    let text = std::fs::read_to_string(&failing)
+        .unwrap()
+        .replace("Hello, kiln!", "Hello, nobody!");
+    std::fs::write(&failing, text).unwrap();
+    let id = server.submit(&failing);
+    assert_eq!(server.wait(&id), 12);
+    let verify = kiln()
+        .args(["audit", "verify"])
+        .arg(jobs.state().join("audit.jsonl"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+#[test]
+fn a_server_killed_mid_job_loses_nothing_and_leaves_no_container() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &[]);
+    let id = server.submit(&jobs.write("slow", 4, ""));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.job(&id)["stage"] != "generate" {
+        assert!(
+            Instant::now() < deadline,
+            "the job never started generating"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let dead = server.child.id();
+    server.kill(); // SIGKILL: no cleanup runs
+    assert!(
+        !of_pid(dead).is_empty(),
+        "the dead server left its containers"
+    );
+    let server = Server::start(&jobs.state(), &[]);
+    // The restart reaped them before it took requests.
+    assert!(of_pid(dead).is_empty(), "{:?}", of_pid(dead));
+    assert_eq!(server.wait(&id), 0);
+    let job = server.job(&id);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(
+        job["runs"], 2,
+        "started once before the kill and once after"
+    );
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+}
+
+#[test]
+fn overlapping_jobs_run_one_after_the_other_and_disjoint_ones_together() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &["--concurrency", "4", "--per-repo", "4"]);
+    let a = server.submit(&jobs.write("a", 2, "touches = [\"greet.sh\"]"));
+    let b = server.submit(&jobs.write("b", 2, "touches = [\"greet.sh\"]"));
+    for id in [&a, &b] {
+        assert_eq!(server.wait(id), 0);
+    }
+    let (a_span, b_span) = (span(&server.job(&a)), span(&server.job(&b)));
+    assert!(
+        b_span.0 >= a_span.1 || a_span.0 >= b_span.1,
+        "overlapping jobs ran together: {a_span:?} {b_span:?}"
+    );
+    let c = server.submit(&jobs.write("c", 2, "touches = [\"greet.sh\"]"));
+    let d = server.submit(&jobs.write("d", 2, "touches = [\"docs/**\"]"));
+    for id in [&c, &d] {
+        assert_eq!(server.wait(id), 0);
+    }
+    let (c_span, d_span) = (span(&server.job(&c)), span(&server.job(&d)));
+    assert!(
+        c_span.0 < d_span.1 && d_span.0 < c_span.1,
+        "disjoint jobs ran apart: {c_span:?} {d_span:?}"
+    );
+}
+
+#[test]
+fn urgent_jobs_start_before_older_less_urgent_ones() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &["--concurrency", "1"]);
+    let blocker = server.submit(&jobs.write("blocker", 2, ""));
+    let low = server.submit(&jobs.write("low", 0, "priority = 9"));
+    let high = server.submit(&jobs.write("high", 0, "priority = 0"));
+    for id in [&blocker, &low, &high] {
+        assert_eq!(server.wait(id), 0);
+    }
+    assert!(
+        span(&server.job(&high)).0 < span(&server.job(&low)).0,
+        "the urgent job started first"
+    );
+}
