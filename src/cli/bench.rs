@@ -22,6 +22,14 @@ pub enum BenchCommand {
         #[arg(long, default_value = "policies/bundles/default.toml")]
         bundle: std::path::PathBuf,
     },
+    /// Trivial jobs through kiln serve against an xargs -P2 loop of docker run; server memory
+    /// with many jobs queued.
+    Serve {
+        #[arg(long, default_value_t = 200)]
+        jobs: usize,
+        #[arg(long, default_value_t = 1000)]
+        queued: usize,
+    },
 }
 
 pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
@@ -30,6 +38,7 @@ pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
         BenchCommand::Policy { runs, bundle } => {
             tokio::task::block_in_place(|| policy(runs, &bundle))
         }
+        BenchCommand::Serve { jobs, queued } => super::bench_serve::exec(jobs, queued).await,
     }
 }
 

@@ -1,0 +1,191 @@
+//! `kiln bench serve`: many trivial jobs through a real `kiln serve` (this binary, a temporary
+//! state folder) at concurrency 2, against a plain `xargs -P2` loop of `docker run --rm` doing the
+//! same two containers per job, in the same run; then the server's memory with 1,000 jobs queued.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln::{Error, ExitCode};
+use serde_json::Value;
+
+const IMAGE: &str = kiln::images::BUSYBOX;
+
+/// A server this benchmark started, killed when dropped.
+struct Served {
+    child: Child,
+    url: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    async fn start(state: &Path, extra: &[&str]) -> Result<Served, Error> {
+        let exe = std::env::current_exe().map_err(Error::io("cannot find this binary"))?;
+        let child = Command::new(exe)
+            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state)
+            .args(extra)
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(Error::io("cannot start kiln serve"))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !state.join("address").exists() {
+            if Instant::now() > deadline {
+                return Err(Error::Internal("kiln serve did not start".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let read = |name: &str| {
+            std::fs::read_to_string(state.join(name))
+                .map(|s| s.trim().to_string())
+                .map_err(Error::io(format!("cannot read the server's {name}")))
+        };
+        Ok(Served {
+            url: read("address")?,
+            token: read("token")?,
+            child,
+            http: reqwest::Client::new(),
+        })
+    }
+
+    async fn submit(&self, job: String) -> Result<String, Error> {
+        let answer: Value = self
+            .http
+            .post(format!("{}/jobs", self.url))
+            .bearer_auth(&self.token)
+            .body(job)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| Error::Internal(format!("submit: {e}")))?
+            .json()
+            .await
+            .map_err(|e| Error::Internal(format!("submit: {e}")))?;
+        Ok(answer["id"].as_str().unwrap_or_default().to_string())
+    }
+
+    async fn count(&self, state: &str) -> Result<usize, Error> {
+        let answer: Value = self
+            .http
+            .get(format!("{}/jobs?state={state}&limit=10000", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| Error::Internal(format!("list: {e}")))?
+            .json()
+            .await
+            .map_err(|e| Error::Internal(format!("list: {e}")))?;
+        Ok(answer["jobs"].as_array().map_or(0, |j| j.len()))
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Job `n`: a generator that writes its own file, and a test that passes.
+fn job(repo: &Path, n: usize, sleep: u32) -> String {
+    format!(
+        "repo = {:?}\nbranch = \"factory/bench-{n}\"\nprompt = \"bench\"\ntouches = [\"f{n}.txt\"]\n\n\
+         [generate]\nimage = \"{IMAGE}\"\ncommand = [\"sh\", \"-c\", \"sleep {sleep}; echo {n} > /kiln/workspace/f{n}.txt\"]\n\n\
+         [test]\nimage = \"{IMAGE}\"\ncommand = [\"true\"]\n",
+        repo.display().to_string()
+    )
+}
+
+pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
+    if jobs == 0 {
+        return Err(Error::Usage("--jobs must be at least 1".into()));
+    }
+    let dir = tempfile::tempdir().map_err(Error::io("cannot make a temporary folder"))?;
+    let repo = dir.path().join("repo");
+    std::fs::create_dir_all(&repo).map_err(Error::io("cannot make the repository"))?;
+    std::fs::write(repo.join("README"), "bench\n").map_err(Error::io("cannot write"))?;
+
+    // The baseline: the same two containers per job, by the docker CLI, two jobs at a time.
+    let started = Instant::now();
+    let script = format!(
+        "docker run --rm --network none {IMAGE} sh -c 'echo $0 > /tmp/f' >/dev/null && docker run --rm --network none {IMAGE} true"
+    );
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "seq {jobs} | xargs -P2 -I{{}} sh -c \"{script}\" {{}}"
+        ))
+        .status()
+        .map_err(Error::io("cannot run the baseline loop"))?;
+    if !status.success() {
+        return Err(Error::Internal("the docker run baseline failed".into()));
+    }
+    let bare = started.elapsed();
+
+    let served = Served::start(
+        &dir.path().join("state"),
+        &["--concurrency", "2", "--per-repo", "2"],
+    )
+    .await?;
+    let started = Instant::now();
+    for n in 0..jobs {
+        served.submit(job(&repo, n, 0)).await?;
+    }
+    while served.count("succeeded").await? + served.count("failed").await? < jobs {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let through_kiln = started.elapsed();
+    let failed = served.count("failed").await?;
+    drop(served);
+
+    // Memory: one job holds the repository (it touches everything), the rest wait behind it.
+    let served = Served::start(&dir.path().join("state-queued"), &["--concurrency", "1"]).await?;
+    let idle = served.rss_kib();
+    let blocker = job(&repo, 0, 600).replace("touches = [\"f0.txt\"]", "touches = [\"**\"]");
+    served.submit(blocker).await?;
+    for n in 1..=queued {
+        served.submit(job(&repo, n, 0)).await?;
+    }
+    let waiting = served.count("queued").await?;
+    let rss = served.rss_kib();
+    drop(served);
+    let _ = Command::new(std::env::current_exe().map_err(Error::io("cannot find this binary"))?)
+        .args(["gc", "--all"])
+        .stderr(Stdio::null())
+        .status();
+
+    let per_minute = |d: Duration| jobs as f64 / d.as_secs_f64() * 60.0;
+    println!("{jobs} trivial jobs (generator + test container each), concurrency 2, image {IMAGE}");
+    println!(
+        "  kiln serve (clone, 2 sandboxed stages, diff, publish, audit)  {:>7.1} s   {:>6.1} jobs/min   {failed} failed",
+        through_kiln.as_secs_f64(),
+        per_minute(through_kiln)
+    );
+    println!(
+        "  xargs -P2 of 2x docker run --rm --network none              {:>7.1} s   {:>6.1} jobs/min",
+        bare.as_secs_f64(),
+        per_minute(bare)
+    );
+    println!(
+        "ratio kiln/bare throughput: {:.2}",
+        per_minute(through_kiln) / per_minute(bare)
+    );
+    println!(
+        "server RSS: idle {:.1} MiB, with {waiting} jobs queued {:.1} MiB",
+        idle as f64 / 1024.0,
+        rss as f64 / 1024.0
+    );
+    Ok(ExitCode::Success)
+}
