@@ -314,6 +314,15 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
     );
     assert_eq!(report.0, 200);
     assert!(report.1.contains("kiln.report/v1"));
+    let (code, metrics) = server.http("GET", "/metrics", Some(&server.token.clone()), None, false);
+    assert_eq!(code, 200);
+    for line in [
+        "kiln_jobs{state=\"succeeded\"} 1",
+        "kiln_attempts_total 1",
+        "kiln_stage_duration_seconds_count{stage=\"test\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
     let logs = server.client().args(["logs", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&logs.stdout).contains("==> attempt 1 test.log <=="));
     // A job whose tests never pass ends as kiln run would: exit 12.

@@ -360,5 +360,6 @@ async fn metrics(Shared(server): Shared<Arc<Server>>) -> Answer {
     text.push_str(&format!(
         "# HELP kiln_queue_depth Jobs waiting to start.\n# TYPE kiln_queue_depth gauge\nkiln_queue_depth {queued}\n"
     ));
+    server.metrics.render(&mut text);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -4,6 +4,7 @@
 //! applies the store's restart rule.
 
 mod api;
+mod metrics;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,7 +20,7 @@ use crate::error::Error;
 use crate::ids::JobId;
 use crate::job::Job;
 use crate::policy::Gate;
-use crate::run::{Progress, RunOptions, Status};
+use crate::run::{Progress, Report, RunOptions, Status};
 use crate::sandbox::Sandbox;
 use crate::scheduler::{self, Queued, Running, Touches};
 use crate::store::{State, Store, now_ms};
@@ -45,6 +46,7 @@ pub(crate) struct Server {
     /// The tasks of running jobs, to abort on cancel.
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     wake: Notify,
+    metrics: metrics::Metrics,
 }
 
 impl Server {
@@ -115,6 +117,7 @@ pub async fn serve(
         audit,
         running: Mutex::new(HashMap::new()),
         wake: Notify::new(),
+        metrics: metrics::Metrics::default(),
     });
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -213,7 +216,16 @@ fn start_ready(server: &Arc<Server>) -> Result<(), Error> {
 /// Runs one started job to its end and records how it ended.
 async fn run_one(server: Arc<Server>, id: String) {
     let (state, status, code, reason) = match run_job(&server, &id).await {
-        Ok((status, code, reason)) => (state_of(status), status.as_str(), code, reason),
+        Ok(report) => {
+            server.metrics.observe(&report);
+            let status = report.status;
+            (
+                state_of(status),
+                status.as_str(),
+                report.exit_code as i64,
+                report.reason,
+            )
+        }
         Err(e) => (State::Failed, "error", e.exit_code() as i64, e.to_string()),
     };
     if let Ok(job) = JobId::parse(&id).ok_or(()) {
@@ -230,7 +242,7 @@ async fn run_one(server: Arc<Server>, id: String) {
     server.wake.notify_one();
 }
 
-async fn run_job(server: &Arc<Server>, id: &str) -> Result<(Status, i64, String), Error> {
+async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
     let row = server
         .db(|s| s.get(id))?
         .ok_or_else(|| Error::Internal(format!("job {id} vanished from the store")))?;
@@ -256,7 +268,7 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<(Status, i64, String)
             let _ = server.db(|s| s.progress(&id, attempt, &stage));
         })
     };
-    let report = crate::run::run_job(
+    crate::run::run_job(
         &job,
         &server.config,
         &server.sandbox,
@@ -264,8 +276,7 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<(Status, i64, String)
         server.gate.clone(),
         Progress::observed(observer),
     )
-    .await?;
-    Ok((report.status, report.exit_code as i64, report.reason))
+    .await
 }
 
 /// `attempt 2/3 · test` → (2, "test"); other labels (`workspace`, `publish`) keep attempt 0.
