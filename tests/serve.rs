@@ -423,3 +423,90 @@ fn urgent_jobs_start_before_older_less_urgent_ones() {
         "the urgent job started first"
     );
 }
+
+#[test]
+fn cancelling_a_running_job_removes_its_containers_within_seconds() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &[]);
+    let id = server.submit(&jobs.write("long", 60, ""));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while server.job(&id)["stage"] != "generate" {
+        assert!(
+            Instant::now() < deadline,
+            "the job never started generating"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!leftovers(&id).is_empty());
+    let started = Instant::now();
+    let cancel = server.client().args(["cancel", &id]).output().unwrap();
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+    assert_eq!(server.job(&id)["state"], "cancelled");
+    assert_eq!(server.wait(&id), 130);
+}
+
+#[test]
+fn an_escalated_job_is_approved_through_the_api() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let bundle = common::default_bundle();
+    let server = Server::start(&jobs.state(), &["--policies", bundle.to_str().unwrap()]);
+    let job = jobs.write("auth", 0, "");
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("> /kiln/workspace/greet.sh", "> /kiln/workspace/greet.sh; mkdir -p /kiln/workspace/src/auth; echo x > /kiln/workspace/src/auth/a.sh");
+    std::fs::write(&job, text).unwrap();
+    let id = server.submit(&job);
+    assert_eq!(server.wait(&id), 10);
+    assert_eq!(server.job(&id)["state"], "escalated");
+    let token = server.token.clone();
+    let (code, body) = server.http("GET", "/escalations", Some(&token), None, false);
+    assert_eq!(code, 200);
+    assert!(body.contains(&id), "{body}");
+    let (code, body) = server.http(
+        "POST",
+        &format!("/jobs/{id}/approve"),
+        Some(&token),
+        Some(b"{\"by\": 1}"),
+        true,
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = server.http(
+        "POST",
+        &format!("/jobs/{id}/approve"),
+        Some(&token),
+        Some(b"{\"by\": \"alice\"}"),
+        true,
+    );
+    assert_eq!(code, 200, "{body}");
+    let job = server.job(&id);
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["exit_code"], 0);
+    let (code, body) = server.http(
+        "POST",
+        &format!("/jobs/{id}/reject"),
+        Some(&token),
+        Some(b"{\"by\": \"bob\", \"note\": \"no\"}"),
+        true,
+    );
+    assert_eq!(code, 400, "already decided: {body}");
+    let published = jobs.state().join(format!("jobs/{id}/repo.git"));
+    assert!(
+        git2::Repository::open(published)
+            .unwrap()
+            .find_reference("refs/heads/factory/auth")
+            .is_ok()
+    );
+}
