@@ -59,8 +59,12 @@ impl Server {
         &self,
         f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError>,
     ) -> Result<T, Error> {
-        let store = self.store.lock().expect("the store lock is never poisoned");
-        tokio::task::block_in_place(|| f(&store)).map_err(|e| Error::Internal(e.to_string()))
+        // Waiting for the lock blocks too: it happens inside block_in_place with the query.
+        tokio::task::block_in_place(|| {
+            let store = self.store.lock().expect("the store lock is never poisoned");
+            f(&store)
+        })
+        .map_err(|e| Error::Internal(e.to_string()))
     }
 
     fn record(&self, kind: &str, job: &str, data: serde_json::Value) -> Result<(), Error> {
