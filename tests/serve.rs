@@ -332,6 +332,19 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
         .replace("Hello, kiln!", "Hello, nobody!");
     std::fs::write(&failing, text).unwrap();
     let id = server.submit(&failing);
+    // Following its logs ends when the job does, each stage's log sent as it ended.
+    let followed = server
+        .client()
+        .args(["logs", "--follow", &id])
+        .output()
+        .unwrap();
+    let followed = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        followed.contains("==> attempt 1 test.log <=="),
+        "{followed}"
+    );
+    assert!(followed.contains("EXPECTED_GREETING"), "{followed}");
+    assert_ne!(server.job(&id)["state"], "running");
     assert_eq!(server.wait(&id), 12);
     let verify = kiln()
         .args(["audit", "verify"])

@@ -36,8 +36,13 @@ pub enum ClientCommand {
     },
     /// Cancel a job; a running one's containers are gone when this returns.
     Cancel { id: String },
-    /// The stage logs a job has written so far.
-    Logs { id: String },
+    /// The stage logs a job has written so far; with --follow, each stage's as it ends, until
+    /// the job does.
+    Logs {
+        id: String,
+        #[arg(long)]
+        follow: bool,
+    },
     /// Wait for a job to end; exits with the code `kiln run` would have.
     Wait {
         id: String,
@@ -184,14 +189,24 @@ pub async fn exec(remote: &Remote, command: ClientCommand) -> Result<ExitCode, E
             eprintln!("{id}: {}", job["state"].as_str().unwrap_or_default());
             Ok(ExitCode::Success)
         }
-        ClientCommand::Logs { id } => {
-            let text = client
-                .call(client.http.get(client.url(&format!("/jobs/{id}/logs"))))
-                .await?
-                .text()
+        ClientCommand::Logs { id, follow } => {
+            let request = client
+                .http
+                .get(client.url(&format!("/jobs/{id}/logs")))
+                .query(&[("follow", follow)])
+                // Following lasts as long as the job does.
+                .timeout(Duration::from_secs(if follow { 48 * 3600 } else { 120 }));
+            let mut response = client.call(request).await?;
+            use std::io::Write;
+            while let Some(chunk) = response
+                .chunk()
                 .await
-                .map_err(|e| Error::Internal(e.to_string()))?;
-            print!("{text}");
+                .map_err(|e| Error::Internal(format!("reading the logs: {e}")))?
+            {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&chunk);
+                let _ = out.flush();
+            }
             Ok(ExitCode::Success)
         }
         ClientCommand::Wait { id, timeout } => wait(&client, &id, timeout).await,

@@ -224,9 +224,14 @@ async fn report(Shared(server): Shared<Arc<Server>>, UrlPath(id): UrlPath<String
     Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
 }
 
-/// GET /jobs/{id}/logs: every stage log written so far, attempt by attempt.
-async fn logs(Shared(server): Shared<Arc<Server>>, UrlPath(id): UrlPath<String>) -> Answer {
-    let dir = artifacts_of(&server, &id)?;
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    follow: Option<bool>,
+}
+
+/// Every stage log in `dir` so far, attempt by attempt, each under a header line.
+fn logs_text(dir: &Path) -> String {
     let mut text = String::new();
     for n in 1.. {
         let attempt = dir.join(format!("attempt-{n}"));
@@ -243,7 +248,44 @@ async fn logs(Shared(server): Shared<Arc<Server>>, UrlPath(id): UrlPath<String>)
             }
         }
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    text
+}
+
+/// GET /jobs/{id}/logs: every stage log written so far; with `follow=true`, the answer goes on,
+/// each stage's log sent as the stage ends, until the job does.
+async fn logs(
+    Shared(server): Shared<Arc<Server>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<LogsQuery>,
+) -> Answer {
+    let dir = artifacts_of(&server, &id)?;
+    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !q.follow.unwrap_or(false) {
+        return Ok((plain, logs_text(&dir)).into_response());
+    }
+    // (bytes sent so far, whether the job had ended at the last look)
+    let stream = futures_util::stream::unfold((0usize, false), move |(sent, ended)| {
+        let (server, dir, id) = (server.clone(), dir.clone(), id.clone());
+        async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let done = server
+                    .db(|s| s.get(&id))
+                    .ok()
+                    .flatten()
+                    .is_none_or(|row| row.state.is_final());
+                let text = logs_text(&dir);
+                if text.len() > sent || done {
+                    let chunk = text.get(sent..).unwrap_or_default().to_string();
+                    return Some((Ok::<_, std::convert::Infallible>(chunk), (text.len(), done)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+    });
+    Ok((plain, axum::body::Body::from_stream(stream)).into_response())
 }
 
 /// GET /jobs/{id}/artifacts/{path}: one file of the job's artifacts; the path may not leave the
