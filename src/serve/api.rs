@@ -405,3 +405,51 @@ async fn metrics(Shared(server): Shared<Arc<Server>>) -> Answer {
     server.metrics.render(&mut text);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The routes `router` serves, as the OpenAPI document names them.
+    const ROUTES: [&str; 12] = [
+        "/health",
+        "/openapi.json",
+        "/jobs",
+        "/jobs/{id}",
+        "/jobs/{id}/cancel",
+        "/jobs/{id}/report",
+        "/jobs/{id}/logs",
+        "/jobs/{id}/artifacts/{path}",
+        "/jobs/{id}/approve",
+        "/jobs/{id}/reject",
+        "/escalations",
+        "/metrics",
+    ];
+
+    #[test]
+    fn the_committed_openapi_document_names_every_route_and_no_other() {
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        let mut documented: Vec<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        documented.sort();
+        let mut served: Vec<&str> = ROUTES.to_vec();
+        served.sort();
+        assert_eq!(documented, served);
+        // And the router's own code (this file above its tests) routes each of them.
+        let whole = include_str!("api.rs");
+        let source = &whole[..whole
+            .find("#[cfg(test)]")
+            .expect("the tests are in this file")];
+        for route in served {
+            let axum_route = route.replace("{path}", "{*path}");
+            assert!(
+                source.contains(&format!("\"{axum_route}\"")),
+                "{route} is documented but not routed"
+            );
+        }
+    }
+}
