@@ -207,12 +207,13 @@ fn start_ready(server: &Arc<Server>) -> Result<(), Error> {
         let id = picked.id.clone();
         // Durable before it is acted on: the job is `running` on disk before its task starts.
         server.db(|s| s.start(&id))?;
-        let task = tokio::spawn(run_one(server.clone(), id.clone()));
-        server
+        // Held while the task starts, so that a job ending at once is removed after it is added.
+        let mut running = server
             .running
             .lock()
-            .expect("the running lock is never poisoned")
-            .insert(id, task.abort_handle());
+            .expect("the running lock is never poisoned");
+        let task = tokio::spawn(run_one(server.clone(), id.clone()));
+        running.insert(id, task.abort_handle());
     }
     Ok(())
 }
@@ -232,7 +233,7 @@ async fn run_one(server: Arc<Server>, id: String) {
         }
         Err(e) => (State::Failed, "error", e.exit_code() as i64, e.to_string()),
     };
-    if let Ok(job) = JobId::parse(&id).ok_or(()) {
+    if let Some(job) = JobId::parse(&id) {
         let _ = server.sandbox.reap_job(&job).await;
     }
     server
