@@ -523,3 +523,24 @@ fn an_escalated_job_is_approved_through_the_api() {
             .is_ok()
     );
 }
+
+#[test]
+fn the_operator_chooses_where_every_job_publishes() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let remote = jobs.dir.path().join("remote.git");
+    let server = Server::start(&jobs.state(), &["--out", remote.to_str().unwrap()]);
+    let id = server.submit(&jobs.write("published", 0, ""));
+    assert_eq!(server.wait(&id), 0);
+    let repo = git2::Repository::open(&remote).unwrap();
+    assert!(repo.find_reference("refs/heads/factory/published").is_ok());
+    // A second job naming the same branch is refused before it runs: nothing is overwritten.
+    let again = server.submit(&jobs.write("published", 0, ""));
+    assert_eq!(server.wait(&again), 2);
+    assert!(
+        server.job(&again)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exists already")
+    );
+}

@@ -28,6 +28,11 @@ pub struct ServeArgs {
     /// Policy bundle every job's passing change is judged with.
     #[arg(long)]
     policies: Option<PathBuf>,
+    /// Where every job's work branch is published and merged: a repository path or a URL pushed
+    /// to with the operator's [publish] credentials. Default: each job's own repo.git under the
+    /// state folder. A request never chooses it.
+    #[arg(long)]
+    out: Option<String>,
 }
 
 /// The state folder a server uses when none is given.
@@ -72,6 +77,7 @@ pub async fn exec(
             per_repo: args.per_repo,
             aging: args.aging,
         },
+        out: args.out.as_deref().map(kiln::publish::Destination::parse),
     };
     kiln::serve::serve(options, config.clone(), gate).await?;
     Ok(ExitCode::Success)

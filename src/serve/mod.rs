@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::ids::JobId;
 use crate::job::Job;
 use crate::policy::Gate;
+use crate::publish::Destination;
 use crate::run::{Progress, Report, RunOptions, Status};
 use crate::sandbox::Sandbox;
 use crate::scheduler::{self, Queued, Running, Touches};
@@ -31,6 +32,9 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     pub listen: SocketAddr,
     pub limits: scheduler::Limits,
+    /// Where every job's work branch is published (and merged), as the operator says; `None`:
+    /// each job's own `repo.git` in its artifacts.
+    pub out: Option<Destination>,
 }
 
 /// What every request handler and job task shares.
@@ -42,6 +46,7 @@ pub(crate) struct Server {
     token: String,
     state_dir: PathBuf,
     limits: scheduler::Limits,
+    out: Option<Destination>,
     audit: AuditLog,
     /// The tasks of running jobs, to abort on cancel.
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -118,6 +123,7 @@ pub async fn serve(
         token,
         state_dir: dir.clone(),
         limits: options.limits,
+        out: options.out.clone(),
         audit,
         running: Mutex::new(HashMap::new()),
         wake: Notify::new(),
@@ -262,7 +268,7 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
     job.id = JobId::parse(id).ok_or_else(|| Error::Internal(format!("bad job id {id}")))?;
     let opts = RunOptions {
         artifacts_root: server.artifacts(),
-        out: None,
+        out: server.out.clone(),
     };
     crate::run::preflight(&job, &server.config, &server.sandbox, &opts).await?;
     let observer = {
