@@ -63,7 +63,17 @@ impl Server {
         json: bool,
     ) -> (u16, String) {
         let mut cmd = Command::new("curl");
-        cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", method]);
+        // --path-as-is: `..` in a path reaches the server as written.
+        cmd.args([
+            "-s",
+            "--path-as-is",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+        ]);
         if let Some(token) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
@@ -273,14 +283,17 @@ fn requests_without_the_token_or_malformed_or_oversized_are_refused() {
             .0,
         400
     );
+    // A submitted job may not name a file for the server to read into its prompt.
+    let reads_host = job.replace("prompt = \"greet kiln\"", "prompt_file = \"/etc/passwd\"");
     let (code, body) = server.http(
-        "GET",
-        "/jobs/x/artifacts/../../token",
+        "POST",
+        "/jobs",
         Some(&token),
-        None,
+        Some(reads_host.as_bytes()),
         false,
     );
-    assert_ne!(code, 200, "{body}");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("prompt_file"), "{body}");
     let (code, body) = server.http("GET", "/openapi.json", None, None, false);
     assert_eq!(code, 200);
     assert!(body.contains("\"openapi\""));
@@ -323,6 +336,16 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+    // An artifact path cannot leave the job's folder, written or percent-encoded.
+    let token = server.token.clone();
+    for escape in ["../../token", "..%2F..%2Ftoken", "attempt-1/../../../token"] {
+        let path = format!("/jobs/{id}/artifacts/{escape}");
+        let (code, body) = server.http("GET", &path, Some(&token), None, false);
+        assert_eq!(code, 400, "{escape}: {body}");
+        assert!(!body.contains(&token), "{escape}");
+    }
+    let path = format!("/jobs/{id}/artifacts/report.json");
+    assert_eq!(server.http("GET", &path, Some(&token), None, false).0, 200);
     let logs = server.client().args(["logs", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&logs.stdout).contains("==> attempt 1 test.log <=="));
     // A job whose tests never pass ends as kiln run would: exit 12.

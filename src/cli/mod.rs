@@ -19,3 +19,18 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
     println!("{text}");
     Ok(())
 }
+
+/// The policy gate of `bundle`, if one is given: its pins checked and its modules compiled, before
+/// anything runs.
+pub fn load_gate(
+    bundle: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<kiln::policy::Gate>>, Error> {
+    let Some(path) = bundle else {
+        return Ok(None);
+    };
+    let bundle = kiln::policy::Bundle::load(path)?;
+    let engine = kiln::policy::PolicyEngine::new(kiln::policy::default_cache_dir())
+        .map_err(Error::Internal)?;
+    let gate = tokio::task::block_in_place(|| kiln::policy::Gate::new(engine, bundle));
+    Ok(Some(std::sync::Arc::new(gate)))
+}

@@ -1,12 +1,10 @@
 //! `kiln run`: one job end to end, cleaned up on every path including Ctrl-C and SIGTERM.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::Args;
 use kiln::config::Config;
 use kiln::job::Job;
-use kiln::policy::{Bundle, Gate, PolicyEngine};
 use kiln::publish::Destination;
 use kiln::run::{Progress, RunOptions};
 use kiln::sandbox::Sandbox;
@@ -49,17 +47,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     } = args;
     let job = Job::load(&job_path, config)?;
     // The bundle and its pins are checked, and its modules compiled, before anything runs.
-    let gate = match &policies {
-        Some(path) => {
-            let bundle = Bundle::load(path)?;
-            let engine =
-                PolicyEngine::new(kiln::policy::default_cache_dir()).map_err(Error::Internal)?;
-            Some(Arc::new(tokio::task::block_in_place(|| {
-                Gate::new(engine, bundle)
-            })))
-        }
-        None => None,
-    };
+    let gate = super::load_gate(policies.as_deref())?;
     let progress = Progress::default();
     progress.line(&format!("job {}", job.id));
     let opts = RunOptions {

@@ -2,12 +2,10 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use kiln::config::Config;
-use kiln::policy::{Bundle, Gate, PolicyEngine};
 use kiln::serve::ServeOptions;
 use kiln::{Error, ExitCode};
 
@@ -58,17 +56,7 @@ pub async fn exec(
             "--concurrency and --per-repo must be at least 1".into(),
         ));
     }
-    let gate = match &args.policies {
-        Some(path) => {
-            let bundle = Bundle::load(path)?;
-            let engine =
-                PolicyEngine::new(kiln::policy::default_cache_dir()).map_err(Error::Internal)?;
-            Some(Arc::new(tokio::task::block_in_place(|| {
-                Gate::new(engine, bundle)
-            })))
-        }
-        None => None,
-    };
+    let gate = super::load_gate(args.policies.as_deref())?;
     let options = ServeOptions {
         state_dir,
         listen: args.listen,

@@ -339,6 +339,13 @@ impl JobFile {
         .map_err(|e| ("branch", e.to_string()))?;
         let prompt = match (self.prompt, self.prompt_file) {
             (Some(p), None) => p,
+            // A submitted job (no folder of its own) could name any file the server can read.
+            (None, Some(_)) if dir.is_none() => {
+                return Err((
+                    "prompt_file",
+                    "is not accepted in a submitted job: give the prompt inline".into(),
+                ));
+            }
             (None, Some(file)) => {
                 let file = resolve(dir, &file).map_err(|m| ("prompt_file", m))?;
                 read_capped(&file, MAX_PROMPT_BYTES).map_err(|e| {
