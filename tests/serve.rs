@@ -119,6 +119,20 @@ impl Server {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// Waits until job `id`'s generator container runs.
+    fn wait_until_generating(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.job(id)["stage"] != "generate" {
+            assert!(
+                Instant::now() < deadline,
+                "the job never started generating"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The stage is recorded as it starts; give its container a moment to exist.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     fn wait(&self, id: &str) -> i32 {
         let out = self
             .client()
@@ -388,15 +402,7 @@ fn a_server_killed_mid_job_loses_nothing_and_leaves_no_container() {
     let jobs = Jobs::new();
     let server = Server::start(&jobs.state(), &[]);
     let id = server.submit(&jobs.write("slow", 4, ""));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.job(&id)["stage"] != "generate" {
-        assert!(
-            Instant::now() < deadline,
-            "the job never started generating"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_until_generating(&id);
     let dead = server.child.id();
     server.kill(); // SIGKILL: no cleanup runs
     assert!(
@@ -466,15 +472,7 @@ fn cancelling_a_running_job_removes_its_containers_within_seconds() {
     let jobs = Jobs::new();
     let server = Server::start(&jobs.state(), &[]);
     let id = server.submit(&jobs.write("long", 60, ""));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while server.job(&id)["stage"] != "generate" {
-        assert!(
-            Instant::now() < deadline,
-            "the job never started generating"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    server.wait_until_generating(&id);
     assert!(!leftovers(&id).is_empty());
     let started = Instant::now();
     let cancel = server.client().args(["cancel", &id]).output().unwrap();
