@@ -27,7 +27,7 @@ pub use merge::MergeReport;
 use outcome::AfterPass;
 pub use progress::Progress;
 pub use report::{Report, Status};
-use stage::Stages;
+use stage::{Spares, Stages};
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
@@ -102,6 +102,7 @@ pub async fn run_job(
         context: Vec::new(),
         gate,
         gate_result: None,
+        spares: Spares::default(),
     };
     let span = info_span!("job", job_id = %job.id);
     runner.record(
@@ -182,6 +183,8 @@ struct Runner<'a> {
     context: Vec<String>,
     gate: Option<Arc<Gate>>,
     gate_result: Option<GateResult>,
+    /// The volume a generator's batch made for its tests.
+    spares: Spares,
 }
 
 /// How a job that ran to its end ended.
@@ -476,6 +479,7 @@ impl Runner<'_> {
             job: &self.job.id,
             limits: &self.job.limits,
             loosened: &self.job.loosened,
+            spares: Some(&self.spares),
         }
     }
 

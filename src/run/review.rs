@@ -14,7 +14,7 @@ use crate::ids::Stage;
 use crate::job::{ByteSize, StageSpec};
 use crate::policy::TestInfo;
 use crate::review::{MAX_VERDICT_BYTES, ReviewVerdict, VERDICT_PATH, single_file_from_tar};
-use crate::sandbox::{self, KILN_DIR, WORKSPACE_DIR, WorkVolume};
+use crate::sandbox::{self, WORKSPACE_DIR};
 use crate::workspace::Workspace;
 
 /// Most bytes of the diff given to the reviewer.
@@ -115,30 +115,9 @@ impl Runner<'_> {
         spec: &StageSpec,
     ) -> Result<(Ran, ReviewVerdict), Error> {
         let stages = self.stages();
-        let volume = stages
-            .volume(
-                &ws.repo_path(),
-                Stage::Review,
-                n,
-                tree,
-                "review.json",
-                input,
-            )
+        let (volume, out) = stages
+            .review_volumes(&ws.repo_path(), n, tree, input, OUT_VOLUME)
             .await?;
-        let out = match WorkVolume::create_writable(
-            self.sandbox,
-            &self.job.id,
-            &format!("review-out-{n}"),
-            OUT_VOLUME,
-        )
-        .await
-        {
-            Ok(out) => out,
-            Err(e) => {
-                volume.remove().await;
-                return Err(e.into());
-            }
-        };
         let result = async {
             let ran = stages
                 .container(&volume, Some(&out), Stage::Review, n, spec)
@@ -155,7 +134,7 @@ impl Runner<'_> {
                 ))
             } else {
                 // The out volume is 1 MiB; a tar of it fits in twice that.
-                match out.download(KILN_DIR, 2 * OUT_VOLUME.bytes()).await? {
+                match out.download_all(2 * OUT_VOLUME.bytes()).await? {
                     Ok(tar) => {
                         match single_file_from_tar(&tar, "kiln/verdict.json", MAX_VERDICT_BYTES) {
                             Ok(bytes) => ReviewVerdict::parse(&bytes),

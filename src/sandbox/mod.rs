@@ -21,7 +21,7 @@ pub use output::{CappedLog, head_text, tail_text};
 pub use spec::{
     ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };
-pub use volume::WorkVolume;
+pub use volume::{VolumeRequest, WorkVolume};
 
 use crate::ids::JobId;
 

@@ -1,19 +1,23 @@
-//! The workspace volume: a size-capped tmpfs, kept mounted by a tiny holder container, that
-//! the tree is copied into and out of as tar through the Docker API. No host path is ever
-//! mounted into a container, and the disk cap is the filesystem's own size.
+//! Workspace volumes: size-capped tmpfs volumes, kept mounted by a tiny holder container, that
+//! trees are copied into and out of as tar through the Docker API. No host path is ever mounted
+//! into a container, and the disk cap is the filesystem's own size.
+//!
+//! Volumes are made in batches that share one holder: the holder's start is a container start,
+//! as dear as a stage's own, so a job's generator and test volumes (or a reviewer's workspace
+//! and output) come from one batch. Each volume still belongs to one stage and starts empty.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bollard::models::VolumeCreateRequest;
+use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
 };
 use futures_util::StreamExt;
 
 use super::{
-    ContainerSpec, KILN_DIR, Sandbox, SandboxError, WORKSPACE_DIR, bounded, bounded_for,
-    docker_err, job_labels,
+    ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, job_labels,
 };
 use crate::ids::JobId;
 use crate::job::{ByteSize, Limits};
@@ -21,67 +25,70 @@ use crate::job::{ByteSize, Limits};
 /// The image of the holder container; `kiln image build busybox` makes it.
 pub const HOLDER_IMAGE: &str = crate::images::BUSYBOX;
 
-/// A tmpfs volume for one container's workspace, and the holder that keeps it mounted.
-/// Drop does not clean up (that needs the engine): call [`WorkVolume::remove`]; the job's
-/// final reap removes whatever an error path left.
+/// One volume a batch makes.
+#[derive(Clone, Copy, Debug)]
+pub struct VolumeRequest<'a> {
+    /// Names the volume (`kiln-JOB-ROLE-…`) and labels it `kiln.role`.
+    pub role: &'a str,
+    pub size: ByteSize,
+    /// The sandbox user may write the volume's root (a reviewer's output folder); otherwise
+    /// its root is root's and only what kiln uploads is the sandbox user's.
+    pub writable: bool,
+}
+
+/// A tmpfs volume for one container. Drop does not clean up (that needs the engine): call
+/// [`WorkVolume::remove`]; the job's final reap removes whatever an error path left.
 pub struct WorkVolume {
-    sandbox: Sandbox,
+    batch: Arc<Batch>,
     name: String,
+    /// Where the holder mounts it: `/vN/kiln`, so archives of it read `kiln/...` as a stage's
+    /// own `/kiln` would.
+    root: String,
+}
+
+/// A holder container and the volumes it keeps mounted; it goes with its last volume.
+struct Batch {
+    sandbox: Sandbox,
     holder: String,
+    volumes: Vec<String>,
 }
 
 impl WorkVolume {
-    /// Creates the volume (`size` bytes, its root owned by root) and starts its holder.
+    /// One volume (`size` bytes, its root owned by root) with a holder of its own.
     pub async fn create(
         sandbox: &Sandbox,
         job: &JobId,
         role: &str,
         size: ByteSize,
     ) -> Result<Self, SandboxError> {
-        Self::create_owned(sandbox, job, role, size, "mode=0755").await
-    }
-
-    /// A volume whose root the sandbox user may write: a reviewer's output folder.
-    pub async fn create_writable(
-        sandbox: &Sandbox,
-        job: &JobId,
-        role: &str,
-        size: ByteSize,
-    ) -> Result<Self, SandboxError> {
-        let owner = format!("mode=0700,uid={0},gid={0}", super::SANDBOX_UID);
-        Self::create_owned(sandbox, job, role, size, &owner).await
-    }
-
-    async fn create_owned(
-        sandbox: &Sandbox,
-        job: &JobId,
-        role: &str,
-        size: ByteSize,
-        owner: &str,
-    ) -> Result<Self, SandboxError> {
-        let docker = sandbox.docker();
-        let mut labels = job_labels(job);
-        labels.insert("kiln.role".into(), role.into());
-        let request = VolumeCreateRequest {
-            name: Some(format!(
-                "kiln-{job}-{role}-{}",
-                ulid::Ulid::new().to_string().to_lowercase()
-            )),
-            driver: Some("local".into()),
-            driver_opts: Some(HashMap::from([
-                ("type".to_string(), "tmpfs".to_string()),
-                ("device".to_string(), "tmpfs".to_string()),
-                (
-                    "o".to_string(),
-                    format!("size={},{owner},nosuid,nodev", size.bytes()),
-                ),
-            ])),
-            labels: Some(labels.clone()),
-            ..Default::default()
+        let request = VolumeRequest {
+            role,
+            size,
+            writable: false,
         };
-        let volume = bounded("create volume", docker.create_volume(request))
-            .await?
-            .map_err(docker_err("create a workspace volume"))?;
+        let mut batch = Self::create_batch(sandbox, job, &[request]).await?;
+        Ok(batch.remove(0))
+    }
+
+    /// Makes one volume per request and one holder that keeps them all mounted.
+    pub async fn create_batch(
+        sandbox: &Sandbox,
+        job: &JobId,
+        requests: &[VolumeRequest<'_>],
+    ) -> Result<Vec<Self>, SandboxError> {
+        let docker = sandbox.docker();
+        let labels = job_labels(job);
+        let mut names = Vec::new();
+        for request in requests {
+            match create_volume(sandbox, job, request).await {
+                Ok(name) => names.push(name),
+                Err(e) => {
+                    remove_volumes(sandbox, &names).await;
+                    return Err(e);
+                }
+            }
+        }
+        let roots: Vec<String> = (0..names.len()).map(|i| format!("/v{i}/kiln")).collect();
         let holder_spec = ContainerSpec {
             image: HOLDER_IMAGE.into(),
             command: vec!["sleep".into(), "2147483647".into()],
@@ -93,45 +100,63 @@ impl WorkVolume {
                 ..Limits::default()
             },
             loosened: Vec::new(),
-            volume: Some(volume.name.clone()),
+            volume: None,
             volume_read_only: false,
             out_volume: None,
             labels,
         };
-        let holder = match bounded(
-            "create holder",
-            docker.create_container(None, holder_spec.to_create_body()),
-        )
-        .await?
-        {
+        let mut body = holder_spec.to_create_body();
+        if let Some(host) = body.host_config.as_mut() {
+            host.mounts = Some(
+                names
+                    .iter()
+                    .zip(&roots)
+                    .map(|(name, root)| Mount {
+                        target: Some(root.clone()),
+                        source: Some(name.clone()),
+                        typ: Some(MountType::VOLUME),
+                        read_only: Some(false),
+                        ..Default::default()
+                    })
+                    .collect(),
+            );
+        }
+        let holder = match bounded("create holder", docker.create_container(None, body)).await? {
             Ok(created) => created.id,
             Err(e) => {
-                let _ = docker
-                    .remove_volume(&volume.name, None::<RemoveVolumeOptions>)
-                    .await;
+                remove_volumes(sandbox, &names).await;
                 return Err(docker_err("create the workspace holder")(e));
             }
         };
-        let work = WorkVolume {
+        let batch = Arc::new(Batch {
             sandbox: sandbox.clone(),
-            name: volume.name,
             holder,
-        };
-        if let Err(e) = bounded("start holder", docker.start_container(&work.holder, None)).await? {
-            work.remove().await;
+            volumes: names.clone(),
+        });
+        if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await? {
+            batch.remove().await;
             return Err(docker_err("start the workspace holder")(e));
         }
-        Ok(work)
+        Ok(names
+            .into_iter()
+            .zip(roots)
+            .map(|(name, root)| WorkVolume {
+                batch: batch.clone(),
+                name,
+                root,
+            })
+            .collect())
     }
 
     pub fn name(&self) -> &str {
         &self.name
     }
 
-    /// Unpacks `tar` at the volume's root (`/kiln`): the tar holds `workspace/...` and `job.json`.
+    /// Unpacks `tar` at the volume's root (a stage's `/kiln`): the tar holds `workspace/...`
+    /// and the stage's input file.
     pub async fn upload(&self, tar: Vec<u8>) -> Result<(), SandboxError> {
         let opts = UploadToContainerOptions {
-            path: KILN_DIR.into(),
+            path: self.root.clone(),
             ..Default::default()
         };
         // A minute, plus a second for every 16 MiB: generous for a local engine.
@@ -140,31 +165,33 @@ impl WorkVolume {
         bounded_for(
             limit,
             "upload",
-            self.sandbox
+            self.batch
+                .sandbox
                 .docker()
-                .upload_to_container(&self.holder, Some(opts), body),
+                .upload_to_container(&self.batch.holder, Some(opts), body),
         )
         .await?
         .map_err(docker_err("copy the workspace into its volume"))
     }
 
-    /// The workspace as a tar stream, refused past `cap` bytes (the tree is hostile: never trust its size).
+    /// The workspace (entries `workspace/...`) as a tar stream, refused past `cap` bytes (the
+    /// tree is hostile: never trust its size).
     pub async fn download_workspace(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        self.download(WORKSPACE_DIR, cap).await
+        self.download(&format!("{}/workspace", self.root), cap).await
     }
 
-    /// `path` (under [`KILN_DIR`], where the holder mounts the volume) as a tar stream, refused
-    /// past `cap` bytes.
-    pub async fn download(
-        &self,
-        path: &str,
-        cap: u64,
-    ) -> Result<Result<Vec<u8>, u64>, SandboxError> {
+    /// The whole volume (entries `kiln/...`) as a tar stream, refused past `cap` bytes.
+    pub async fn download_all(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
+        self.download(&self.root, cap).await
+    }
+
+    async fn download(&self, path: &str, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
         let opts = DownloadFromContainerOptions { path: path.into() };
         let mut stream = self
+            .batch
             .sandbox
             .docker()
-            .download_from_container(&self.holder, Some(opts));
+            .download_from_container(&self.batch.holder, Some(opts));
         let mut tar = Vec::new();
         // Two minutes, plus a second for every 16 MiB the archive may hold.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + (cap >> 24));
@@ -185,17 +212,68 @@ impl WorkVolume {
         }
     }
 
-    /// Removes the holder and the volume; failures are logged, the job's final reap retries.
+    /// Gives the volume up. When it was its batch's last, the holder and every volume of the
+    /// batch are removed; failures are logged, the job's final reap retries.
     pub async fn remove(self) {
+        if let Some(batch) = Arc::into_inner(self.batch) {
+            batch.remove().await;
+        }
+    }
+}
+
+impl Batch {
+    async fn remove(&self) {
         self.sandbox.remove_container(&self.holder).await;
+        remove_volumes(&self.sandbox, &self.volumes).await;
+    }
+}
+
+async fn create_volume(
+    sandbox: &Sandbox,
+    job: &JobId,
+    request: &VolumeRequest<'_>,
+) -> Result<String, SandboxError> {
+    let mut labels = job_labels(job);
+    labels.insert("kiln.role".into(), request.role.into());
+    let owner = if request.writable {
+        format!("mode=0700,uid={0},gid={0}", super::SANDBOX_UID)
+    } else {
+        "mode=0755".to_string()
+    };
+    let body = VolumeCreateRequest {
+        name: Some(format!(
+            "kiln-{job}-{}-{}",
+            request.role,
+            ulid::Ulid::new().to_string().to_lowercase()
+        )),
+        driver: Some("local".into()),
+        driver_opts: Some(HashMap::from([
+            ("type".to_string(), "tmpfs".to_string()),
+            ("device".to_string(), "tmpfs".to_string()),
+            (
+                "o".to_string(),
+                format!("size={},{owner},nosuid,nodev", request.size.bytes()),
+            ),
+        ])),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    let volume = bounded("create volume", sandbox.docker().create_volume(body))
+        .await?
+        .map_err(docker_err("create a workspace volume"))?;
+    Ok(volume.name)
+}
+
+async fn remove_volumes(sandbox: &Sandbox, names: &[String]) {
+    for name in names {
         let opts = RemoveVolumeOptions { force: true };
         if let Ok(Err(e)) = bounded(
             "remove volume",
-            self.sandbox.docker().remove_volume(&self.name, Some(opts)),
+            sandbox.docker().remove_volume(name, Some(opts)),
         )
         .await
         {
-            tracing::warn!(volume = self.name, "could not remove volume: {e}");
+            tracing::warn!(volume = name, "could not remove volume: {e}");
         }
     }
 }
