@@ -155,6 +155,14 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
     let idle = served.rss_kib();
     let blocker = job(&repo, 0, 600).replace("touches = [\"f0.txt\"]", "touches = [\"**\"]");
     served.submit(blocker).await?;
+    // Its generator running, so that the server is killed with everything made (gc finds all).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !generator_running() {
+        if Instant::now() > deadline {
+            return Err(Error::Internal("the blocking job did not start".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for n in 1..=queued {
         served.submit(job(&repo, n, 0)).await?;
     }
@@ -188,4 +196,12 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
         rss as f64 / 1024.0
     );
     Ok(ExitCode::Success)
+}
+
+/// Whether a kiln generator container is running (the benchmark's server is the only kiln).
+fn generator_running() -> bool {
+    Command::new("docker")
+        .args(["ps", "-q", "--filter", "label=kiln.stage=generate"])
+        .output()
+        .is_ok_and(|out| !out.stdout.is_empty())
 }

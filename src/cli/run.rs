@@ -66,6 +66,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     if let Err(e) = sandbox.reap_job(&job.id).await {
         eprintln!("kiln: cleaning up job {}: {e}; run `kiln gc`", job.id);
     }
+    sandbox.release_spare_volumes().await;
     let Some(result) = outcome else {
         eprintln!(
             "kiln: interrupted; job {} stopped and its containers removed",

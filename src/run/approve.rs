@@ -152,7 +152,6 @@ pub async fn approve(
             job: &job,
             limits: &merge.limits,
             loosened: &merge.loosened,
-            spares: None,
         },
         repo: &source,
         change: commit,
@@ -171,6 +170,7 @@ pub async fn approve(
     if let Err(err) = sandbox.reap_job(&job).await {
         tracing::warn!("cleaning up after the merge queue: {err}");
     }
+    sandbox.release_spare_volumes().await;
     match outcome? {
         MergeOutcome::Landed { tip, merged } => {
             record(

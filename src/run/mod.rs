@@ -27,7 +27,7 @@ pub use merge::MergeReport;
 use outcome::AfterPass;
 pub use progress::Progress;
 pub use report::{Report, Status};
-use stage::{Spares, Stages};
+use stage::Stages;
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
@@ -102,7 +102,6 @@ pub async fn run_job(
         context: Vec::new(),
         gate,
         gate_result: None,
-        spares: Spares::default(),
     };
     let span = info_span!("job", job_id = %job.id);
     runner.record(
@@ -183,8 +182,6 @@ struct Runner<'a> {
     context: Vec<String>,
     gate: Option<Arc<Gate>>,
     gate_result: Option<GateResult>,
-    /// The volume a generator's batch made for its tests.
-    spares: Spares,
 }
 
 /// How a job that ran to its end ended.
@@ -421,7 +418,7 @@ impl Runner<'_> {
     ) -> Result<(Ran, Oid, Ingested), Error> {
         let stages = self.stages();
         let volume = stages
-            .volume(&ws.repo_path(), Stage::Generate, n, tree, "job.json", input)
+            .volume(&ws.repo_path(), tree, "job.json", input)
             .await?;
         let result = async {
             let ran = stages
@@ -479,7 +476,6 @@ impl Runner<'_> {
             job: &self.job.id,
             limits: &self.job.limits,
             loosened: &self.job.loosened,
-            spares: Some(&self.spares),
         }
     }
 

@@ -2,7 +2,6 @@
 //! reviewer and the merge queue's re-test all run through.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use git2::Oid;
 use tracing::{Instrument, info_span};
@@ -22,24 +21,6 @@ pub(crate) struct Stages<'a> {
     pub job: &'a JobId,
     pub limits: &'a Limits,
     pub loosened: &'a [Loosening],
-    /// Where a generator's batch keeps the volume its tests will use; `None` where no test
-    /// follows in the same job run (the merge queue's own re-test).
-    pub spares: Option<&'a Spares>,
-}
-
-/// A job's unused volume: a generator's volume is made together with the one its tests will
-/// use, so both share one holder container (see `sandbox::volume`).
-#[derive(Default)]
-pub(crate) struct Spares(Mutex<Vec<WorkVolume>>);
-
-impl Spares {
-    fn take(&self) -> Option<WorkVolume> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn keep(&self, volume: WorkVolume) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(volume);
-    }
 }
 
 impl Stages<'_> {
@@ -47,13 +28,11 @@ impl Stages<'_> {
     pub async fn volume(
         &self,
         repo: &Path,
-        stage: Stage,
-        n: u32,
         tree: Oid,
         input_name: &'static str,
         input: &[u8],
     ) -> Result<WorkVolume, Error> {
-        let volume = self.fresh_volume(stage, n).await?;
+        let volume = self.sandbox.workspace_volume(self.limits.workspace).await?;
         fill(volume, repo, tree, input_name, input).await
     }
 
@@ -90,37 +69,6 @@ impl Stages<'_> {
                 out.remove().await;
                 Err(e)
             }
-        }
-    }
-
-    /// An empty volume for `stage`: a spare if there is one; for a generator, made in a batch
-    /// with the volume its tests will take.
-    async fn fresh_volume(&self, stage: Stage, n: u32) -> Result<WorkVolume, Error> {
-        if let Some(volume) = self.spares.and_then(Spares::take) {
-            return Ok(volume);
-        }
-        let role = format!("{stage}-{n}");
-        let size = self.limits.workspace;
-        match self.spares {
-            Some(spares) if stage == Stage::Generate => {
-                let request = |role| VolumeRequest {
-                    role,
-                    size,
-                    writable: false,
-                };
-                let batch = WorkVolume::create_batch(
-                    self.sandbox,
-                    self.job,
-                    &[request(&role), request("spare")],
-                )
-                .await?;
-                let [volume, spare] = <[WorkVolume; 2]>::try_from(batch)
-                    .ok()
-                    .expect("create_batch makes one volume per request");
-                spares.keep(spare);
-                Ok(volume)
-            }
-            _ => Ok(WorkVolume::create(self.sandbox, self.job, &role, size).await?),
         }
     }
 
@@ -179,7 +127,7 @@ impl Stages<'_> {
         input: &[u8],
         spec: &StageSpec,
     ) -> Result<Ran, Error> {
-        let volume = self.volume(repo, stage, n, tree, "job.json", input).await?;
+        let volume = self.volume(repo, tree, "job.json", input).await?;
         let result = self.container(&volume, None, stage, n, spec).await;
         volume.remove().await;
         result

@@ -7,6 +7,7 @@ mod spec;
 mod volume;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -23,7 +24,10 @@ pub use spec::{
 };
 pub use volume::{VolumeRequest, WorkVolume};
 
+use volume::VolumePool;
+
 use crate::ids::JobId;
+use crate::job::ByteSize;
 
 /// Label on every container and volume kiln makes: the job it belongs to.
 pub const LABEL_JOB: &str = "kiln.job";
@@ -91,10 +95,11 @@ impl RunOutcome {
     }
 }
 
-/// A connection to the Docker engine.
+/// A connection to the Docker engine, and the workspace volumes made ahead on it.
 #[derive(Clone)]
 pub struct Sandbox {
     docker: Docker,
+    volumes: Arc<VolumePool>,
 }
 
 impl Sandbox {
@@ -109,7 +114,32 @@ impl Sandbox {
             .await
             .map_err(|_| SandboxError::Unreachable("no answer within 10s".into()))?
             .map_err(|e| SandboxError::Unreachable(e.to_string()))?;
-        Ok(Sandbox { docker })
+        Ok(Sandbox {
+            docker,
+            volumes: Arc::new(VolumePool::new(2)),
+        })
+    }
+
+    /// This sandbox with workspace volumes made `per_holder` to a holder container (2 by
+    /// default: one job's generator and tests). More saves holder starts when many jobs run;
+    /// a used volume's memory is freed only with its whole batch.
+    pub fn with_volumes_per_holder(self, per_holder: usize) -> Self {
+        Sandbox {
+            volumes: Arc::new(VolumePool::new(per_holder)),
+            ..self
+        }
+    }
+
+    /// An empty workspace volume of `size` bytes; give it up with [`WorkVolume::remove`].
+    pub async fn workspace_volume(&self, size: ByteSize) -> Result<WorkVolume, SandboxError> {
+        self.volumes.take(self, size).await
+    }
+
+    /// Removes the workspace volumes made ahead and not used; before this process ends.
+    pub async fn release_spare_volumes(&self) {
+        for volume in self.volumes.drain() {
+            volume.remove().await;
+        }
     }
 
     pub fn docker(&self) -> &Docker {
@@ -255,21 +285,7 @@ impl Sandbox {
     }
 
     async fn remove_container(&self, id: &str) {
-        let opts = RemoveContainerOptions {
-            force: true,
-            v: true,
-            ..Default::default()
-        };
-        match bounded(
-            "remove container",
-            self.docker.remove_container(id, Some(opts)),
-        )
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(container = id, "could not remove container: {e}"),
-            Err(e) => warn!(container = id, "{e}"),
-        }
+        remove_container(&self.docker, id).await;
     }
 
     /// Removes every container and volume labelled with `job`; safe to call more than once.
@@ -331,10 +347,29 @@ impl Sandbox {
     }
 }
 
+/// Removes a container, running or not; failures are logged, the job's final reap retries.
+async fn remove_container(docker: &Docker, id: &str) {
+    let opts = RemoveContainerOptions {
+        force: true,
+        v: true,
+        ..Default::default()
+    };
+    match bounded("remove container", docker.remove_container(id, Some(opts))).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(container = id, "could not remove container: {e}"),
+        Err(e) => warn!(container = id, "{e}"),
+    }
+}
+
 /// Labels for everything made for `job`: the job id and this process, for `kiln gc`.
 pub fn job_labels(job: &JobId) -> HashMap<String, String> {
+    owner_labels(&job.to_string())
+}
+
+/// [`job_labels`] for an owner that may be no one job (pooled volumes are `shared`).
+fn owner_labels(owner: &str) -> HashMap<String, String> {
     HashMap::from([
-        (LABEL_JOB.to_string(), job.to_string()),
+        (LABEL_JOB.to_string(), owner.to_string()),
         (LABEL_PID.to_string(), std::process::id().to_string()),
     ])
 }

@@ -3,13 +3,16 @@
 //! into a container, and the disk cap is the filesystem's own size.
 //!
 //! Volumes are made in batches that share one holder: the holder's start is a container start,
-//! as dear as a stage's own, so a job's generator and test volumes (or a reviewer's workspace
-//! and output) come from one batch. Each volume still belongs to one stage and starts empty.
+//! as dear as a stage's own. Workspace volumes come from the sandbox's [`VolumePool`], which
+//! makes them several to a holder (a job's generator and tests; under `kiln serve`, several
+//! jobs'); a reviewer's workspace and output are one batch. Each volume still belongs to one
+//! stage and starts empty; a used one is freed with its batch.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bollard::Docker;
 use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
@@ -17,7 +20,8 @@ use bollard::query_parameters::{
 use futures_util::StreamExt;
 
 use super::{
-    ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, job_labels,
+    ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
+    remove_container,
 };
 use crate::ids::JobId;
 use crate::job::{ByteSize, Limits};
@@ -48,10 +52,59 @@ pub struct WorkVolume {
 
 /// A holder container and the volumes it keeps mounted; it goes with its last volume.
 struct Batch {
-    sandbox: Sandbox,
+    docker: Docker,
     holder: String,
     volumes: Vec<String>,
 }
+
+/// Empty workspace volumes made ahead, `per_holder` to a holder, handed out by size.
+pub(super) struct VolumePool {
+    per_holder: usize,
+    spares: Mutex<HashMap<u64, Vec<WorkVolume>>>,
+}
+
+impl VolumePool {
+    pub(super) fn new(per_holder: usize) -> Self {
+        VolumePool {
+            per_holder: per_holder.max(1),
+            spares: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// An empty volume of `size`: a spare, or the first of a new batch whose rest become spares.
+    pub(super) async fn take(
+        &self,
+        sandbox: &Sandbox,
+        size: ByteSize,
+    ) -> Result<WorkVolume, SandboxError> {
+        if let Some(volume) = self.lock().get_mut(&size.bytes()).and_then(Vec::pop) {
+            return Ok(volume);
+        }
+        let request = VolumeRequest {
+            role: "workspace",
+            size,
+            writable: false,
+        };
+        let requests = vec![request; self.per_holder];
+        let mut batch = WorkVolume::create_batch_for(sandbox, SHARED, &requests).await?;
+        let volume = batch.pop().expect("create_batch makes one volume per request");
+        self.lock().entry(size.bytes()).or_default().extend(batch);
+        Ok(volume)
+    }
+
+    /// Every spare, to be removed.
+    pub(super) fn drain(&self) -> Vec<WorkVolume> {
+        self.lock().drain().flat_map(|(_, v)| v).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<WorkVolume>>> {
+        self.spares.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The `kiln.job` label of pooled volumes and their holders, which belong to no one job:
+/// `kiln gc` removes them once their kiln process is gone; a job's own reap leaves them.
+const SHARED: &str = "shared";
 
 impl WorkVolume {
     /// One volume (`size` bytes, its root owned by root) with a holder of its own.
@@ -70,24 +123,34 @@ impl WorkVolume {
         Ok(batch.remove(0))
     }
 
-    /// Makes one volume per request and one holder that keeps them all mounted.
+    /// Makes one volume per request for `job` and one holder that keeps them all mounted.
     pub async fn create_batch(
         sandbox: &Sandbox,
         job: &JobId,
         requests: &[VolumeRequest<'_>],
     ) -> Result<Vec<Self>, SandboxError> {
+        Self::create_batch_for(sandbox, &job.to_string(), requests).await
+    }
+
+    /// [`WorkVolume::create_batch`] labelled `kiln.job=owner`.
+    async fn create_batch_for(
+        sandbox: &Sandbox,
+        owner: &str,
+        requests: &[VolumeRequest<'_>],
+    ) -> Result<Vec<Self>, SandboxError> {
         let docker = sandbox.docker();
-        let labels = job_labels(job);
+        let mut labels = owner_labels(owner);
         let mut names = Vec::new();
         for request in requests {
-            match create_volume(sandbox, job, request).await {
+            match create_volume(docker, owner, request).await {
                 Ok(name) => names.push(name),
                 Err(e) => {
-                    remove_volumes(sandbox, &names).await;
+                    remove_volumes(docker, &names).await;
                     return Err(e);
                 }
             }
         }
+        labels.insert("kiln.role".into(), "holder".into());
         let roots: Vec<String> = (0..names.len()).map(|i| format!("/v{i}/kiln")).collect();
         let holder_spec = ContainerSpec {
             image: HOLDER_IMAGE.into(),
@@ -124,19 +187,20 @@ impl WorkVolume {
         let holder = match bounded("create holder", docker.create_container(None, body)).await? {
             Ok(created) => created.id,
             Err(e) => {
-                remove_volumes(sandbox, &names).await;
+                remove_volumes(docker, &names).await;
                 return Err(docker_err("create the workspace holder")(e));
             }
         };
-        let batch = Arc::new(Batch {
-            sandbox: sandbox.clone(),
+        let batch = Batch {
+            docker: docker.clone(),
             holder,
             volumes: names.clone(),
-        });
+        };
         if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await? {
             batch.remove().await;
             return Err(docker_err("start the workspace holder")(e));
         }
+        let batch = Arc::new(batch);
         Ok(names
             .into_iter()
             .zip(roots)
@@ -166,8 +230,7 @@ impl WorkVolume {
             limit,
             "upload",
             self.batch
-                .sandbox
-                .docker()
+                .docker
                 .upload_to_container(&self.batch.holder, Some(opts), body),
         )
         .await?
@@ -189,8 +252,7 @@ impl WorkVolume {
         let opts = DownloadFromContainerOptions { path: path.into() };
         let mut stream = self
             .batch
-            .sandbox
-            .docker()
+            .docker
             .download_from_container(&self.batch.holder, Some(opts));
         let mut tar = Vec::new();
         // Two minutes, plus a second for every 16 MiB the archive may hold.
@@ -222,27 +284,47 @@ impl WorkVolume {
 }
 
 impl Batch {
-    async fn remove(&self) {
-        self.sandbox.remove_container(&self.holder).await;
-        remove_volumes(&self.sandbox, &self.volumes).await;
+    async fn remove(mut self) {
+        let (holder, volumes) = (std::mem::take(&mut self.holder), std::mem::take(&mut self.volumes));
+        remove_container(&self.docker, &holder).await;
+        remove_volumes(&self.docker, &volumes).await;
+    }
+}
+
+/// A batch whose last volume was dropped without [`WorkVolume::remove`] (its job was cancelled
+/// mid-stage) is removed in the background.
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if self.holder.is_empty() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let batch = Batch {
+            docker: self.docker.clone(),
+            holder: std::mem::take(&mut self.holder),
+            volumes: std::mem::take(&mut self.volumes),
+        };
+        runtime.spawn(batch.remove());
     }
 }
 
 async fn create_volume(
-    sandbox: &Sandbox,
-    job: &JobId,
+    docker: &Docker,
+    owner: &str,
     request: &VolumeRequest<'_>,
 ) -> Result<String, SandboxError> {
-    let mut labels = job_labels(job);
+    let mut labels = owner_labels(owner);
     labels.insert("kiln.role".into(), request.role.into());
-    let owner = if request.writable {
+    let root = if request.writable {
         format!("mode=0700,uid={0},gid={0}", super::SANDBOX_UID)
     } else {
         "mode=0755".to_string()
     };
     let body = VolumeCreateRequest {
         name: Some(format!(
-            "kiln-{job}-{}-{}",
+            "kiln-{owner}-{}-{}",
             request.role,
             ulid::Ulid::new().to_string().to_lowercase()
         )),
@@ -252,25 +334,22 @@ async fn create_volume(
             ("device".to_string(), "tmpfs".to_string()),
             (
                 "o".to_string(),
-                format!("size={},{owner},nosuid,nodev", request.size.bytes()),
+                format!("size={},{root},nosuid,nodev", request.size.bytes()),
             ),
         ])),
         labels: Some(labels),
         ..Default::default()
     };
-    let volume = bounded("create volume", sandbox.docker().create_volume(body))
+    let volume = bounded("create volume", docker.create_volume(body))
         .await?
         .map_err(docker_err("create a workspace volume"))?;
     Ok(volume.name)
 }
 
-async fn remove_volumes(sandbox: &Sandbox, names: &[String]) {
+async fn remove_volumes(docker: &Docker, names: &[String]) {
     for name in names {
         let opts = RemoveVolumeOptions { force: true };
-        if let Ok(Err(e)) = bounded(
-            "remove volume",
-            sandbox.docker().remove_volume(name, Some(opts)),
-        )
+        if let Ok(Err(e)) = bounded("remove volume", docker.remove_volume(name, Some(opts)))
         .await
         {
             tracing::warn!(volume = name, "could not remove volume: {e}");

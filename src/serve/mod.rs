@@ -80,6 +80,11 @@ impl Server {
 
 /// Makes the state folder (0700), its token file (0600, made once) and store, reaps what a dead
 /// server left, then serves until the process ends.
+/// Workspace volumes per holder container under serve: three jobs' generators and tests share
+/// one holder, so the holder's start is paid once for them; a used volume's memory is freed
+/// when its batch's last volume is.
+const VOLUMES_PER_HOLDER: usize = 6;
+
 pub async fn serve(
     options: ServeOptions,
     mut config: Config,
@@ -102,7 +107,9 @@ pub async fn serve(
     config.audit_log = Some(audit_path.clone());
     let audit = AuditLog::open(&audit_path)?;
     let store = Store::open(&dir.join("kiln.db")).map_err(|e| Error::Internal(e.to_string()))?;
-    let sandbox = Sandbox::connect().await?;
+    let sandbox = Sandbox::connect()
+        .await?
+        .with_volumes_per_holder(VOLUMES_PER_HOLDER);
     // A dead server's containers go first, then its jobs follow the restart rule.
     let reaped = sandbox.gc(false).await?;
     let recovered = store
