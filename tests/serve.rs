@@ -347,9 +347,17 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
         "kiln_jobs{state=\"succeeded\"} 1",
         "kiln_attempts_total 1",
         "kiln_stage_duration_seconds_count{stage=\"test\"} 1",
+        "kiln_container_start_seconds_count{stage=\"generate\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
+    // A container's start is measured, not assumed: it takes some time, and less than a minute.
+    let start_sum: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kiln_container_start_seconds_sum{stage=\"test\"} "))
+        .and_then(|v| v.parse().ok())
+        .expect("a start latency sum for the test stage");
+    assert!(start_sum > 0.0 && start_sum < 60.0, "{start_sum}");
     // An artifact path cannot leave the job's folder, written or percent-encoded.
     let token = server.token.clone();
     for escape in ["../../token", "..%2F..%2Ftoken", "attempt-1/../../../token"] {

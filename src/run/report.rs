@@ -156,6 +156,8 @@ pub struct StageReport {
     pub exit_code: Option<i64>,
     pub timed_out: bool,
     pub oom_killed: bool,
+    /// From asking the engine for the container to its start.
+    pub start_ms: u64,
     pub duration_ms: u64,
     pub output_bytes: u64,
     /// Output bytes dropped by the cap (`limits.output`); kept are the first and last halves.
@@ -184,6 +186,7 @@ pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
         exit_code: ran.exit_code,
         timed_out: ran.timed_out,
         oom_killed: ran.oom_killed,
+        start_ms: ran.start_ms,
         duration_ms: ran.duration_ms,
         output_bytes: ran.output_total,
         output_dropped_bytes: ran.output_dropped,

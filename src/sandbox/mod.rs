@@ -84,6 +84,9 @@ pub struct RunOutcome {
     pub timed_out: bool,
     /// The kernel's OOM killer fired inside the container.
     pub oom_killed: bool,
+    /// From asking the engine to create the container to its start: what kiln waits for
+    /// before the command runs.
+    pub start_latency: Duration,
     pub duration: Duration,
     /// stdout and stderr interleaved, capped.
     pub output: CappedLog,
@@ -166,6 +169,7 @@ impl Sandbox {
         spec: &ContainerSpec,
         timeout: Duration,
     ) -> Result<RunOutcome, SandboxError> {
+        let asked = Instant::now();
         let created = bounded(
             "create container",
             self.docker.create_container(None, spec.to_create_body()),
@@ -174,7 +178,7 @@ impl Sandbox {
         .map_err(docker_err("create a container"))?;
         let id = created.id;
         let outcome = self
-            .run_created(&id, spec.limits.output.bytes() as usize, timeout)
+            .run_created(&id, spec.limits.output.bytes() as usize, timeout, asked)
             .await;
         self.remove_container(&id).await;
         outcome
@@ -185,6 +189,7 @@ impl Sandbox {
         id: &str,
         output_cap: usize,
         timeout: Duration,
+        asked: Instant,
     ) -> Result<RunOutcome, SandboxError> {
         let attach = AttachContainerOptions {
             stream: true,
@@ -214,6 +219,7 @@ impl Sandbox {
         bounded("start container", self.docker.start_container(id, None))
             .await?
             .map_err(docker_err("start a container"))?;
+        let start_latency = asked.elapsed();
         let timed_out = !self
             .wait_until(id, tokio::time::Instant::now() + timeout)
             .await;
@@ -252,6 +258,7 @@ impl Sandbox {
             exit_code: if timed_out { None } else { state.exit_code },
             timed_out,
             oom_killed: state.oom_killed.unwrap_or(false),
+            start_latency,
             duration,
             output,
         })

@@ -1,5 +1,6 @@
-//! What `/metrics` reports besides the store's counts: histograms of stage durations and policy
-//! evaluation latency, and counters of attempts, gathered from each job's report as it ends.
+//! What `/metrics` reports besides the store's counts: histograms of stage durations, container
+//! start latency and policy evaluation latency, and counters of attempts, gathered from each
+//! job's report as it ends.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -9,6 +10,7 @@ use crate::run::Report;
 
 /// Upper bounds, in seconds, of the histogram buckets.
 const STAGE_BUCKETS: [f64; 9] = [0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0];
+const START_BUCKETS: [f64; 8] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const POLICY_BUCKETS: [f64; 8] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5];
 
 #[derive(Default)]
@@ -60,6 +62,7 @@ struct Gathered {
     attempts: u64,
     jobs_ended: u64,
     stages: BTreeMap<&'static str, Histogram>,
+    starts: BTreeMap<&'static str, Histogram>,
     policies: Histogram,
 }
 
@@ -80,19 +83,20 @@ impl Metrics {
         g.attempts += report.attempts.len() as u64;
         for attempt in &report.attempts {
             let stages = [
-                ("generate", Some(attempt.generate.duration_ms)),
-                ("test", attempt.test.as_ref().map(|t| t.duration_ms)),
-                (
-                    "review",
-                    attempt.review.as_ref().map(|r| r.stage.duration_ms),
-                ),
+                ("generate", Some(&attempt.generate)),
+                ("test", attempt.test.as_ref()),
+                ("review", attempt.review.as_ref().map(|r| &r.stage)),
             ];
-            for (stage, ms) in stages {
-                if let Some(ms) = ms {
+            for (stage, report) in stages {
+                if let Some(report) = report {
                     g.stages
                         .entry(stage)
                         .or_default()
-                        .observe(&STAGE_BUCKETS, ms as f64 / 1000.0);
+                        .observe(&STAGE_BUCKETS, report.duration_ms as f64 / 1000.0);
+                    g.starts
+                        .entry(stage)
+                        .or_default()
+                        .observe(&START_BUCKETS, report.start_ms as f64 / 1000.0);
                 }
             }
         }
@@ -133,6 +137,19 @@ impl Metrics {
                 "kiln_stage_duration_seconds",
                 &format!("stage=\"{stage}\""),
                 &STAGE_BUCKETS,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_container_start_seconds From asking the engine for a stage's container to its start.\n\
+             # TYPE kiln_container_start_seconds histogram"
+        );
+        for (stage, histogram) in &g.starts {
+            histogram.write(
+                out,
+                "kiln_container_start_seconds",
+                &format!("stage=\"{stage}\""),
+                &START_BUCKETS,
             );
         }
         let _ = writeln!(
