@@ -19,15 +19,20 @@ struct Server {
 }
 
 impl Server {
+    /// A server whose jobs may name repositories in the folder holding `state`.
     fn start(state: &Path, extra: &[&str]) -> Server {
+        Server::start_with_repos(state, &[state.parent().unwrap()], extra)
+    }
+
+    fn start_with_repos(state: &Path, repos: &[&Path], extra: &[&str]) -> Server {
         let _ = std::fs::remove_file(state.join("address"));
-        let child = kiln()
-            .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
-            .arg(state)
-            .args(extra)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = kiln();
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(state);
+        for root in repos {
+            cmd.arg("--repos").arg(root);
+        }
+        let child = cmd.args(extra).stderr(Stdio::null()).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         while !state.join("address").exists() {
             assert!(Instant::now() < deadline, "the server did not start");
@@ -308,6 +313,32 @@ fn requests_without_the_token_or_malformed_or_oversized_are_refused() {
     );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("prompt_file"), "{body}");
+    // A job may name only repositories under the operator's --repos folders, links resolved.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::write(elsewhere.path().join("secret.txt"), "not yours\n").unwrap();
+    let link = jobs.dir.path().join("link");
+    std::os::unix::fs::symlink(elsewhere.path(), &link).unwrap();
+    let repo = jobs.dir.path().join("repo").display().to_string();
+    for outside in [elsewhere.path().to_path_buf(), link, PathBuf::from("/")] {
+        let named = job.replace(&repo, &outside.display().to_string());
+        let (code, body) =
+            server.http("POST", "/jobs", Some(&token), Some(named.as_bytes()), false);
+        assert_eq!(code, 403, "{}: {body}", outside.display());
+        assert!(
+            body.contains("`repo`") && body.contains("not under"),
+            "{body}"
+        );
+    }
+    let closed = Server::start_with_repos(&jobs.dir.path().join("closed"), &[], &[]);
+    let (code, body) = closed.http(
+        "POST",
+        "/jobs",
+        Some(&closed.token),
+        Some(job.as_bytes()),
+        false,
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("--repos"), "{body}");
     let (code, body) = server.http("GET", "/openapi.json", None, None, false);
     assert_eq!(code, 200);
     assert!(body.contains("\"openapi\""));

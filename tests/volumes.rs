@@ -51,7 +51,13 @@ fn names_in(tar: &[u8]) -> Vec<String> {
     let mut names: Vec<String> = archive
         .entries()
         .expect("a tar")
-        .map(|e| e.expect("an entry").path().expect("a path").display().to_string())
+        .map(|e| {
+            e.expect("an entry")
+                .path()
+                .expect("a path")
+                .display()
+                .to_string()
+        })
         .filter(|p| p != "workspace/" && p != "workspace")
         .collect();
     names.sort();
@@ -77,13 +83,24 @@ fn pooled_volumes_are_separate_and_leave_nothing_behind() {
         assert_eq!(volumes().len(), 3, "the batch's three volumes");
         a.upload(tar_with("a.txt", "a")).await.expect("upload");
         b.upload(tar_with("b.txt", "b")).await.expect("upload");
-        let in_a = a.download_workspace(1 << 20).await.expect("download").expect("small");
-        let in_b = b.download_workspace(1 << 20).await.expect("download").expect("small");
+        let in_a = a
+            .download_workspace(1 << 20)
+            .await
+            .expect("download")
+            .expect("small");
+        let in_b = b
+            .download_workspace(1 << 20)
+            .await
+            .expect("download")
+            .expect("small");
         assert_eq!(names_in(&in_a), ["workspace/a.txt"]);
         assert_eq!(names_in(&in_b), ["workspace/b.txt"]);
 
         // Another size is another batch.
-        let other = sandbox.workspace_volume(ByteSize::mib(4)).await.expect("a volume");
+        let other = sandbox
+            .workspace_volume(ByteSize::mib(4))
+            .await
+            .expect("a volume");
         assert_eq!(holders().len(), 2);
 
         // Giving up volumes keeps the holder while its batch has any left, spares included.

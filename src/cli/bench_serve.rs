@@ -134,9 +134,13 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
     }
     let bare = started.elapsed();
 
+    let root = dir
+        .path()
+        .to_str()
+        .ok_or_else(|| Error::Internal("a temp path that is not UTF-8".into()))?;
     let served = Served::start(
         &dir.path().join("state"),
-        &["--concurrency", "2", "--per-repo", "2"],
+        &["--concurrency", "2", "--per-repo", "2", "--repos", root],
     )
     .await?;
     let started = Instant::now();
@@ -151,7 +155,11 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
     drop(served);
 
     // Memory: one job holds the repository (it touches everything), the rest wait behind it.
-    let served = Served::start(&dir.path().join("state-queued"), &["--concurrency", "1"]).await?;
+    let served = Served::start(
+        &dir.path().join("state-queued"),
+        &["--concurrency", "1", "--repos", root],
+    )
+    .await?;
     let idle = served.rss_kib();
     let blocker = job(&repo, 0, 600).replace("touches = [\"f0.txt\"]", "touches = [\"**\"]");
     served.submit(blocker).await?;

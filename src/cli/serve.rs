@@ -31,6 +31,10 @@ pub struct ServeArgs {
     /// state folder. A request never chooses it.
     #[arg(long)]
     out: Option<String>,
+    /// A folder whose repositories (at any depth) jobs may name as their `repo`; repeat for
+    /// more. A job naming anything else is refused with 403; with none, every job is.
+    #[arg(long = "repos", value_name = "ROOT")]
+    repos: Vec<PathBuf>,
 }
 
 /// The state folder a server uses when none is given.
@@ -57,6 +61,17 @@ pub async fn exec(
         ));
     }
     let gate = super::load_gate(args.policies.as_deref())?;
+    let repos = args
+        .repos
+        .iter()
+        .map(|root| {
+            std::fs::canonicalize(root)
+                .map_err(|e| Error::Usage(format!("--repos {}: {e}", root.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if repos.is_empty() {
+        tracing::warn!("no --repos given: every submitted job will be refused");
+    }
     let options = ServeOptions {
         state_dir,
         listen: args.listen,
@@ -66,6 +81,7 @@ pub async fn exec(
             aging: args.aging,
         },
         out: args.out.as_deref().map(kiln::publish::Destination::parse),
+        repos,
     };
     kiln::serve::serve(options, config.clone(), gate).await?;
     Ok(ExitCode::Success)

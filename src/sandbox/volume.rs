@@ -87,7 +87,9 @@ impl VolumePool {
         };
         let requests = vec![request; self.per_holder];
         let mut batch = WorkVolume::create_batch_for(sandbox, SHARED, &requests).await?;
-        let volume = batch.pop().expect("create_batch makes one volume per request");
+        let volume = batch
+            .pop()
+            .expect("create_batch makes one volume per request");
         self.lock().entry(size.bytes()).or_default().extend(batch);
         Ok(volume)
     }
@@ -196,7 +198,8 @@ impl WorkVolume {
             holder,
             volumes: names.clone(),
         };
-        if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await? {
+        if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await?
+        {
             batch.remove().await;
             return Err(docker_err("start the workspace holder")(e));
         }
@@ -240,7 +243,8 @@ impl WorkVolume {
     /// The workspace (entries `workspace/...`) as a tar stream, refused past `cap` bytes (the
     /// tree is hostile: never trust its size).
     pub async fn download_workspace(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        self.download(&format!("{}/workspace", self.root), cap).await
+        self.download(&format!("{}/workspace", self.root), cap)
+            .await
     }
 
     /// The whole volume (entries `kiln/...`) as a tar stream, refused past `cap` bytes.
@@ -285,7 +289,10 @@ impl WorkVolume {
 
 impl Batch {
     async fn remove(mut self) {
-        let (holder, volumes) = (std::mem::take(&mut self.holder), std::mem::take(&mut self.volumes));
+        let (holder, volumes) = (
+            std::mem::take(&mut self.holder),
+            std::mem::take(&mut self.volumes),
+        );
         remove_container(&self.docker, &holder).await;
         remove_volumes(&self.docker, &volumes).await;
     }
@@ -349,9 +356,7 @@ async fn create_volume(
 async fn remove_volumes(docker: &Docker, names: &[String]) {
     for name in names {
         let opts = RemoveVolumeOptions { force: true };
-        if let Ok(Err(e)) = bounded("remove volume", docker.remove_volume(name, Some(opts)))
-        .await
-        {
+        if let Ok(Err(e)) = bounded("remove volume", docker.remove_volume(name, Some(opts))).await {
             tracing::warn!(volume = name, "could not remove volume: {e}");
         }
     }

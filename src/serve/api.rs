@@ -113,8 +113,9 @@ async fn submit(Shared(server): Shared<Arc<Server>>, headers: HeaderMap, body: B
         .map_err(|_| ApiError(StatusCode::BAD_REQUEST, "the body is not UTF-8".into()))?;
     let job = Job::parse(text, json, None, Path::new("request"), &server.config)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let repo = std::fs::canonicalize(job.repo.path())
-        .unwrap_or_else(|_| job.repo.path().to_path_buf())
+    let repo = server
+        .allowed_repo(job.repo.path())
+        .map_err(|why| ApiError(StatusCode::FORBIDDEN, why))?
         .display()
         .to_string();
     let id = job.id.to_string();

@@ -35,6 +35,8 @@ pub struct ServeOptions {
     /// Where every job's work branch is published (and merged), as the operator says; `None`:
     /// each job's own `repo.git` in its artifacts.
     pub out: Option<Destination>,
+    /// The folders (canonical) whose repositories jobs may name; none: no job is accepted.
+    pub repos: Vec<PathBuf>,
 }
 
 /// What every request handler and job task shares.
@@ -47,6 +49,7 @@ pub(crate) struct Server {
     state_dir: PathBuf,
     limits: scheduler::Limits,
     out: Option<Destination>,
+    repos: Vec<PathBuf>,
     audit: AuditLog,
     /// The tasks of running jobs, to abort on cancel.
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
@@ -57,6 +60,29 @@ pub(crate) struct Server {
 impl Server {
     fn artifacts(&self) -> PathBuf {
         self.state_dir.join("jobs")
+    }
+
+    /// `repo` with every link resolved, when it lies under a folder the operator lets jobs
+    /// name (`--repos`); otherwise why not, naming the field.
+    fn allowed_repo(&self, repo: &Path) -> Result<PathBuf, String> {
+        let real = std::fs::canonicalize(repo)
+            .map_err(|e| format!("`repo`: cannot resolve {}: {e}", repo.display()))?;
+        if self.repos.iter().any(|root| real.starts_with(root)) {
+            return Ok(real);
+        }
+        if self.repos.is_empty() {
+            return Err(
+                "`repo`: this server accepts no repository; its operator names the \
+                        folders jobs may use with `kiln serve --repos ROOT`"
+                    .into(),
+            );
+        }
+        let roots: Vec<String> = self.repos.iter().map(|r| r.display().to_string()).collect();
+        Err(format!(
+            "`repo`: {} is not under a folder this server accepts ({})",
+            real.display(),
+            roots.join(", ")
+        ))
     }
 
     /// Runs `f` on the store, off the async threads' toes (SQLite syncs to disk).
@@ -131,6 +157,7 @@ pub async fn serve(
         state_dir: dir.clone(),
         limits: options.limits,
         out: options.out.clone(),
+        repos: options.repos.clone(),
         audit,
         running: Mutex::new(HashMap::new()),
         wake: Notify::new(),
@@ -273,6 +300,8 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
         &server.config,
     )?;
     job.id = JobId::parse(id).ok_or_else(|| Error::Internal(format!("bad job id {id}")))?;
+    // Again at the start: the folder may have changed (a symlink swapped) since it was submitted.
+    server.allowed_repo(job.repo.path()).map_err(Error::Usage)?;
     let opts = RunOptions {
         artifacts_root: server.artifacts(),
         out: server.out.clone(),
