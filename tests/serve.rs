@@ -436,6 +436,57 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
 }
 
 #[test]
+fn a_running_stage_s_output_streams_as_it_comes() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let server = Server::start(&jobs.state(), &[]);
+    let path = jobs.write("live", 4, "");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("sleep 4;", "echo first-line; sleep 4; echo second-line;");
+    std::fs::write(&path, text).unwrap();
+    let id = server.submit(&path);
+    let mut follower = server
+        .client()
+        .args(["logs", "--follow", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The first line arrives while the generator still sleeps, before its second line exists.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|l: &String| l == "first-line") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = received
+            .recv_timeout(left)
+            .expect("first-line streamed before the deadline");
+        seen.push(line);
+    }
+    assert_eq!(server.job(&id)["stage"], "generate", "{seen:?}");
+    assert!(!seen.iter().any(|l| l == "second-line"), "{seen:?}");
+    // The rest follows, each line once, and the stream ends with the job.
+    let status = follower.wait().unwrap();
+    assert!(status.success());
+    seen.extend(received.try_iter());
+    let count = |want: &str| seen.iter().filter(|l| *l == want).count();
+    assert_eq!(count("first-line"), 1, "{seen:?}");
+    assert_eq!(count("second-line"), 1, "{seen:?}");
+    assert_eq!(count("==> attempt 1 generate.log <=="), 1, "{seen:?}");
+    assert_eq!(count("==> attempt 1 test.log <=="), 1, "{seen:?}");
+    assert_eq!(server.wait(&id), 0);
+}
+
+#[test]
 fn a_server_killed_mid_job_loses_nothing_and_leaves_no_container() {
     require_busybox();
     let jobs = Jobs::new();

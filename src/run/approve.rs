@@ -152,6 +152,7 @@ pub async fn approve(
             job: &job,
             limits: &merge.limits,
             loosened: &merge.loosened,
+            artifacts: None,
         },
         repo: &source,
         change: commit,

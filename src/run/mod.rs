@@ -476,6 +476,7 @@ impl Runner<'_> {
             job: &self.job.id,
             limits: &self.job.limits,
             loosened: &self.job.loosened,
+            artifacts: Some(&self.artifacts),
         }
     }
 

@@ -21,6 +21,9 @@ pub(crate) struct Stages<'a> {
     pub job: &'a JobId,
     pub limits: &'a Limits,
     pub loosened: &'a [Loosening],
+    /// The job's artifacts folder: a generator's, test's or reviewer's output is written to
+    /// `attempt-N/<stage>.log` there as it comes (`kiln logs --follow` reads it).
+    pub artifacts: Option<&'a Path>,
 }
 
 impl Stages<'_> {
@@ -107,10 +110,16 @@ impl Stages<'_> {
             out_volume: out.map(|o| o.name().to_string()),
             labels,
         };
+        let live = match stage {
+            Stage::Generate | Stage::Test | Stage::Review => self
+                .artifacts
+                .map(|a| a.join(format!("attempt-{n}")).join(format!("{stage}.log"))),
+            Stage::MergeTest => None,
+        };
         let span = info_span!("stage", job_id = %self.job, attempt = n, stage = %stage);
         let outcome = self
             .sandbox
-            .run(&container, spec.timeout)
+            .run_live(&container, spec.timeout, live.as_deref())
             .instrument(span)
             .await?;
         Ok(Ran::from(outcome))

@@ -7,6 +7,7 @@ mod spec;
 mod volume;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,7 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RemoveVolumeOptions,
 };
 use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
 pub use output::{CappedLog, head_text, tail_text};
@@ -169,6 +171,18 @@ impl Sandbox {
         spec: &ContainerSpec,
         timeout: Duration,
     ) -> Result<RunOutcome, SandboxError> {
+        self.run_live(spec, timeout, None).await
+    }
+
+    /// [`Sandbox::run`], also writing the output to the file `live` as it comes: the bytes the
+    /// kept output will start with (up to half the output cap), so a reader polling the file
+    /// sees it grow while the container runs, and the kept output may later replace it.
+    pub async fn run_live(
+        &self,
+        spec: &ContainerSpec,
+        timeout: Duration,
+        live: Option<&Path>,
+    ) -> Result<RunOutcome, SandboxError> {
         let asked = Instant::now();
         let created = bounded(
             "create container",
@@ -177,8 +191,24 @@ impl Sandbox {
         .await?
         .map_err(docker_err("create a container"))?;
         let id = created.id;
+        let live = match live {
+            Some(path) => match tokio::fs::File::create(path).await {
+                Ok(file) => Some(file),
+                Err(e) => {
+                    warn!("cannot write {}: {e}; no live output", path.display());
+                    None
+                }
+            },
+            None => None,
+        };
         let outcome = self
-            .run_created(&id, spec.limits.output.bytes() as usize, timeout, asked)
+            .run_created(
+                &id,
+                spec.limits.output.bytes() as usize,
+                timeout,
+                asked,
+                live,
+            )
             .await;
         self.remove_container(&id).await;
         outcome
@@ -190,6 +220,7 @@ impl Sandbox {
         output_cap: usize,
         timeout: Duration,
         asked: Instant,
+        mut live: Option<tokio::fs::File>,
     ) -> Result<RunOutcome, SandboxError> {
         let attach = AttachContainerOptions {
             stream: true,
@@ -205,12 +236,25 @@ impl Sandbox {
             let mut log = CappedLog::new(output_cap);
             while let Some(item) = stream.next().await {
                 match item {
-                    Ok(chunk) => log.push(&chunk.into_bytes()),
+                    Ok(chunk) => {
+                        let bytes = chunk.into_bytes();
+                        let head = log.push(&bytes);
+                        if head > 0
+                            && let Some(file) = live.as_mut()
+                            && let Err(e) = file.write_all(&bytes[..head]).await
+                        {
+                            debug!("live output stopped: {e}");
+                            live = None;
+                        }
+                    }
                     Err(e) => {
                         debug!("output stream ended: {e}");
                         break;
                     }
                 }
+            }
+            if let Some(mut file) = live {
+                let _ = file.flush().await;
             }
             log
         });

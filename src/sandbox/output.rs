@@ -26,24 +26,25 @@ impl CappedLog {
         }
     }
 
-    pub fn push(&mut self, mut chunk: &[u8]) {
+    /// Takes in `chunk`; returns how many of its first bytes went to the head, which is what
+    /// the kept output will start with whatever comes later.
+    pub fn push(&mut self, mut chunk: &[u8]) -> usize {
         self.total += chunk.len() as u64;
         let room = self.head_cap - self.head.len();
-        if room > 0 {
-            let take = room.min(chunk.len());
-            self.head.extend_from_slice(&chunk[..take]);
-            chunk = &chunk[take..];
-        }
+        let take = room.min(chunk.len());
+        self.head.extend_from_slice(&chunk[..take]);
+        chunk = &chunk[take..];
         if chunk.len() >= self.tail_cap {
             self.dropped += (self.tail.len() + chunk.len() - self.tail_cap) as u64;
             self.tail.clear();
             self.tail.extend(&chunk[chunk.len() - self.tail_cap..]);
-            return;
+            return take;
         }
         let overflow = (self.tail.len() + chunk.len()).saturating_sub(self.tail_cap);
         self.tail.drain(..overflow);
         self.dropped += overflow as u64;
         self.tail.extend(chunk);
+        take
     }
 
     /// Bytes the container wrote in all.

@@ -232,8 +232,11 @@ struct LogsQuery {
 }
 
 /// Every stage log in `dir` so far, attempt by attempt, each under a header line.
-fn logs_text(dir: &Path) -> String {
-    let mut text = String::new();
+/// Every stage log written so far, each under a header line, as the container wrote it (bytes,
+/// not necessarily UTF-8). The last log may still be growing; unless `ended`, nothing is added
+/// after it, so that a later look's answer starts with this one's.
+fn logs_text(dir: &Path, ended: bool) -> Vec<u8> {
+    let mut logs = Vec::new();
     for n in 1.. {
         let attempt = dir.join(format!("attempt-{n}"));
         if !attempt.is_dir() {
@@ -241,12 +244,17 @@ fn logs_text(dir: &Path) -> String {
         }
         for name in ["generate.log", "test.log", "review.log"] {
             if let Ok(bytes) = std::fs::read(attempt.join(name)) {
-                text.push_str(&format!("==> attempt {n} {name} <==\n"));
-                text.push_str(&String::from_utf8_lossy(&bytes));
-                if !text.ends_with('\n') {
-                    text.push('\n');
-                }
+                logs.push((format!("==> attempt {n} {name} <==\n"), bytes));
             }
+        }
+    }
+    let last = logs.len().saturating_sub(1);
+    let mut text = Vec::new();
+    for (i, (header, bytes)) in logs.into_iter().enumerate() {
+        text.extend_from_slice(header.as_bytes());
+        text.extend_from_slice(&bytes);
+        if (ended || i < last) && !text.ends_with(b"\n") {
+            text.push(b'\n');
         }
     }
     text
@@ -262,9 +270,11 @@ async fn logs(
     let dir = artifacts_of(&server, &id)?;
     let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     if !q.follow.unwrap_or(false) {
-        return Ok((plain, logs_text(&dir)).into_response());
+        return Ok((plain, logs_text(&dir, true)).into_response());
     }
-    // (bytes sent so far, whether the job had ended at the last look)
+    // (bytes sent so far, whether the job had ended at the last look). The text only grows: a
+    // running stage's log is the start of what it will be (`Sandbox::run_live`); while a log is
+    // rewritten it may look shorter for a moment, so `sent` never goes back.
     let stream = futures_util::stream::unfold((0usize, false), move |(sent, ended)| {
         let (server, dir, id) = (server.clone(), dir.clone(), id.clone());
         async move {
@@ -277,12 +287,13 @@ async fn logs(
                     .ok()
                     .flatten()
                     .is_none_or(|row| row.state.is_final());
-                let text = logs_text(&dir);
+                let text = logs_text(&dir, done);
                 if text.len() > sent || done {
-                    let chunk = text.get(sent..).unwrap_or_default().to_string();
-                    return Some((Ok::<_, std::convert::Infallible>(chunk), (text.len(), done)));
+                    let chunk = text.get(sent..).unwrap_or_default().to_vec();
+                    let sent = sent.max(text.len());
+                    return Some((Ok::<_, std::convert::Infallible>(chunk), (sent, done)));
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
             }
         }
     });
