@@ -557,6 +557,32 @@ fn urgent_jobs_start_before_older_less_urgent_ones() {
 }
 
 #[test]
+fn a_low_priority_job_is_not_starved_by_newer_urgent_ones() {
+    require_busybox();
+    let jobs = Jobs::new();
+    // Each second a job waits makes it one level more urgent.
+    let server = Server::start(&jobs.state(), &["--concurrency", "1", "--aging", "1s"]);
+    let blocker = server.submit(&jobs.write("blocker", 14, "priority = 0"));
+    server.wait_until_generating(&blocker);
+    let low = server.submit(&jobs.write("low", 0, "priority = 9"));
+    // Ten seconds on, the low job has aged nine levels and more: it now outranks fresh urgent work.
+    std::thread::sleep(Duration::from_secs(10));
+    let urgent = server.submit(&jobs.write("urgent", 0, "priority = 0"));
+    assert_eq!(
+        server.job(&blocker)["state"],
+        "running",
+        "the test's timing held"
+    );
+    for id in [&blocker, &low, &urgent] {
+        assert_eq!(server.wait(id), 0);
+    }
+    assert!(
+        span(&server.job(&low)).0 < span(&server.job(&urgent)).0,
+        "the long-waiting job started before the newer urgent one"
+    );
+}
+
+#[test]
 fn cancelling_a_running_job_removes_its_containers_within_seconds() {
     require_busybox();
     let jobs = Jobs::new();
