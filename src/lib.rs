@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod escalation;
 pub mod ids;

@@ -1,0 +1,558 @@
+//! The egress proxy: the one way out of a sandbox that is allowed any network. It serves
+//! `CONNECT host:port` (tunnels) and plain `http://` requests for the `host:port` pairs on the
+//! job's allowlist only, resolves names on the host, refuses IP literals and any address that is
+//! not public unless the operator lists it, caps connections and bytes, and records every
+//! request, allowed or refused, with the bytes each way.
+
+pub mod policy;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use policy::{Allow, EgressConfig, Host, non_public};
+
+/// Most bytes of a request's head (request line and headers).
+const MAX_HEAD: usize = 16 << 10;
+/// How long a client may take to send its request head, and kiln to connect onwards.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a tunnel may sit with nothing moving either way.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the sandbox's side may stay open once the destination's side is done.
+const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
+/// Most requests recorded; past it they are counted only.
+const MAX_RECORDS: usize = 10_000;
+/// How long stopping waits for connections to record themselves before cutting them off.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What a proxy lets through, and its caps.
+#[derive(Clone, Debug)]
+pub struct Rules {
+    /// The job's `host:port` pairs.
+    pub allow: Vec<Allow>,
+    /// The operator's `[egress]`: addresses that may be reached although not public, static names.
+    pub operator: EgressConfig,
+    /// Connections accepted in all (allowed or refused) before the rest are refused.
+    pub max_connections: usize,
+    /// Bytes each way, over all connections, before tunnels are cut.
+    pub max_bytes: u64,
+    /// Only connections from this network (address, prefix length) are served: the sandbox's.
+    pub clients: Option<(IpAddr, u8)>,
+}
+
+/// One request through the proxy.
+#[derive(Clone, Debug, Serialize)]
+pub struct Request {
+    /// Milliseconds since the Unix epoch when it arrived.
+    pub at_ms: u64,
+    /// `CONNECT`, or the HTTP method of a plain request.
+    pub method: String,
+    /// `host:port` as asked (at most 300 characters).
+    pub target: String,
+    /// Where kiln connected, when it did.
+    pub address: Option<String>,
+    pub allowed: bool,
+    /// Why it was refused, or how an allowed one ended early.
+    pub reason: Option<String>,
+    /// Bytes from the sandbox to the destination, and back.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+}
+
+/// A running proxy; [`Proxy::stop`] ends it and every tunnel.
+pub struct Proxy {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+struct Shared {
+    rules: Rules,
+    records: Mutex<Vec<Request>>,
+    unrecorded: AtomicUsize,
+    connections: AtomicUsize,
+    up: AtomicU64,
+    down: AtomicU64,
+}
+
+impl Proxy {
+    /// Listens on `bind` (port 0: any) and serves until stopped.
+    pub async fn start(bind: SocketAddr, rules: Rules) -> std::io::Result<Proxy> {
+        let listener = TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            rules,
+            records: Mutex::new(Vec::new()),
+            unrecorded: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        });
+        let (stop, stopping) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, shared.clone(), stopping));
+        Ok(Proxy {
+            addr,
+            shared,
+            accept,
+            stop,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The requests so far, and how many more were not recorded.
+    pub fn requests(&self) -> (Vec<Request>, usize) {
+        let records = self
+            .shared
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        (records, self.shared.unrecorded.load(Ordering::Relaxed))
+    }
+
+    /// Stops listening and cuts every tunnel, each recorded with what it carried; returns
+    /// [`Proxy::requests`].
+    pub async fn stop(mut self) -> (Vec<Request>, usize) {
+        let _ = self.stop.send(true);
+        let _ = (&mut self.accept).await;
+        self.requests()
+    }
+}
+
+/// Resolves once the proxy is told to stop.
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stop| *stop).await;
+}
+
+/// Accepts until told to stop, then gives connections [`STOP_GRACE`] to end and record
+/// themselves; what is left is cut off.
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            () = stopped(&mut stopping) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, peer)) = accepted else {
+            continue;
+        };
+        while tasks.try_join_next().is_some() {}
+        if let Some((net, prefix)) = shared.rules.clients
+            && !in_network(peer.ip(), net, prefix)
+        {
+            tracing::warn!(%peer, "egress proxy: a connection from outside the sandbox's network, dropped");
+            continue;
+        }
+        let (shared, stopping) = (shared.clone(), stopping.clone());
+        tasks.spawn(async move { serve(stream, &shared, stopping).await });
+    }
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(ip), IpAddr::V4(net)) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            u32::from(ip) & mask == u32::from(net) & mask
+        }
+        (IpAddr::V6(ip), IpAddr::V6(net)) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            u128::from(ip) & mask == u128::from(net) & mask
+        }
+        _ => false,
+    }
+}
+
+/// One client connection: one request, then a tunnel or one forwarded exchange.
+async fn serve(mut client: TcpStream, shared: &Shared, stopping: watch::Receiver<bool>) {
+    let started = Instant::now();
+    let mut record = Request {
+        at_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        method: String::new(),
+        target: String::new(),
+        address: None,
+        allowed: false,
+        reason: None,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+    };
+    let outcome = handle(&mut client, shared, &mut record, stopping).await;
+    if let Err(why) = outcome {
+        if !record.allowed {
+            let body = format!("kiln egress: refused: {why}\n");
+            let answer = format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, client.write_all(answer.as_bytes())).await;
+        }
+        record.reason = Some(why);
+    }
+    record.duration_ms = started.elapsed().as_millis() as u64;
+    tracing::info!(
+        method = record.method,
+        target = record.target,
+        allowed = record.allowed,
+        reason = record.reason.as_deref().unwrap_or(""),
+        up = record.bytes_up,
+        down = record.bytes_down,
+        "egress"
+    );
+    let mut records = shared.records.lock().unwrap_or_else(|e| e.into_inner());
+    if records.len() < MAX_RECORDS {
+        records.push(record);
+    } else {
+        shared.unrecorded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Decides and carries out one request; `Err` says why it was refused (or cut short, when
+/// `record.allowed`).
+async fn handle(
+    client: &mut TcpStream,
+    shared: &Shared,
+    record: &mut Request,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (head, body) = tokio::select! {
+        () = stopped(&mut stopping) => return Err("the stage ended".into()),
+        read = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(client)) => {
+            read.map_err(|_| "no request within 10 s".to_string())??
+        }
+    };
+    let request = parse_head(&head)?;
+    record.method = request.method.clone();
+    record.target = request.authority.chars().take(300).collect();
+    if shared.connections.fetch_add(1, Ordering::Relaxed) >= shared.rules.max_connections {
+        return Err(format!(
+            "the job's {} connections are used up",
+            shared.rules.max_connections
+        ));
+    }
+    let allow = Allow::parse(&request.authority)?;
+    let address = resolve(&allow, &shared.rules).await?;
+    record.address = Some(address.to_string());
+    let mut upstream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| format!("{address} did not answer within 10 s"))?
+        .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    record.allowed = true;
+    if request.method == "CONNECT" {
+        client
+            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+    } else {
+        let head = forwarded_head(&head, &request)?;
+        upstream.write_all(&head).await.map_err(|e| e.to_string())?;
+        record.bytes_up += head.len() as u64;
+    }
+    if !body.is_empty() {
+        upstream.write_all(&body).await.map_err(|e| e.to_string())?;
+        record.bytes_up += body.len() as u64;
+        shared.up.fetch_add(body.len() as u64, Ordering::Relaxed);
+    }
+    tunnel(client, &mut upstream, shared, record, stopping).await
+}
+
+/// Reads up to the end of the request head; returns the head and any bytes after it.
+async fn read_head(client: &mut TcpStream) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let body = buf.split_off(end + 4);
+            return Ok((buf, body));
+        }
+        if buf.len() > MAX_HEAD {
+            return Err(format!("a request head over {MAX_HEAD} bytes"));
+        }
+        let n = client.read(&mut chunk).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the connection closed before a request".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+struct Head {
+    method: String,
+    /// `host:port` asked for.
+    authority: String,
+    /// For a plain request: the origin-form path (`/x?y`).
+    path: String,
+}
+
+fn parse_head(head: &[u8]) -> Result<Head, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err("not an HTTP request".into()),
+    }
+    let method = request.method.unwrap_or_default().to_string();
+    let target = request.path.unwrap_or_default();
+    if method == "CONNECT" {
+        return Ok(Head {
+            method,
+            authority: target.to_string(),
+            path: String::new(),
+        });
+    }
+    let rest = target
+        .strip_prefix("http://")
+        .ok_or_else(|| "only CONNECT and absolute http:// requests are served".to_string())?;
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    if authority.contains('@') {
+        return Err("credentials in the URL are refused".into());
+    }
+    let has_port = match authority.strip_prefix('[') {
+        Some(v6) => v6
+            .split_once(']')
+            .is_some_and(|(_, rest)| rest.starts_with(':')),
+        None => authority.contains(':'),
+    };
+    let authority = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    Ok(Head {
+        method,
+        authority,
+        path,
+    })
+}
+
+/// A plain request's head as the destination gets it: origin-form, without proxy headers, and
+/// one exchange per connection.
+fn forwarded_head(head: &[u8], request: &Head) -> Result<Vec<u8>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    parsed
+        .parse(head)
+        .map_err(|_| "not an HTTP request".to_string())?;
+    let mut out = format!("{} {} HTTP/1.1\r\n", request.method, request.path).into_bytes();
+    for header in parsed.headers.iter() {
+        let name = header.name.to_ascii_lowercase();
+        if name.starts_with("proxy-") || name == "connection" || name == "keep-alive" {
+            continue;
+        }
+        out.extend_from_slice(header.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(header.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"Connection: close\r\n\r\n");
+    Ok(out)
+}
+
+/// Where `allow` may be reached, if anywhere: on the job's list, and an address that is public
+/// or that the operator lists.
+async fn resolve(allow: &Allow, rules: &Rules) -> Result<SocketAddr, String> {
+    if !rules.allow.contains(allow) {
+        return Err(format!("{allow} is not on the job's allowlist"));
+    }
+    let listed = |ip: &IpAddr| rules.operator.allow_addresses.contains(ip);
+    let candidates: Vec<IpAddr> = match &allow.host {
+        Host::Ip(ip) if listed(ip) => return Ok(SocketAddr::new(*ip, allow.port)),
+        Host::Ip(_) => {
+            return Err(format!(
+                "{allow} is an IP literal; only the operator can list one ([egress] allow_addresses)"
+            ));
+        }
+        Host::Name(name) => match rules.operator.hosts.get(name) {
+            Some(ip) => vec![*ip],
+            None => tokio::time::timeout(
+                HANDSHAKE_TIMEOUT,
+                tokio::net::lookup_host((name.as_str(), allow.port)),
+            )
+            .await
+            .map_err(|_| format!("resolving {name} took over 10 s"))?
+            .map_err(|e| format!("cannot resolve {name}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+        },
+    };
+    let mut refused = Vec::new();
+    for ip in candidates {
+        match non_public(ip) {
+            Some(why) if !listed(&ip) => refused.push(format!("{ip} ({why})")),
+            _ => return Ok(SocketAddr::new(ip, allow.port)),
+        }
+    }
+    if refused.is_empty() {
+        Err(format!("{} has no address", allow.host))
+    } else {
+        Err(format!(
+            "{} resolves only to addresses no job may reach: {}",
+            allow.host,
+            refused.join(", ")
+        ))
+    }
+}
+
+/// Copies both ways until both sides are done, the job's byte cap is reached, or nothing moves
+/// for [`IDLE_TIMEOUT`]. Once the destination is done, the sandbox gets [`HALF_CLOSED_GRACE`]
+/// to finish too, so a client cannot hold a finished exchange open.
+async fn tunnel(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    shared: &Shared,
+    record: &mut Request,
+    stopping: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut up_read, mut up_write) = upstream.split();
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let cap = shared.rules.max_bytes;
+    let upward = pump(
+        &mut client_read,
+        &mut up_write,
+        &up,
+        &shared.up,
+        cap,
+        stopping.clone(),
+    );
+    let downward = pump(
+        &mut up_read,
+        &mut client_write,
+        &down,
+        &shared.down,
+        cap,
+        stopping,
+    );
+    tokio::pin!(upward, downward);
+    let ended = tokio::select! {
+        why = &mut upward => why.or(downward.await),
+        why = &mut downward => match tokio::time::timeout(HALF_CLOSED_GRACE, upward).await {
+            Ok(up_why) => why.or(up_why),
+            Err(_) => why,
+        },
+    };
+    record.bytes_up += up.load(Ordering::Relaxed);
+    record.bytes_down += down.load(Ordering::Relaxed);
+    match ended {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
+}
+
+/// Copies `from` to `to`, counting into `copied`, while the job's `total` stays within `cap`
+/// and the proxy runs; returns why it stopped early, if it did.
+async fn pump(
+    from: &mut (impl AsyncRead + Unpin),
+    to: &mut (impl AsyncWrite + Unpin),
+    copied: &AtomicU64,
+    total: &AtomicU64,
+    cap: u64,
+    mut stopping: watch::Receiver<bool>,
+) -> Option<String> {
+    let mut buf = vec![0u8; 16 << 10];
+    loop {
+        let read = tokio::select! {
+            () = stopped(&mut stopping) => {
+                let _ = to.shutdown().await;
+                return Some("the stage ended".into());
+            }
+            read = tokio::time::timeout(IDLE_TIMEOUT, from.read(&mut buf)) => read,
+        };
+        let n = match read {
+            Err(_) => return Some("idle for 120 s".into()),
+            Ok(Err(_)) | Ok(Ok(0)) => {
+                let _ = to.shutdown().await;
+                return None;
+            }
+            Ok(Ok(n)) => n,
+        };
+        if total.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > cap {
+            let _ = to.shutdown().await;
+            return Some(format!("the job's {cap}-byte cap was reached"));
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return None;
+        }
+        copied.fetch_add(n as u64, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads_are_read_as_connect_or_absolute_http() {
+        let h = parse_head(b"CONNECT api.example.com:443 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.method.as_str(), h.authority.as_str()),
+            ("CONNECT", "api.example.com:443")
+        );
+        let h = parse_head(b"GET http://pypi.org/simple/?q=1 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            (h.authority.as_str(), h.path.as_str()),
+            ("pypi.org:80", "/simple/?q=1")
+        );
+        let h = parse_head(b"GET http://[::1]:8080 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!((h.authority.as_str(), h.path.as_str()), ("[::1]:8080", "/"));
+        let h = parse_head(b"GET http://[::1] HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(h.authority, "[::1]:80");
+        assert!(parse_head(b"GET /relative HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse_head(b"GET http://user:pw@host/ HTTP/1.1\r\n\r\n").is_err());
+        assert!(parse_head(b"\x16\x03\x01 tls").is_err());
+    }
+
+    #[test]
+    fn forwarded_heads_lose_proxy_headers() {
+        let raw = b"GET http://a.test/x HTTP/1.1\r\nHost: a.test\r\nProxy-Authorization: Basic x\r\nConnection: keep-alive\r\n\r\n";
+        let head = parse_head(raw).unwrap();
+        let out = String::from_utf8(forwarded_head(raw, &head).unwrap()).unwrap();
+        assert_eq!(
+            out,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let net: IpAddr = "172.18.0.0".parse().unwrap();
+        assert!(in_network("172.18.3.4".parse().unwrap(), net, 16));
+        assert!(!in_network("172.19.0.1".parse().unwrap(), net, 16));
+        assert!(!in_network("::1".parse().unwrap(), net, 16));
+        assert!(in_network("10.0.0.1".parse().unwrap(), net, 0));
+    }
+}

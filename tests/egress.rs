@@ -1,0 +1,297 @@
+//! The egress proxy on loopback: a stand-in model API reachable by a test name, requests on and
+//! off the allowlist, IP literals, metadata and loopback addresses, and the caps. Every request
+//! is recorded with the bytes each way. (Talks to loopback only.)
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+use kiln::egress::{Allow, EgressConfig, Proxy, Request, Rules};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const LOOPBACK: &str = "127.0.0.1";
+
+/// A stand-in server on loopback: answers a plain HTTP request with the head it received, and
+/// echoes anything else back until the client closes.
+async fn stand_in() -> SocketAddr {
+    let listener = TcpListener::bind((LOOPBACK, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    let got = &buf[..n];
+                    if got.starts_with(b"GET ") {
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            n
+                        );
+                        let _ = conn.write_all(answer.as_bytes()).await;
+                        let _ = conn.write_all(got).await;
+                        return;
+                    }
+                    if conn.write_all(got).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
+    let port = server.port();
+    let allow = [
+        format!("model.test:{port}"),
+        format!("{LOOPBACK}:{port}"),
+        "169.254.169.254:80".to_string(),
+    ]
+    .iter()
+    .map(|a| Allow::parse(a).unwrap())
+    .collect();
+    Rules {
+        allow,
+        operator: EgressConfig {
+            allow_addresses: listed.iter().map(|a| a.parse().unwrap()).collect(),
+            hosts: HashMap::from([("model.test".to_string(), LOOPBACK.parse().unwrap())]),
+        },
+        max_connections: 100,
+        max_bytes: 1 << 20,
+        clients: None,
+    }
+}
+
+/// Sends `head` to the proxy; returns the connection and the proxy's first answer line.
+async fn ask(proxy: &Proxy, head: &str) -> (TcpStream, String) {
+    let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        match conn.read(&mut byte).await {
+            Ok(1) => line.push(byte[0]),
+            _ => break,
+        }
+    }
+    (conn, String::from_utf8_lossy(&line).trim().to_string())
+}
+
+async fn read_all(conn: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let _ = conn.read_to_end(&mut out).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn last(proxy: &Proxy) -> Request {
+    proxy
+        .requests()
+        .0
+        .last()
+        .cloned()
+        .expect("a recorded request")
+}
+
+#[tokio::test]
+async fn only_listed_names_at_public_or_operator_listed_addresses_get_through() {
+    let server = stand_in().await;
+    let port = server.port();
+    let proxy = Proxy::start(
+        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
+        rules(server, &[LOOPBACK]),
+    )
+    .await
+    .unwrap();
+
+    // A tunnel to the listed name, which the operator maps to an address they list.
+    let (mut conn, answer) = ask(
+        &proxy,
+        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 200 Connection established");
+    let mut rest = [0u8; 2];
+    conn.read_exact(&mut rest).await.unwrap(); // the blank line ending the answer
+    conn.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    conn.read_exact(&mut echo).await.unwrap();
+    assert_eq!(&echo, b"ping");
+    drop(conn);
+
+    // A plain request arrives in origin form without the proxy's headers.
+    let (mut conn, answer) = ask(
+        &proxy,
+        &format!(
+            "GET http://model.test:{port}/v1/x HTTP/1.1\r\nHost: model.test\r\nProxy-Authorization: Basic c2VjcmV0\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 200 OK");
+    let body = read_all(&mut conn).await;
+    assert!(
+        body.contains("GET /v1/x HTTP/1.1\r\nHost: model.test\r\n"),
+        "{body}"
+    );
+    assert!(!body.contains("Proxy-Authorization"), "{body}");
+
+    // Refused: a name not on the list, an IP literal the operator did not list, metadata.
+    for (target, why) in [
+        (format!("other.test:{port}"), "not on the job's allowlist"),
+        (
+            format!("model.test:{}", port.wrapping_add(1)),
+            "not on the job's allowlist",
+        ),
+        ("169.254.169.254:80".to_string(), "IP literal"),
+    ] {
+        let (mut conn, answer) = ask(&proxy, &format!("CONNECT {target} HTTP/1.1\r\n\r\n")).await;
+        assert_eq!(answer, "HTTP/1.1 403 Forbidden", "{target}");
+        assert!(read_all(&mut conn).await.contains(why), "{target}");
+        let record = last(&proxy);
+        assert!(!record.allowed, "{target}");
+        assert!(record.reason.unwrap().contains(why), "{target}");
+    }
+
+    let (requests, unrecorded) = proxy.stop().await;
+    assert_eq!(unrecorded, 0);
+    assert_eq!(requests.len(), 5);
+    let tunnel = &requests[0];
+    assert!(tunnel.allowed);
+    assert_eq!(tunnel.method, "CONNECT");
+    assert_eq!(tunnel.target, format!("model.test:{port}"));
+    assert_eq!(tunnel.address.as_deref(), Some(server.to_string().as_str()));
+    assert_eq!((tunnel.bytes_up, tunnel.bytes_down), (4, 4));
+    let get = requests
+        .iter()
+        .find(|r| r.method == "GET")
+        .expect("the GET");
+    assert!(
+        get.allowed && get.bytes_up > 0 && get.bytes_down > 0,
+        "{get:?}"
+    );
+}
+
+#[tokio::test]
+async fn loopback_and_literals_stay_closed_unless_the_operator_lists_them() {
+    let server = stand_in().await;
+    let port = server.port();
+    let proxy = Proxy::start(
+        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
+        rules(server, &[]),
+    )
+    .await
+    .unwrap();
+    // The name is listed, but it leads to loopback, which the operator did not open.
+    let (mut conn, answer) = ask(
+        &proxy,
+        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 403 Forbidden");
+    assert!(read_all(&mut conn).await.contains("127.0.0.1 (loopback)"));
+    // The literal is on the job's list, but only the operator may open a literal.
+    let (_, answer) = ask(
+        &proxy,
+        &format!("CONNECT {LOOPBACK}:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 403 Forbidden");
+    let (requests, _) = proxy.stop().await;
+    assert!(requests.iter().all(|r| !r.allowed && r.address.is_none()));
+
+    // Listed by the operator, the same literal gets through.
+    let proxy = Proxy::start(
+        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
+        rules(server, &[LOOPBACK]),
+    )
+    .await
+    .unwrap();
+    let (_, answer) = ask(
+        &proxy,
+        &format!("CONNECT {LOOPBACK}:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 200 Connection established");
+}
+
+#[tokio::test]
+async fn connections_bytes_and_clients_are_capped() {
+    let server = stand_in().await;
+    let port = server.port();
+    let mut capped = rules(server, &[LOOPBACK]);
+    capped.max_connections = 2;
+    capped.max_bytes = 1000;
+    let proxy = Proxy::start((LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(), capped)
+        .await
+        .unwrap();
+    let connect = format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n");
+    // Past the byte cap the tunnel is cut.
+    let (mut conn, answer) = ask(&proxy, &connect).await;
+    assert_eq!(answer, "HTTP/1.1 200 Connection established");
+    let _ = conn.write_all(&[b'x'; 5000]).await;
+    let echoed = read_all(&mut conn).await;
+    assert!(echoed.len() < 1100, "{} bytes came back", echoed.len());
+    let (_, _) = ask(&proxy, &connect).await;
+    // The third connection is over the cap.
+    let (mut conn, answer) = ask(&proxy, &connect).await;
+    assert_eq!(answer, "HTTP/1.1 403 Forbidden");
+    assert!(
+        read_all(&mut conn)
+            .await
+            .contains("connections are used up")
+    );
+    let (requests, _) = proxy.stop().await;
+    assert!(
+        requests.iter().any(|r| r.allowed
+            && r.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("cap was reached")),
+        "{requests:?}"
+    );
+
+    // A connection from outside the sandbox's network is dropped unanswered.
+    let mut fenced = rules(server, &[LOOPBACK]);
+    fenced.clients = Some(("10.0.0.0".parse().unwrap(), 8));
+    let proxy = Proxy::start((LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(), fenced)
+        .await
+        .unwrap();
+    let (_, answer) = ask(&proxy, &connect).await;
+    assert_eq!(answer, "");
+    assert!(proxy.stop().await.0.is_empty());
+}
+
+#[tokio::test]
+async fn stopping_cuts_open_tunnels_and_still_records_them() {
+    let server = stand_in().await;
+    let port = server.port();
+    let proxy = Proxy::start(
+        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
+        rules(server, &[LOOPBACK]),
+    )
+    .await
+    .unwrap();
+    let (mut conn, answer) = ask(
+        &proxy,
+        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 200 Connection established");
+    let mut rest = [0u8; 2];
+    conn.read_exact(&mut rest).await.unwrap();
+    conn.write_all(b"hello").await.unwrap();
+    let mut echo = [0u8; 5];
+    conn.read_exact(&mut echo).await.unwrap();
+    let (requests, _) = proxy.stop().await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!((requests[0].bytes_up, requests[0].bytes_down), (5, 5));
+    assert_eq!(requests[0].reason.as_deref(), Some("the stage ended"));
+    assert_eq!(read_all(&mut conn).await, "", "the tunnel was closed");
+}
