@@ -36,6 +36,7 @@ pub async fn overhead(sandbox: &Sandbox, image: &str, runs: usize) -> Result<Vec
         volume: None,
         volume_read_only: false,
         out_volume: None,
+        network: None,
         labels: crate::sandbox::job_labels(&job),
     };
     let mut kiln = Figures {

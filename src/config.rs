@@ -46,6 +46,9 @@ pub struct Config {
     pub publish: PublishConfig,
     /// The hash-chained audit log every run, approval and rejection appends to. Default: none.
     pub audit_log: Option<PathBuf>,
+    /// What a stage with an allowlist may reach beyond it: only the operator opens addresses
+    /// that are not public, and sets the egress proxy's caps.
+    pub egress: crate::egress::EgressConfig,
 }
 
 /// `[publish]`: how kiln writes to a remote, and where merges may land. The credentials stay on
@@ -217,6 +220,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             publish: PublishConfig::default(),
             audit_log: None,
+            egress: crate::egress::EgressConfig::default(),
         }
     }
 }
@@ -283,6 +287,7 @@ impl Config {
         }
         self.notify.check()?;
         self.publish.check()?;
+        self.egress.check().map_err(|e| format!("[egress] {e}"))?;
         self.limits.check().map_err(|e| format!("[limits]: {e}"))
     }
 }

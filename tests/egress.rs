@@ -2,6 +2,8 @@
 //! off the allowlist, IP literals, metadata and loopback addresses, and the caps. Every request
 //! is recorded with the bytes each way. (Talks to loopback only.)
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -63,6 +65,7 @@ fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
         operator: EgressConfig {
             allow_addresses: listed.iter().map(|a| a.parse().unwrap()).collect(),
             hosts: HashMap::from([("model.test".to_string(), LOOPBACK.parse().unwrap())]),
+            ..EgressConfig::default()
         },
         max_connections: 100,
         max_bytes: 1 << 20,
@@ -294,4 +297,131 @@ async fn stopping_cuts_open_tunnels_and_still_records_them() {
     assert_eq!((requests[0].bytes_up, requests[0].bytes_down), (5, 5));
     assert_eq!(requests[0].reason.as_deref(), Some("the stage ended"));
     assert_eq!(read_all(&mut conn).await, "", "the tunnel was closed");
+}
+
+/// A stand-in model API on loopback for the sandbox test: answers every request with the head
+/// it received. Blocking, on its own thread.
+fn blocking_stand_in() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((LOOPBACK, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = vec![0u8; 16 << 10];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).replace("\r\n", "|");
+            let body = format!("stand-in saw: {head}\n");
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn a_sandbox_reaches_only_its_allowlist_through_the_proxy_and_has_no_dns() {
+    common::require_busybox();
+    let port = blocking_stand_in();
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let config = fixture.path("kiln.toml");
+    std::fs::write(
+        &config,
+        "[egress]\nallow_addresses = [\"127.0.0.1\"]\nhosts = { \"model.test\" = \"127.0.0.1\" }\n",
+    )
+    .unwrap();
+    // busybox's static wget crashes resolving anything, so requests go through nc by hand.
+    let script = format!(
+        r#"cd "$KILN_WORKSPACE"
+proxy=${{HTTP_PROXY#http://}}
+ask() {{ printf '%s %s HTTP/1.1\r\nHost: x\r\n\r\n' "$1" "$2" | nc -w 10 "${{proxy%:*}}" "${{proxy##*:}}"; }}
+ask GET http://model.test:{port}/v1/hello > got.txt
+echo "model: $(head -n 1 got.txt | tr -d '\r')"
+echo "other: $(ask GET http://other.test:{port}/ | head -n 1 | tr -d '\r')"
+echo "literal: $(ask CONNECT 10.0.0.1:80 | head -n 1 | tr -d '\r')"
+echo "metadata: $(ask GET http://169.254.169.254/latest/meta-data/ | head -n 1 | tr -d '\r')"
+nslookup model.test >/dev/null 2>&1; echo "dns: $?"
+echo "proxy: $HTTP_PROXY"
+"#
+    );
+    let job = fixture.job(
+        "branch = \"factory/egress\"\nprompt = \"x\"",
+        &script,
+        "true",
+        "",
+    );
+    fixture.edit_job(
+        &job,
+        "[test]",
+        &format!(
+            "[generate.network]\nallow = [\"model.test:{port}\", \"10.0.0.1:80\", \"169.254.169.254:80\"]\n\n[test]"
+        ),
+    );
+    let ran = fixture.run_with(
+        common::kiln()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&job),
+        &[],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let attempt = ran.artifacts.expect("artifacts").join("attempt-1");
+    let log = std::fs::read_to_string(attempt.join("generate.log")).unwrap();
+    for line in [
+        "model: HTTP/1.1 200 OK",
+        "other: HTTP/1.1 403 Forbidden",
+        "literal: HTTP/1.1 403 Forbidden",
+        "metadata: HTTP/1.1 403 Forbidden",
+        "dns: 1",
+    ] {
+        assert!(log.lines().any(|l| l == line), "{line} in {log}");
+    }
+    assert!(log.contains("proxy: http://"), "{log}");
+    // What reached the stand-in came through the proxy, in origin form.
+    let patch = std::fs::read_to_string(attempt.join("diff.patch")).unwrap();
+    assert!(
+        patch.contains("stand-in saw: GET /v1/hello HTTP/1.1|Host: x|Connection: close|"),
+        "{patch}"
+    );
+    let records: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(attempt.join("generate.egress.json")).unwrap(),
+    )
+    .unwrap();
+    let requests = records["requests"].as_array().unwrap();
+    let target = |t: &str| {
+        requests
+            .iter()
+            .find(|r| r["target"] == t)
+            .unwrap_or_else(|| panic!("{t} in {requests:?}"))
+    };
+    assert_eq!(target(&format!("model.test:{port}"))["allowed"], true);
+    assert!(
+        target(&format!("model.test:{port}"))["bytes_down"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    for refused in [
+        format!("other.test:{port}"),
+        "10.0.0.1:80".to_string(),
+        "169.254.169.254:80".to_string(),
+    ] {
+        assert_eq!(target(&refused)["allowed"], false, "{refused}");
+    }
+    let summary = &ran.report.expect("a report")["attempts"][0]["generate"]["egress"];
+    assert_eq!(summary["refused"], 3, "{summary}");
+    assert!(common::leftovers(&records_job(&attempt)).is_empty());
+}
+
+/// The job id, from the artifacts folder `<root>/<id>/attempt-1`.
+fn records_job(attempt: &std::path::Path) -> String {
+    attempt
+        .parent()
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap()
 }

@@ -4,6 +4,7 @@
 //! not public unless the operator lists it, caps connections and bytes, and records every
 //! request, allowed or refused, with the bytes each way.
 
+mod network;
 pub mod policy;
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use network::StageNetwork;
 pub use policy::{Allow, EgressConfig, Host, non_public};
 
 /// Most bytes of a request's head (request line and headers).
@@ -65,6 +67,38 @@ pub struct Request {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
+}
+
+/// What a stage's report says of its egress; every request is in `attempt-N/<stage>.egress.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub requests: usize,
+    pub refused: usize,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// Requests past the record cap, counted only.
+    pub unrecorded: usize,
+    /// The first refused targets, each once.
+    pub refused_targets: Vec<String>,
+}
+
+impl Summary {
+    pub fn of(requests: &[Request], unrecorded: usize) -> Summary {
+        let mut refused_targets: Vec<String> = Vec::new();
+        for r in requests.iter().filter(|r| !r.allowed) {
+            if refused_targets.len() < 20 && !refused_targets.contains(&r.target) {
+                refused_targets.push(r.target.clone());
+            }
+        }
+        Summary {
+            requests: requests.len() + unrecorded,
+            refused: requests.iter().filter(|r| !r.allowed).count(),
+            bytes_up: requests.iter().map(|r| r.bytes_up).sum(),
+            bytes_down: requests.iter().map(|r| r.bytes_down).sum(),
+            unrecorded,
+            refused_targets,
+        }
+    }
 }
 
 /// A running proxy; [`Proxy::stop`] ends it and every tunnel.

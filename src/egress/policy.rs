@@ -89,8 +89,8 @@ impl Host {
     }
 }
 
-/// `[egress]` in the operator config: what only the operator may open.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// `[egress]` in the operator config: what only the operator may open, and the caps.
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
     /// Addresses a job may reach although they are not public (a model API on the LAN, a
@@ -98,6 +98,43 @@ pub struct EgressConfig {
     pub allow_addresses: Vec<IpAddr>,
     /// Names resolved here instead of by DNS, like curl's `--resolve`.
     pub hosts: HashMap<String, IpAddr>,
+    /// Connections one stage may open through the proxy. Default 256.
+    pub max_connections: usize,
+    /// Bytes one stage may move each way through the proxy. Default 256 MiB.
+    pub max_bytes: crate::job::ByteSize,
+}
+
+impl EgressConfig {
+    /// Each `hosts` name is a host name as a job would write it (lowercase, no trailing dot).
+    pub fn check(&self) -> Result<(), String> {
+        for name in self.hosts.keys() {
+            match Host::parse(name) {
+                Ok(Host::Name(normal)) if &normal == name => {}
+                Ok(Host::Name(normal)) => {
+                    return Err(format!("hosts: write `{name}` as `{normal}`"));
+                }
+                Ok(Host::Ip(_)) => {
+                    return Err(format!("hosts: `{name}` is an address, not a name"));
+                }
+                Err(why) => return Err(format!("hosts: {why}")),
+            }
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            allow_addresses: Vec::new(),
+            hosts: HashMap::new(),
+            max_connections: 256,
+            max_bytes: crate::job::ByteSize::mib(256),
+        }
+    }
 }
 
 /// Why an address is not one any job may reach unless the operator lists it.

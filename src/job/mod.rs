@@ -37,10 +37,49 @@ pub struct StageSpec {
     /// generator did to them; a change to one is also a finding for the test-integrity policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub protect: Vec<String>,
+    /// `[<stage>.network]`: the stage may reach these `host:port` pairs through kiln's egress
+    /// proxy, and nothing else. Absent: no network at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkSpec>,
+}
+
+/// A stage's egress allowlist.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub allow: Vec<AllowEntry>,
+}
+
+/// One `host:port` of an allowlist, checked when the job is read.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct AllowEntry(pub crate::egress::Allow);
+
+impl TryFrom<String> for AllowEntry {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        crate::egress::Allow::parse(&text).map(AllowEntry)
+    }
+}
+
+impl From<AllowEntry> for String {
+    fn from(entry: AllowEntry) -> String {
+        entry.0.to_string()
+    }
 }
 
 fn default_timeout() -> Duration {
     Duration::from_secs(600)
+}
+
+/// An allowlist names at least one `host:port`; `[x.network]` left out means no network.
+fn check_network(spec: &StageSpec) -> Result<(), String> {
+    match &spec.network {
+        Some(network) if network.allow.is_empty() => {
+            Err("`allow` is empty; leave the table out for no network".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Resource limits applied to every container of a job.
@@ -391,10 +430,16 @@ impl JobFile {
             ));
         }
         context_globs(&test.protect).map_err(|m| ("test.protect", m))?;
+        for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
+            check_network(spec).map_err(|m| (field, m))?;
+        }
         let review = match self.review {
             Some(spec) => Some(stage(Some(spec), &None, "review")?),
             None => None,
         };
+        if let Some(review) = &review {
+            check_network(review).map_err(|m| ("review.network", m))?;
+        }
         if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
             return Err((
                 "review.protect",

@@ -153,6 +153,7 @@ pub async fn approve(
             limits: &merge.limits,
             loosened: &merge.loosened,
             artifacts: None,
+            egress: &config.egress,
         },
         repo: &source,
         change: commit,

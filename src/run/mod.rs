@@ -477,6 +477,7 @@ impl Runner<'_> {
             limits: &self.job.limits,
             loosened: &self.job.loosened,
             artifacts: Some(&self.artifacts),
+            egress: &self.config.egress,
         }
     }
 
@@ -595,6 +596,8 @@ pub(super) struct Ran {
     oom_killed: bool,
     start_ms: u64,
     duration_ms: u64,
+    /// What went through the egress proxy, for a stage with an allowlist.
+    egress: Option<crate::egress::Summary>,
     output_total: u64,
     output_dropped: u64,
     output_bytes: Vec<u8>,
@@ -607,6 +610,7 @@ impl From<RunOutcome> for Ran {
             timed_out: o.timed_out,
             oom_killed: o.oom_killed,
             start_ms: o.start_latency.as_millis() as u64,
+            egress: None,
             duration_ms: o.duration.as_millis() as u64,
             output_total: o.output.total_bytes(),
             output_dropped: o.output.dropped_bytes(),

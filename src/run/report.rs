@@ -162,6 +162,9 @@ pub struct StageReport {
     pub output_bytes: u64,
     /// Output bytes dropped by the cap (`limits.output`); kept are the first and last halves.
     pub output_dropped_bytes: u64,
+    /// Requests through the egress proxy, for a stage with a `network` allowlist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<crate::egress::Summary>,
 }
 
 #[derive(Debug, Serialize)]
@@ -190,5 +193,6 @@ pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
         duration_ms: ran.duration_ms,
         output_bytes: ran.output_total,
         output_dropped_bytes: ran.output_dropped,
+        egress: ran.egress.clone(),
     }
 }

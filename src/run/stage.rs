@@ -8,6 +8,7 @@ use tracing::{Instrument, info_span};
 
 use super::{Ran, blocking};
 use crate::config::Loosening;
+use crate::egress::{self, EgressConfig, StageNetwork};
 use crate::error::Error;
 use crate::ids::{JobId, Stage};
 use crate::job::{ByteSize, Limits, StageSpec};
@@ -24,6 +25,8 @@ pub(crate) struct Stages<'a> {
     /// The job's artifacts folder: a generator's, test's or reviewer's output is written to
     /// `attempt-N/<stage>.log` there as it comes (`kiln logs --follow` reads it).
     pub artifacts: Option<&'a Path>,
+    /// The operator's `[egress]`, for stages with an allowlist.
+    pub egress: &'a EgressConfig,
 }
 
 impl Stages<'_> {
@@ -92,7 +95,15 @@ impl Stages<'_> {
             Stage::Review => crate::review::REVIEW_INPUT,
             _ => JOB_INPUT,
         };
-        let container = ContainerSpec {
+        let network = match &spec.network {
+            Some(network) => {
+                let allow = network.allow.iter().map(|a| a.0.clone()).collect();
+                let role = format!("{stage}-{n}");
+                Some(StageNetwork::create(self.sandbox, self.job, &role, allow, self.egress).await?)
+            }
+            None => None,
+        };
+        let mut container = ContainerSpec {
             image: spec.image.clone(),
             command: spec.command.clone(),
             env: vec![
@@ -108,8 +119,15 @@ impl Stages<'_> {
             volume: Some(volume.name().to_string()),
             volume_read_only: out.is_some(),
             out_volume: out.map(|o| o.name().to_string()),
+            network: network.as_ref().map(|n| n.name().to_string()),
             labels,
         };
+        if let Some(network) = &network {
+            let url = network.proxy_url();
+            for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                container.env.push((key.into(), url.clone()));
+            }
+        }
         let live = match stage {
             Stage::Generate | Stage::Test | Stage::Review => self
                 .artifacts
@@ -121,8 +139,25 @@ impl Stages<'_> {
             .sandbox
             .run_live(&container, spec.timeout, live.as_deref())
             .instrument(span)
-            .await?;
-        Ok(Ran::from(outcome))
+            .await;
+        let egress = match network {
+            Some(network) => {
+                let (requests, unrecorded) = network.finish().await;
+                if let Some(artifacts) = self.artifacts {
+                    let path = artifacts
+                        .join(format!("attempt-{n}"))
+                        .join(format!("{stage}.egress.json"));
+                    let record =
+                        serde_json::json!({"requests": requests, "unrecorded": unrecorded});
+                    super::write_json(&path, &record)?;
+                }
+                Some(egress::Summary::of(&requests, unrecorded))
+            }
+            None => None,
+        };
+        let mut ran = Ran::from(outcome?);
+        ran.egress = egress;
+        Ok(ran)
     }
 
     /// The tests (`stage` is [`Stage::Test`] or [`Stage::MergeTest`]) on `tree` of the

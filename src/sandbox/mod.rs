@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    AttachContainerOptions, KillContainerOptions, ListContainersOptions, ListVolumesOptions,
-    RemoveContainerOptions, RemoveVolumeOptions,
+    AttachContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
+    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -61,7 +61,7 @@ fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxErr
 }
 
 /// Bounds a Docker API call in time: every wait has a timeout.
-async fn bounded<T, E>(
+pub(crate) async fn bounded<T, E>(
     op: &'static str,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<Result<T, E>, SandboxError> {
@@ -339,7 +339,8 @@ impl Sandbox {
         remove_container(&self.docker, id).await;
     }
 
-    /// Removes every container and volume labelled with `job`; safe to call more than once.
+    /// Removes every container, network and volume labelled with `job`; safe to call more than
+    /// once.
     pub async fn reap_job(&self, job: &JobId) -> Result<usize, SandboxError> {
         self.reap(&format!("{LABEL_JOB}={job}"), |_| true).await
     }
@@ -372,6 +373,22 @@ impl Sandbox {
             {
                 self.remove_container(&id).await;
                 removed += 1;
+            }
+        }
+        let list = ListNetworksOptions {
+            filters: Some(filters.clone()),
+        };
+        let networks = bounded("list networks", self.docker.list_networks(Some(list)))
+            .await?
+            .map_err(docker_err("list networks"))?;
+        for n in networks {
+            if doomed(&n.labels.unwrap_or_default())
+                && let Some(name) = n.name
+            {
+                match bounded("remove network", self.docker.remove_network(&name)).await? {
+                    Ok(()) => removed += 1,
+                    Err(e) => warn!(network = name, "could not remove network: {e}"),
+                }
             }
         }
         let list = ListVolumesOptions {

@@ -37,6 +37,9 @@ pub struct ContainerSpec {
     pub volume_read_only: bool,
     /// A writable volume mounted at [`OUT_DIR`] (inside a read-only workspace), if any.
     pub out_volume: Option<String>,
+    /// The stage's own internal network, whose only way out is kiln's egress proxy; `None`:
+    /// no network (or the bridge, when the operator permits the `network` loosening).
+    pub network: Option<String>,
     pub labels: HashMap<String, String>,
 }
 
@@ -61,14 +64,11 @@ impl ContainerSpec {
             mounts
         });
         let host = HostConfig {
-            network_mode: Some(
-                if loosened(Loosening::Network) {
-                    "bridge"
-                } else {
-                    "none"
-                }
-                .into(),
-            ),
+            network_mode: Some(match &self.network {
+                Some(name) => name.clone(),
+                None if loosened(Loosening::Network) => "bridge".into(),
+                None => "none".into(),
+            }),
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             readonly_rootfs: Some(!loosened(Loosening::WritableRootfs)),
@@ -123,7 +123,7 @@ impl ContainerSpec {
             attach_stdin: Some(false),
             open_stdin: Some(false),
             tty: Some(false),
-            network_disabled: Some(!loosened(Loosening::Network)),
+            network_disabled: Some(self.network.is_none() && !loosened(Loosening::Network)),
             host_config: Some(host),
             ..Default::default()
         }
@@ -144,6 +144,7 @@ mod tests {
             volume: Some("v".into()),
             volume_read_only: false,
             out_volume: None,
+            network: None,
             labels: HashMap::new(),
         }
     }

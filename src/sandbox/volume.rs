@@ -168,6 +168,7 @@ impl WorkVolume {
             volume: None,
             volume_read_only: false,
             out_volume: None,
+            network: None,
             labels,
         };
         let mut body = holder_spec.to_create_body();

@@ -174,6 +174,7 @@ pub fn leftovers(job: &str) -> Vec<String> {
     for args in [
         vec!["ps", "-a", "-q", "--filter", &label],
         vec!["volume", "ls", "-q", "--filter", &label],
+        vec!["network", "ls", "-q", "--filter", &label],
     ] {
         let out = Command::new("docker")
             .args(&args)
