@@ -30,6 +30,11 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         queued: usize,
     },
+    /// Small HTTP requests through the egress proxy against the same requests direct, on loopback.
+    Egress {
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+    },
 }
 
 pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
@@ -39,7 +44,36 @@ pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
             tokio::task::block_in_place(|| policy(runs, &bundle))
         }
         BenchCommand::Serve { jobs, queued } => super::bench_serve::exec(jobs, queued).await,
+        BenchCommand::Egress { requests } => egress(requests).await,
     }
+}
+
+async fn egress(requests: usize) -> Result<ExitCode, Error> {
+    if requests < 2 {
+        return Err(Error::Usage("--requests must be at least 2".into()));
+    }
+    let f = kiln::bench::egress(requests).await?;
+    println!("{requests} small HTTP requests on loopback, a new connection each, interleaved");
+    for figures in [&f.direct, &f.proxied] {
+        println!(
+            "  {:<26} p50 {:>7.3} ms   p99 {:>7.3} ms",
+            figures.name,
+            ms(figures.percentile(50.0)),
+            ms(figures.percentile(99.0))
+        );
+    }
+    println!(
+        "added by the proxy: p50 {:.3} ms   p99 {:.3} ms",
+        ms(f.proxied.percentile(50.0)) - ms(f.direct.percentile(50.0)),
+        ms(f.proxied.percentile(99.0)) - ms(f.direct.percentile(99.0))
+    );
+    println!(
+        "throughput: direct {:.0} req/s, proxied {:.0} req/s, ratio proxied/direct {:.2}",
+        requests as f64 / f.direct_total.as_secs_f64(),
+        requests as f64 / f.proxied_total.as_secs_f64(),
+        f.direct_total.as_secs_f64() / f.proxied_total.as_secs_f64()
+    );
+    Ok(ExitCode::Success)
 }
 
 async fn overhead(runs: usize, image: &str) -> Result<ExitCode, Error> {
