@@ -260,6 +260,26 @@ async fn connections_bytes_and_clients_are_capped() {
         "{requests:?}"
     );
 
+    // Connections that never send a request hold at most MAX_OPEN slots; more are closed at once.
+    let proxy = Proxy::start(
+        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
+        rules(server, &[LOOPBACK]),
+    )
+    .await
+    .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..kiln::egress::MAX_OPEN {
+        idle.push(TcpStream::connect(proxy.addr()).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut byte = [0u8; 1];
+    let closed =
+        tokio::time::timeout(std::time::Duration::from_secs(3), extra.read(&mut byte)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    drop(idle);
+    proxy.stop().await;
+
     // A connection from outside the sandbox's network is dropped unanswered.
     let mut fenced = rules(server, &[LOOPBACK]);
     fenced.clients = Some(("10.0.0.0".parse().unwrap(), 8));

@@ -31,6 +31,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
 /// Most requests recorded; past it they are counted only.
 const MAX_RECORDS: usize = 10_000;
+/// Connections open at once; more are closed unanswered, so a stage cannot exhaust kiln's
+/// file descriptors with connections that never send a request.
+pub const MAX_OPEN: usize = 64;
 /// How long stopping waits for connections to record themselves before cutting them off.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
@@ -187,6 +190,10 @@ async fn accept_loop(
             continue;
         };
         while tasks.try_join_next().is_some() {}
+        if tasks.len() >= MAX_OPEN {
+            tracing::warn!(%peer, "egress proxy: {MAX_OPEN} connections open; one more dropped");
+            continue;
+        }
         if let Some((net, prefix)) = shared.rules.clients
             && !in_network(peer.ip(), net, prefix)
         {
