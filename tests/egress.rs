@@ -348,9 +348,13 @@ fn a_sandbox_reaches_only_its_allowlist_through_the_proxy_and_has_no_dns() {
     let port = blocking_stand_in();
     let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
     let config = fixture.path("kiln.toml");
+    let allow = format!("\"model.test:{port}\", \"10.0.0.1:80\", \"169.254.169.254:80\"");
+    // The operator permits what the job may name, and opens loopback for the stand-in.
     std::fs::write(
         &config,
-        "[egress]\nallow_addresses = [\"127.0.0.1\"]\nhosts = { \"model.test\" = \"127.0.0.1\" }\n",
+        format!(
+            "[egress]\npermit = [{allow}]\nallow_addresses = [\"127.0.0.1\"]\nhosts = {{ \"model.test\" = \"127.0.0.1\" }}\n"
+        ),
     )
     .unwrap();
     // busybox's static wget crashes resolving anything, so requests go through nc by hand.
@@ -376,9 +380,7 @@ echo "proxy: $HTTP_PROXY"
     fixture.edit_job(
         &job,
         "[test]",
-        &format!(
-            "[generate.network]\nallow = [\"model.test:{port}\", \"10.0.0.1:80\", \"169.254.169.254:80\"]\n\n[test]"
-        ),
+        &format!("[generate.network]\nallow = [{allow}]\n\n[test]"),
     );
     let ran = fixture.run_with(
         common::kiln()
@@ -444,4 +446,39 @@ fn records_job(attempt: &std::path::Path) -> String {
         .and_then(|p| p.file_name())
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap()
+}
+
+#[test]
+fn a_job_may_name_only_hosts_the_operator_permits() {
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let config = fixture.path("kiln.toml");
+    std::fs::write(&config, "[egress]\npermit = [\"pypi.org:443\"]\n").unwrap();
+    let job = fixture.job(
+        "branch = \"factory/egress\"\nprompt = \"x\"",
+        "true",
+        "true",
+        "",
+    );
+    fixture.edit_job(
+        &job,
+        "[test]",
+        "[generate.network]\nallow = [\"pypi.org:443\", \"evil.example:443\"]\n\n[test]",
+    );
+    let ran = fixture.run_with(
+        common::kiln()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&job),
+        &[],
+    );
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains("generate.network")
+            && ran.stderr.contains("evil.example:443")
+            && ran.stderr.contains("[egress] permit"),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.artifacts.is_none(), "nothing ran");
 }

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use network::StageNetwork;
-pub use policy::{Allow, EgressConfig, Host, non_public};
+pub use policy::{Allow, EgressConfig, Host, PermitEntry, non_public};
 
 /// Most bytes of a request's head (request line and headers).
 const MAX_HEAD: usize = 16 << 10;

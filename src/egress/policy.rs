@@ -89,10 +89,25 @@ impl Host {
     }
 }
 
+/// One `host:port` of `[egress] permit`, checked when the config is read.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub struct PermitEntry(pub Allow);
+
+impl TryFrom<String> for PermitEntry {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        Allow::parse(&text).map(PermitEntry)
+    }
+}
+
 /// `[egress]` in the operator config: what only the operator may open, and the caps.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
+    /// The `host:port` pairs a job's allowlist may name; a job naming another is refused
+    /// before anything runs. Empty (the default): no job may have network.
+    pub permit: Vec<PermitEntry>,
     /// Addresses a job may reach although they are not public (a model API on the LAN, a
     /// test's stand-in on loopback), and IP literals a job may name.
     pub allow_addresses: Vec<IpAddr>,
@@ -129,6 +144,7 @@ impl EgressConfig {
 impl Default for EgressConfig {
     fn default() -> Self {
         EgressConfig {
+            permit: Vec::new(),
             allow_addresses: Vec::new(),
             hosts: HashMap::new(),
             max_connections: 256,

@@ -72,13 +72,25 @@ fn default_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
-/// An allowlist names at least one `host:port`; `[x.network]` left out means no network.
-fn check_network(spec: &StageSpec) -> Result<(), String> {
-    match &spec.network {
-        Some(network) if network.allow.is_empty() => {
-            Err("`allow` is empty; leave the table out for no network".into())
-        }
-        _ => Ok(()),
+/// An allowlist names at least one `host:port`, each one the operator permits (`[egress]
+/// permit`); `[x.network]` left out means no network.
+fn check_network(spec: &StageSpec, permitted: &[crate::egress::PermitEntry]) -> Result<(), String> {
+    let Some(network) = &spec.network else {
+        return Ok(());
+    };
+    if network.allow.is_empty() {
+        return Err("`allow` is empty; leave the table out for no network".into());
+    }
+    match network
+        .allow
+        .iter()
+        .find(|a| !permitted.iter().any(|p| p.0 == a.0))
+    {
+        Some(denied) => Err(format!(
+            "`{}` is not among the hosts the operator config permits ([egress] permit)",
+            denied.0
+        )),
+        None => Ok(()),
     }
 }
 
@@ -431,14 +443,14 @@ impl JobFile {
         }
         context_globs(&test.protect).map_err(|m| ("test.protect", m))?;
         for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
-            check_network(spec).map_err(|m| (field, m))?;
+            check_network(spec, &config.egress.permit).map_err(|m| (field, m))?;
         }
         let review = match self.review {
             Some(spec) => Some(stage(Some(spec), &None, "review")?),
             None => None,
         };
         if let Some(review) = &review {
-            check_network(review).map_err(|m| ("review.network", m))?;
+            check_network(review, &config.egress.permit).map_err(|m| ("review.network", m))?;
         }
         if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
             return Err((
