@@ -73,6 +73,26 @@ fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
     }
 }
 
+/// A proxy on loopback with `rules`.
+async fn start(rules: Rules) -> Proxy {
+    Proxy::start((LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(), rules)
+        .await
+        .unwrap()
+}
+
+/// A tunnel through `proxy` to `model.test:port`, its answer read.
+async fn tunnel(proxy: &Proxy, port: u16) -> TcpStream {
+    let (mut conn, answer) = ask(
+        proxy,
+        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(answer, "HTTP/1.1 200 Connection established");
+    let mut blank = [0u8; 2];
+    conn.read_exact(&mut blank).await.unwrap();
+    conn
+}
+
 /// Sends `head` to the proxy; returns the connection and the proxy's first answer line.
 async fn ask(proxy: &Proxy, head: &str) -> (TcpStream, String) {
     let mut conn = TcpStream::connect(proxy.addr()).await.unwrap();
@@ -107,22 +127,10 @@ fn last(proxy: &Proxy) -> Request {
 async fn only_listed_names_at_public_or_operator_listed_addresses_get_through() {
     let server = stand_in().await;
     let port = server.port();
-    let proxy = Proxy::start(
-        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
-        rules(server, &[LOOPBACK]),
-    )
-    .await
-    .unwrap();
+    let proxy = start(rules(server, &[LOOPBACK])).await;
 
     // A tunnel to the listed name, which the operator maps to an address they list.
-    let (mut conn, answer) = ask(
-        &proxy,
-        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
-    )
-    .await;
-    assert_eq!(answer, "HTTP/1.1 200 Connection established");
-    let mut rest = [0u8; 2];
-    conn.read_exact(&mut rest).await.unwrap(); // the blank line ending the answer
+    let mut conn = tunnel(&proxy, port).await;
     conn.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];
     conn.read_exact(&mut echo).await.unwrap();
@@ -185,12 +193,7 @@ async fn only_listed_names_at_public_or_operator_listed_addresses_get_through() 
 async fn loopback_and_literals_stay_closed_unless_the_operator_lists_them() {
     let server = stand_in().await;
     let port = server.port();
-    let proxy = Proxy::start(
-        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
-        rules(server, &[]),
-    )
-    .await
-    .unwrap();
+    let proxy = start(rules(server, &[])).await;
     // The name is listed, but it leads to loopback, which the operator did not open.
     let (mut conn, answer) = ask(
         &proxy,
@@ -210,12 +213,7 @@ async fn loopback_and_literals_stay_closed_unless_the_operator_lists_them() {
     assert!(requests.iter().all(|r| !r.allowed && r.address.is_none()));
 
     // Listed by the operator, the same literal gets through.
-    let proxy = Proxy::start(
-        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
-        rules(server, &[LOOPBACK]),
-    )
-    .await
-    .unwrap();
+    let proxy = start(rules(server, &[LOOPBACK])).await;
     let (_, answer) = ask(
         &proxy,
         &format!("CONNECT {LOOPBACK}:{port} HTTP/1.1\r\n\r\n"),
@@ -231,9 +229,7 @@ async fn connections_bytes_and_clients_are_capped() {
     let mut capped = rules(server, &[LOOPBACK]);
     capped.max_connections = 2;
     capped.max_bytes = 1000;
-    let proxy = Proxy::start((LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(), capped)
-        .await
-        .unwrap();
+    let proxy = start(capped).await;
     let connect = format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n");
     // Past the byte cap the tunnel is cut.
     let (mut conn, answer) = ask(&proxy, &connect).await;
@@ -261,12 +257,7 @@ async fn connections_bytes_and_clients_are_capped() {
     );
 
     // Connections that never send a request hold at most MAX_OPEN slots; more are closed at once.
-    let proxy = Proxy::start(
-        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
-        rules(server, &[LOOPBACK]),
-    )
-    .await
-    .unwrap();
+    let proxy = start(rules(server, &[LOOPBACK])).await;
     let mut idle = Vec::new();
     for _ in 0..kiln::egress::MAX_OPEN {
         idle.push(TcpStream::connect(proxy.addr()).await.unwrap());
@@ -283,9 +274,7 @@ async fn connections_bytes_and_clients_are_capped() {
     // A connection from outside the sandbox's network is dropped unanswered.
     let mut fenced = rules(server, &[LOOPBACK]);
     fenced.clients = Some(("10.0.0.0".parse().unwrap(), 8));
-    let proxy = Proxy::start((LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(), fenced)
-        .await
-        .unwrap();
+    let proxy = start(fenced).await;
     let (_, answer) = ask(&proxy, &connect).await;
     assert_eq!(answer, "");
     assert!(proxy.stop().await.0.is_empty());
@@ -295,20 +284,8 @@ async fn connections_bytes_and_clients_are_capped() {
 async fn stopping_cuts_open_tunnels_and_still_records_them() {
     let server = stand_in().await;
     let port = server.port();
-    let proxy = Proxy::start(
-        (LOOPBACK.parse::<IpAddr>().unwrap(), 0).into(),
-        rules(server, &[LOOPBACK]),
-    )
-    .await
-    .unwrap();
-    let (mut conn, answer) = ask(
-        &proxy,
-        &format!("CONNECT model.test:{port} HTTP/1.1\r\n\r\n"),
-    )
-    .await;
-    assert_eq!(answer, "HTTP/1.1 200 Connection established");
-    let mut rest = [0u8; 2];
-    conn.read_exact(&mut rest).await.unwrap();
+    let proxy = start(rules(server, &[LOOPBACK])).await;
+    let mut conn = tunnel(&proxy, port).await;
     conn.write_all(b"hello").await.unwrap();
     let mut echo = [0u8; 5];
     conn.read_exact(&mut echo).await.unwrap();
