@@ -281,6 +281,21 @@ async fn connections_bytes_and_clients_are_capped() {
 }
 
 #[tokio::test]
+async fn a_dropped_proxy_stops_listening_and_cuts_its_tunnels() {
+    let server = stand_in().await;
+    let port = server.port();
+    let proxy = start(rules(server, &[LOOPBACK])).await;
+    let addr = proxy.addr();
+    let mut conn = tunnel(&proxy, port).await;
+    drop(proxy);
+    let mut byte = [0u8; 1];
+    let cut = tokio::time::timeout(std::time::Duration::from_secs(5), conn.read(&mut byte)).await;
+    assert!(matches!(cut, Ok(Ok(0)) | Ok(Err(_))), "{cut:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(TcpStream::connect(addr).await.is_err(), "still listening");
+}
+
+#[tokio::test]
 async fn stopping_cuts_open_tunnels_and_still_records_them() {
     let server = stand_in().await;
     let port = server.port();

@@ -168,6 +168,14 @@ impl Proxy {
     }
 }
 
+/// A proxy dropped without [`Proxy::stop`] (its job's task was cancelled) stops listening and
+/// cuts its tunnels at once, unrecorded: nothing is left running for a job that is gone.
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
 /// Resolves once the proxy is told to stop.
 async fn stopped(stopping: &mut watch::Receiver<bool>) {
     let _ = stopping.wait_for(|stop| *stop).await;
