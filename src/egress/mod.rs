@@ -194,8 +194,14 @@ async fn accept_loop(
             () = stopped(&mut stopping) => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, peer)) = accepted else {
-            continue;
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!("egress proxy: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         while tasks.try_join_next().is_some() {}
         if tasks.len() >= MAX_OPEN {
