@@ -13,6 +13,8 @@ use serde_json::Value;
 /// A running `kiln serve`, killed when dropped.
 struct Server {
     child: Child,
+    /// Remove what the server made when it is dropped (not after [`Server::kill`]).
+    tidy: bool,
     state: PathBuf,
     url: String,
     token: String,
@@ -46,6 +48,7 @@ impl Server {
         };
         Server {
             child,
+            tidy: true,
             state: state.into(),
             url: read("address"),
             token: read("token"),
@@ -147,16 +150,46 @@ impl Server {
         out.status.code().unwrap_or(-1)
     }
 
+    /// SIGKILL, leaving what the server made for its restart to reap.
     fn kill(mut self) {
+        self.tidy = false;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// Kills the server and removes what it made (its pooled holders and volumes, a running job's
+/// containers), so that test runs leave nothing behind on the machine.
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if !self.tidy {
+            return;
+        }
+        let label = format!("label=kiln.pid={}", self.child.id());
+        for (list, remove) in [
+            (vec!["ps", "-a", "-q"], vec!["rm", "-f"]),
+            (vec!["volume", "ls", "-q"], vec!["volume", "rm", "-f"]),
+        ] {
+            let out = Command::new("docker")
+                .args(&list)
+                .args(["--filter", &label])
+                .output()
+                .unwrap();
+            let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(String::from)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker")
+                    .args(&remove)
+                    .args(&ids)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status();
+            }
+        }
     }
 }
 
