@@ -49,6 +49,10 @@ pub struct Config {
     /// What a stage with an allowlist may reach beyond it: only the operator opens addresses
     /// that are not public, and sets the egress proxy's caps.
     pub egress: crate::egress::EgressConfig,
+    /// `[secrets.NAME]`: credentials read on the host, which a stage's `[x.network] secrets`
+    /// may use through the egress proxy without ever holding them. Every value is redacted from
+    /// everything kiln writes. Default: none.
+    pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
 }
 
 /// `[publish]`: how kiln writes to a remote, and where merges may land. The credentials stay on
@@ -221,6 +225,7 @@ impl Default for Config {
             publish: PublishConfig::default(),
             audit_log: None,
             egress: crate::egress::EgressConfig::default(),
+            secrets: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -288,6 +293,7 @@ impl Config {
         self.notify.check()?;
         self.publish.check()?;
         self.egress.check().map_err(|e| format!("[egress] {e}"))?;
+        crate::secrets::check(&self.secrets).map_err(|e| format!("[secrets] {e}"))?;
         self.limits.check().map_err(|e| format!("[limits]: {e}"))
     }
 }

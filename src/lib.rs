@@ -22,6 +22,7 @@ pub mod review;
 pub mod run;
 pub mod sandbox;
 pub mod scheduler;
+pub mod secrets;
 pub mod serve;
 pub mod store;
 pub mod workspace;

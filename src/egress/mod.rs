@@ -4,6 +4,7 @@
 //! not public unless the operator lists it, caps connections and bytes, and records every
 //! request, allowed or refused, with the bytes each way.
 
+mod ca;
 mod network;
 pub mod policy;
 

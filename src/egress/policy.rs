@@ -117,6 +117,9 @@ pub struct EgressConfig {
     pub max_connections: usize,
     /// Bytes one stage may move each way through the proxy. Default 256 MiB.
     pub max_bytes: crate::job::ByteSize,
+    /// A PEM file of CA certificates the proxy trusts, besides the Mozilla roots, when it opens
+    /// TLS to a host a secret is bound to (a model API behind your own CA). Default none.
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 impl EgressConfig {
@@ -149,6 +152,7 @@ impl Default for EgressConfig {
             hosts: HashMap::new(),
             max_connections: 256,
             max_bytes: crate::job::ByteSize::mib(256),
+            upstream_ca: None,
         }
     }
 }
