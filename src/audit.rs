@@ -84,6 +84,8 @@ pub struct Verified {
 /// An audit log file, appended to under a lock.
 pub struct AuditLog {
     path: PathBuf,
+    /// Applied to each record's data before it is hashed and written.
+    redactor: crate::secrets::Redactor,
 }
 
 impl AuditLog {
@@ -101,7 +103,15 @@ impl AuditLog {
                 .create(dir)
                 .map_err(io)?;
         }
-        Ok(AuditLog { path: path.into() })
+        Ok(AuditLog {
+            path: path.into(),
+            redactor: crate::secrets::Redactor::default(),
+        })
+    }
+
+    /// The log, with `redactor` applied to every record it appends.
+    pub fn redacting(self, redactor: crate::secrets::Redactor) -> AuditLog {
+        AuditLog { redactor, ..self }
     }
 
     pub fn path(&self) -> &Path {
@@ -138,6 +148,13 @@ impl AuditLog {
                     why,
                 });
             }
+        };
+        let data = if self.redactor.is_empty() {
+            data
+        } else {
+            let text = serde_json::to_string(&data).expect("a JSON value serializes");
+            serde_json::from_str(&self.redactor.text(&text))
+                .unwrap_or_else(|_| serde_json::json!("[REDACTED: data withheld]"))
         };
         let mut record = Record {
             seq,

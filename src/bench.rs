@@ -295,6 +295,8 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
         max_connections: requests + 1,
         max_bytes: u64::MAX,
         clients: None,
+        secrets: Vec::new(),
+        intercept: None,
     };
     let proxy = crate::egress::Proxy::start((loopback, 0).into(), rules)
         .await

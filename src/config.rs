@@ -53,6 +53,9 @@ pub struct Config {
     /// may use through the egress proxy without ever holding them. Every value is redacted from
     /// everything kiln writes. Default: none.
     pub secrets: std::collections::BTreeMap<String, crate::secrets::SecretSource>,
+    /// The redactor for `secrets`, made on first use.
+    #[serde(skip)]
+    redactor: std::sync::OnceLock<crate::secrets::Redactor>,
 }
 
 /// `[publish]`: how kiln writes to a remote, and where merges may land. The credentials stay on
@@ -226,6 +229,7 @@ impl Default for Config {
             audit_log: None,
             egress: crate::egress::EgressConfig::default(),
             secrets: std::collections::BTreeMap::new(),
+            redactor: std::sync::OnceLock::new(),
         }
     }
 }
@@ -257,8 +261,23 @@ impl Config {
     pub fn audit(&self) -> Result<Option<crate::audit::AuditLog>, crate::audit::AuditError> {
         self.audit_log
             .as_deref()
-            .map(crate::audit::AuditLog::open)
+            .map(|path| Ok(crate::audit::AuditLog::open(path)?.redacting(self.redactor())))
             .transpose()
+    }
+
+    /// What hides every `[secrets]` value (and its base64 forms) in what kiln writes; made from
+    /// the values readable at first use. A secret that cannot be read is named in a warning
+    /// (no job can use it either).
+    pub fn redactor(&self) -> crate::secrets::Redactor {
+        self.redactor
+            .get_or_init(|| {
+                let (redactor, unreadable) = crate::secrets::redactor(&self.secrets);
+                for why in unreadable {
+                    tracing::warn!("{why}; it is not redacted, and no job can use it");
+                }
+                redactor
+            })
+            .clone()
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

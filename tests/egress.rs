@@ -70,6 +70,8 @@ fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
         max_connections: 100,
         max_bytes: 1 << 20,
         clients: None,
+        secrets: Vec::new(),
+        intercept: None,
     }
 }
 

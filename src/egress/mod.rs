@@ -5,6 +5,7 @@
 //! request, allowed or refused, with the bytes each way.
 
 mod ca;
+mod intercept;
 mod network;
 pub mod policy;
 
@@ -19,6 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+pub use ca::{JobCa, upstream_client};
+pub use intercept::{Exchange, Intercept};
 pub use network::StageNetwork;
 pub use policy::{Allow, EgressConfig, Host, PermitEntry, non_public};
 
@@ -51,6 +54,31 @@ pub struct Rules {
     pub max_bytes: u64,
     /// Only connections from this network (address, prefix length) are served: the sandbox's.
     pub clients: Option<(IpAddr, u8)>,
+    /// Secrets the proxy adds to requests to their hosts; tunnels to those hosts are opened
+    /// with `intercept`.
+    pub secrets: Vec<crate::secrets::Binding>,
+    pub intercept: Option<Arc<Intercept>>,
+}
+
+impl Rules {
+    /// Rules for `allow` with the operator's caps, serving any client, with no secrets.
+    pub fn new(allow: Vec<Allow>, operator: &EgressConfig) -> Rules {
+        Rules {
+            allow,
+            operator: operator.clone(),
+            max_connections: operator.max_connections,
+            max_bytes: operator.max_bytes.bytes(),
+            clients: None,
+            secrets: Vec::new(),
+            intercept: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Intercept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Intercept")
+    }
 }
 
 /// One request through the proxy.
@@ -71,6 +99,9 @@ pub struct Request {
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub duration_ms: u64,
+    /// For a tunnel kiln opened (its host has a bound secret): each request inside it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exchanges: Vec<Exchange>,
 }
 
 /// What a stage's report says of its egress; every request is in `attempt-N/<stage>.egress.json`.
@@ -257,6 +288,7 @@ async fn serve(mut client: TcpStream, shared: &Shared, stopping: watch::Receiver
         bytes_up: 0,
         bytes_down: 0,
         duration_ms: 0,
+        exchanges: Vec::new(),
     };
     let outcome = handle(&mut client, shared, &mut record, stopping).await;
     if let Err(why) = outcome {
@@ -319,6 +351,24 @@ async fn handle(
         .await
         .map_err(|_| format!("{address} did not answer within 10 s"))?
         .map_err(|e| format!("cannot connect to {address}: {e}"))?;
+    if let Host::Name(name) = &allow.host {
+        let bound: Vec<_> = shared
+            .rules
+            .secrets
+            .iter()
+            .filter(|b| b.hosts.contains(name))
+            .cloned()
+            .collect();
+        if !bound.is_empty() {
+            if request.method != "CONNECT" {
+                return Err(format!(
+                    "{name} has a secret bound to it, which kiln adds only inside TLS; use https://"
+                ));
+            }
+            return intercept::serve(client, upstream, name, bound, shared, record, stopping)
+                .await;
+        }
+    }
     record.allowed = true;
     if request.method == "CONNECT" {
         client

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use bollard::models::NetworkCreateRequest;
 
-use super::{Allow, EgressConfig, Proxy, Request, Rules};
+use super::{Proxy, Request, Rules};
 use crate::ids::JobId;
 use crate::sandbox::{Sandbox, SandboxError, bounded, job_labels};
 
@@ -18,13 +18,13 @@ pub struct StageNetwork {
 }
 
 impl StageNetwork {
-    /// Makes the network `kiln-<job>-<role>` and starts the proxy for `allow`.
+    /// Makes the network `kiln-<job>-<role>` and starts a proxy with `rules`, serving that
+    /// network only.
     pub async fn create(
         sandbox: &Sandbox,
         job: &JobId,
         role: &str,
-        allow: Vec<Allow>,
-        operator: &EgressConfig,
+        rules: Rules,
     ) -> Result<StageNetwork, SandboxError> {
         let docker = sandbox.docker();
         let name = format!(
@@ -45,7 +45,7 @@ impl StageNetwork {
                 op: "create a stage network",
                 message: e.to_string(),
             })?;
-        let made = StageNetwork::start_proxy(sandbox, &name, allow, operator).await;
+        let made = StageNetwork::start_proxy(sandbox, &name, rules).await;
         match made {
             Ok(proxy) => Ok(StageNetwork {
                 sandbox: sandbox.clone(),
@@ -62,8 +62,7 @@ impl StageNetwork {
     async fn start_proxy(
         sandbox: &Sandbox,
         name: &str,
-        allow: Vec<Allow>,
-        operator: &EgressConfig,
+        mut rules: Rules,
     ) -> Result<Proxy, SandboxError> {
         let bad = |message: String| SandboxError::Docker {
             op: "set up a stage network",
@@ -91,13 +90,7 @@ impl StageNetwork {
             .and_then(|s| s.split_once('/'))
             .and_then(|(ip, len)| Some((ip.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?)))
             .ok_or_else(|| bad(format!("network {name} has no subnet")))?;
-        let rules = Rules {
-            allow,
-            operator: operator.clone(),
-            max_connections: operator.max_connections,
-            max_bytes: operator.max_bytes.bytes(),
-            clients: Some((subnet, prefix)),
-        };
+        rules.clients = Some((subnet, prefix));
         Proxy::start(SocketAddr::new(gateway, 0), rules)
             .await
             .map_err(|e| bad(format!("cannot listen on {gateway}: {e}")))

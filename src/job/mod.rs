@@ -48,6 +48,10 @@ pub struct StageSpec {
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     pub allow: Vec<AllowEntry>,
+    /// Names of the operator's `[secrets]` the stage uses: it sees a placeholder in each
+    /// variable, and the proxy puts the real value into requests to the secret's hosts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// One `host:port` of an allowlist, checked when the job is read.
@@ -73,25 +77,42 @@ fn default_timeout() -> Duration {
 }
 
 /// An allowlist names at least one `host:port`, each one the operator permits (`[egress]
-/// permit`); `[x.network]` left out means no network.
-fn check_network(spec: &StageSpec, permitted: &[crate::egress::PermitEntry]) -> Result<(), String> {
+/// permit`); `[x.network]` left out means no network. Each secret is one the operator
+/// configured, readable now, and bound to a host on the allowlist.
+fn check_network(spec: &StageSpec, config: &Config) -> Result<(), String> {
     let Some(network) = &spec.network else {
         return Ok(());
     };
     if network.allow.is_empty() {
         return Err("`allow` is empty; leave the table out for no network".into());
     }
-    match network
+    let permitted = &config.egress.permit;
+    if let Some(denied) = network
         .allow
         .iter()
         .find(|a| !permitted.iter().any(|p| p.0 == a.0))
     {
-        Some(denied) => Err(format!(
+        return Err(format!(
             "`{}` is not among the hosts the operator config permits ([egress] permit)",
             denied.0
-        )),
-        None => Ok(()),
+        ));
     }
+    for name in &network.secrets {
+        let source = config.secrets.get(name).ok_or_else(|| {
+            format!("secret `{name}` is not in the operator config's [secrets]")
+        })?;
+        source.read(name)?;
+        let reachable = network.allow.iter().any(|a| {
+            matches!(&a.0.host, crate::egress::Host::Name(h) if source.hosts.contains(h))
+        });
+        if !reachable {
+            return Err(format!(
+                "secret `{name}` is for {}, none of which is on `allow`",
+                source.hosts.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Resource limits applied to every container of a job.
@@ -443,14 +464,14 @@ impl JobFile {
         }
         context_globs(&test.protect).map_err(|m| ("test.protect", m))?;
         for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
-            check_network(spec, &config.egress.permit).map_err(|m| (field, m))?;
+            check_network(spec, config).map_err(|m| (field, m))?;
         }
         let review = match self.review {
             Some(spec) => Some(stage(Some(spec), &None, "review")?),
             None => None,
         };
         if let Some(review) = &review {
-            check_network(review, &config.egress.permit).map_err(|m| ("review.network", m))?;
+            check_network(review, config).map_err(|m| ("review.network", m))?;
         }
         if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
             return Err((

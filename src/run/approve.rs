@@ -153,7 +153,7 @@ pub async fn approve(
             limits: &merge.limits,
             loosened: &merge.loosened,
             artifacts: None,
-            egress: &config.egress,
+            config,
         },
         repo: &source,
         change: commit,

@@ -332,6 +332,7 @@ impl Runner<'_> {
             attempt: n,
             generate: stage_report(&job.generate, &generated),
             ignored_paths: ingested.skipped,
+            secrets_redacted: ingested.redacted,
             diff: diff.stats,
             files: diff
                 .files
@@ -428,8 +429,8 @@ impl Runner<'_> {
             let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
             let (tree, ingested) = match volume.download_workspace(cap).await? {
                 Ok(tar) => {
-                    let ws = ws.clone();
-                    blocking(move || Ok(ws.ingest(&tar)?)).await?
+                    let (ws, redactor) = (ws.clone(), self.config.redactor());
+                    blocking(move || Ok(ws.ingest(&tar, &redactor)?)).await?
                 }
                 Err(cap) => {
                     let skipped = Skipped {
@@ -445,6 +446,7 @@ impl Runner<'_> {
                             files: 0,
                             skipped: vec![skipped],
                             whole: false,
+                            redacted: 0,
                         },
                     )
                 }
@@ -477,7 +479,7 @@ impl Runner<'_> {
             limits: &self.job.limits,
             loosened: &self.job.loosened,
             artifacts: Some(&self.artifacts),
-            egress: &self.config.egress,
+            config: self.config,
         }
     }
 
@@ -603,8 +605,9 @@ pub(super) struct Ran {
     output_bytes: Vec<u8>,
 }
 
-impl From<RunOutcome> for Ran {
-    fn from(o: RunOutcome) -> Self {
+impl Ran {
+    /// What a stage's container did, with every secret hidden in its output.
+    fn redacted(o: RunOutcome, redactor: &crate::secrets::Redactor) -> Self {
         Ran {
             exit_code: o.exit_code,
             timed_out: o.timed_out,
@@ -614,12 +617,10 @@ impl From<RunOutcome> for Ran {
             duration_ms: o.duration.as_millis() as u64,
             output_total: o.output.total_bytes(),
             output_dropped: o.output.dropped_bytes(),
-            output_bytes: o.output.into_bytes(),
+            output_bytes: o.output.into_bytes_redacted(redactor),
         }
     }
-}
 
-impl Ran {
     fn succeeded(&self) -> bool {
         self.exit_code == Some(0) && !self.timed_out
     }

@@ -119,6 +119,10 @@ pub struct AttemptReport {
     pub generate: StageReport,
     /// Paths the generator wrote that kiln did not take (under `.git`, devices, outside the tree).
     pub ignored_paths: Vec<Skipped>,
+    /// Files, link targets or paths of the generated tree in which a configured secret was
+    /// found; kiln replaced it with `[REDACTED:NAME]` before taking the tree.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub secrets_redacted: usize,
     pub diff: DiffStats,
     pub files: Vec<FileSummary>,
     /// `None` when the tests did not run: the attempt was not converging, or the generator was killed.
@@ -195,4 +199,8 @@ pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
         output_dropped_bytes: ran.output_dropped,
         egress: ran.egress.clone(),
     }
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }

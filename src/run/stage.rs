@@ -2,19 +2,39 @@
 //! reviewer and the merge queue's re-test all run through.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use git2::Oid;
 use tracing::{Instrument, info_span};
 
 use super::{Ran, blocking};
-use crate::config::Loosening;
-use crate::egress::{self, EgressConfig, StageNetwork};
+use crate::config::{Config, Loosening};
+use crate::egress::{self, Intercept, JobCa, Rules, StageNetwork};
 use crate::error::Error;
 use crate::ids::{JobId, Stage};
-use crate::job::{ByteSize, Limits, StageSpec};
+use crate::job::{ByteSize, Limits, NetworkSpec, StageSpec};
 use crate::sandbox::{
-    self, ContainerSpec, JOB_INPUT, Sandbox, VolumeRequest, WORKSPACE_DIR, WorkVolume,
+    self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, Sandbox, VolumeRequest, WORKSPACE_DIR,
+    WorkVolume,
 };
+use crate::secrets::Binding;
+
+/// The job CA's certificate in a stage's volume (root's, read-only), beside the workspace.
+const CA_FILE: &str = "egress-ca.pem";
+/// Variables that point common TLS clients at a CA file: OpenSSL, Python, curl, git, Node.
+const CA_VARIABLES: [&str; 5] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "GIT_SSL_CAINFO",
+    "NODE_EXTRA_CA_CERTS",
+];
+/// Where the host keeps its trust store; its roots go into the stage's CA file beside the
+/// job's CA, so hosts kiln does not open still verify inside the sandbox.
+const HOST_TRUST_STORES: [&str; 2] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+];
 
 /// What every container of one job shares: the engine, the job's labels, limits and loosenings.
 pub(crate) struct Stages<'a> {
@@ -25,8 +45,9 @@ pub(crate) struct Stages<'a> {
     /// The job's artifacts folder: a generator's, test's or reviewer's output is written to
     /// `attempt-N/<stage>.log` there as it comes (`kiln logs --follow` reads it).
     pub artifacts: Option<&'a Path>,
-    /// The operator's `[egress]`, for stages with an allowlist.
-    pub egress: &'a EgressConfig,
+    /// The operator's config: `[egress]` and `[secrets]` for stages with an allowlist, and
+    /// the redactor for everything a stage gives back.
+    pub config: &'a Config,
 }
 
 impl Stages<'_> {
@@ -95,13 +116,15 @@ impl Stages<'_> {
             Stage::Review => crate::review::REVIEW_INPUT,
             _ => JOB_INPUT,
         };
-        let network = match &spec.network {
+        let redactor = self.config.redactor();
+        let (network, secret_env) = match &spec.network {
             Some(network) => {
-                let allow = network.allow.iter().map(|a| a.0.clone()).collect();
-                let role = format!("{stage}-{n}");
-                Some(StageNetwork::create(self.sandbox, self.job, &role, allow, self.egress).await?)
+                let (opened, env) = self
+                    .open_network(&format!("{stage}-{n}"), network, volume)
+                    .await?;
+                (Some(opened), env)
             }
-            None => None,
+            None => (None, Vec::new()),
         };
         let mut container = ContainerSpec {
             image: spec.image.clone(),
@@ -128,6 +151,7 @@ impl Stages<'_> {
                 container.env.push((key.into(), url.clone()));
             }
         }
+        container.env.extend(secret_env);
         let live = match stage {
             Stage::Generate | Stage::Test | Stage::Review => self
                 .artifacts
@@ -135,9 +159,13 @@ impl Stages<'_> {
             Stage::MergeTest => None,
         };
         let span = info_span!("stage", job_id = %self.job, attempt = n, stage = %stage);
+        let live = live.as_deref().map(|path| Live {
+            path,
+            redactor: redactor.clone(),
+        });
         let outcome = self
             .sandbox
-            .run_live(&container, spec.timeout, live.as_deref())
+            .run_live(&container, spec.timeout, live)
             .instrument(span)
             .await;
         let egress = match network {
@@ -149,15 +177,68 @@ impl Stages<'_> {
                         .join(format!("{stage}.egress.json"));
                     let record =
                         serde_json::json!({"requests": requests, "unrecorded": unrecorded});
-                    super::write_json(&path, &record)?;
+                    let mut text = serde_json::to_string_pretty(&record)
+                        .map_err(|e| Error::Internal(e.to_string()))?;
+                    text.push('\n');
+                    super::write_file(&path, redactor.text(&text).as_bytes())?;
                 }
                 Some(egress::Summary::of(&requests, unrecorded))
             }
             None => None,
         };
-        let mut ran = Ran::from(outcome?);
+        let mut ran = Ran::redacted(outcome?, &redactor);
         ran.egress = egress;
         Ok(ran)
+    }
+
+    /// The stage's network and proxy; with secrets, also the job CA (its certificate put in
+    /// `volume`) and the variables the container gets: a placeholder for each secret, and
+    /// where the CA file is.
+    async fn open_network(
+        &self,
+        role: &str,
+        network: &NetworkSpec,
+        volume: &WorkVolume,
+    ) -> Result<(StageNetwork, Vec<(String, String)>), Error> {
+        let allow = network.allow.iter().map(|a| a.0.clone()).collect();
+        let mut rules = Rules::new(allow, &self.config.egress);
+        let mut env = Vec::new();
+        if !network.secrets.is_empty() {
+            let bindings = network
+                .secrets
+                .iter()
+                .map(|name| Binding::new(name, &self.config.secrets))
+                .collect::<Result<Vec<_>, String>>()
+                .map_err(Error::Usage)?;
+            let mut hosts: Vec<String> = bindings.iter().flat_map(|b| b.hosts.clone()).collect();
+            hosts.sort();
+            hosts.dedup();
+            let ca = JobCa::new(self.job.as_str(), &hosts).map_err(Error::Internal)?;
+            let upstream_ca = match &self.config.egress.upstream_ca {
+                Some(path) => Some(std::fs::read(path).map_err(Error::io(format!(
+                    "cannot read [egress] upstream_ca {}",
+                    path.display()
+                )))?),
+                None => None,
+            };
+            let upstream = egress::upstream_client(upstream_ca.as_deref())
+                .map_err(|e| Error::Usage(format!("[egress] {e}")))?;
+            volume.upload(ca_tar(ca.cert_pem())?).await?;
+            let ca_path = format!("{KILN_DIR}/{CA_FILE}");
+            env.extend(CA_VARIABLES.map(|var| (var.to_string(), ca_path.clone())));
+            env.extend(
+                bindings
+                    .iter()
+                    .map(|b| (b.name.clone(), b.placeholder.clone())),
+            );
+            rules.secrets = bindings;
+            rules.intercept = Some(Arc::new(Intercept {
+                ca: Arc::new(ca),
+                upstream,
+            }));
+        }
+        let opened = StageNetwork::create(self.sandbox, self.job, role, rules).await?;
+        Ok((opened, env))
     }
 
     /// The tests (`stage` is [`Stage::Test`] or [`Stage::MergeTest`]) on `tree` of the
@@ -207,4 +288,29 @@ async fn fill(
             Err(e)
         }
     }
+}
+
+/// A tar holding [`CA_FILE`]: the job CA's certificate, then the host's trust store (so hosts
+/// kiln does not open still verify), owned by root and read-only, so the sandbox user can
+/// neither change nor replace it.
+fn ca_tar(ca_pem: &str) -> Result<Vec<u8>, Error> {
+    let mut bundle = ca_pem.as_bytes().to_vec();
+    if let Some(store) = HOST_TRUST_STORES
+        .iter()
+        .find_map(|path| std::fs::read(path).ok().filter(|s| s.len() < 4 << 20))
+    {
+        bundle.push(b'\n');
+        bundle.extend(store);
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o444);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_size(bundle.len() as u64);
+    let mut builder = tar::Builder::new(Vec::new());
+    builder
+        .append_data(&mut header, CA_FILE, bundle.as_slice())
+        .and_then(|()| builder.into_inner())
+        .map_err(|e| Error::Internal(format!("cannot pack the CA file: {e}")))
 }

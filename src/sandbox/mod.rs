@@ -29,6 +29,7 @@ pub use volume::{VolumeRequest, WorkVolume};
 use volume::VolumePool;
 
 use crate::ids::JobId;
+use crate::secrets::{Redactor, StreamRedactor};
 use crate::job::ByteSize;
 
 /// Label on every container and volume kiln makes: the job it belongs to.
@@ -76,6 +77,12 @@ async fn bounded_for<T, E>(
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| SandboxError::Stuck(op))
+}
+
+/// Where a running container's output is written as it comes, and what is hidden in it.
+pub struct Live<'a> {
+    pub path: &'a Path,
+    pub redactor: Redactor,
 }
 
 /// How one container ended.
@@ -174,14 +181,15 @@ impl Sandbox {
         self.run_live(spec, timeout, None).await
     }
 
-    /// [`Sandbox::run`], also writing the output to the file `live` as it comes: the bytes the
-    /// kept output will start with (up to half the output cap), so a reader polling the file
-    /// sees it grow while the container runs, and the kept output may later replace it.
+    /// [`Sandbox::run`], also writing the output to the file `live.path` as it comes: the
+    /// bytes the kept output will start with (up to half the output cap), redacted, so a
+    /// reader polling the file sees it grow while the container runs, and the kept output may
+    /// later replace it.
     pub async fn run_live(
         &self,
         spec: &ContainerSpec,
         timeout: Duration,
-        live: Option<&Path>,
+        live: Option<Live<'_>>,
     ) -> Result<RunOutcome, SandboxError> {
         let asked = Instant::now();
         let created = bounded(
@@ -192,10 +200,10 @@ impl Sandbox {
         .map_err(docker_err("create a container"))?;
         let id = created.id;
         let live = match live {
-            Some(path) => match tokio::fs::File::create(path).await {
-                Ok(file) => Some(file),
+            Some(live) => match tokio::fs::File::create(live.path).await {
+                Ok(file) => Some((file, StreamRedactor::new(live.redactor))),
                 Err(e) => {
-                    warn!("cannot write {}: {e}; no live output", path.display());
+                    warn!("cannot write {}: {e}; no live output", live.path.display());
                     None
                 }
             },
@@ -220,7 +228,7 @@ impl Sandbox {
         output_cap: usize,
         timeout: Duration,
         asked: Instant,
-        mut live: Option<tokio::fs::File>,
+        mut live: Option<(tokio::fs::File, StreamRedactor)>,
     ) -> Result<RunOutcome, SandboxError> {
         let attach = AttachContainerOptions {
             stream: true,
@@ -240,8 +248,8 @@ impl Sandbox {
                         let bytes = chunk.into_bytes();
                         let head = log.push(&bytes);
                         if head > 0
-                            && let Some(file) = live.as_mut()
-                            && let Err(e) = file.write_all(&bytes[..head]).await
+                            && let Some((file, redactor)) = live.as_mut()
+                            && let Err(e) = file.write_all(&redactor.push(&bytes[..head])).await
                         {
                             debug!("live output stopped: {e}");
                             live = None;
@@ -253,7 +261,8 @@ impl Sandbox {
                     }
                 }
             }
-            if let Some(mut file) = live {
+            if let Some((mut file, redactor)) = live {
+                let _ = file.write_all(&redactor.finish()).await;
                 let _ = file.flush().await;
             }
             log

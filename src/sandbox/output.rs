@@ -59,13 +59,26 @@ impl CappedLog {
 
     /// What was kept, with one marker line where bytes were dropped.
     pub fn into_bytes(self) -> Vec<u8> {
-        let mut out = self.head;
+        self.into_bytes_redacted(&crate::secrets::Redactor::default())
+    }
+
+    /// [`CappedLog::into_bytes`] with every secret hidden, including the part of one that
+    /// bytes were dropped from.
+    pub fn into_bytes_redacted(self, redactor: &crate::secrets::Redactor) -> Vec<u8> {
+        let tail: Vec<u8> = self.tail.into();
+        let (mut out, tail) = if self.dropped > 0 {
+            redactor.mask_cut(&self.head, &tail)
+        } else {
+            let mut whole = self.head;
+            whole.extend(tail);
+            (redactor.bytes(&whole).into_owned(), Vec::new())
+        };
         if self.dropped > 0 {
             out.extend_from_slice(
                 format!("\n[kiln: {} bytes of output dropped here]\n", self.dropped).as_bytes(),
             );
         }
-        out.extend(self.tail);
+        out.extend(tail);
         out
     }
 }

@@ -136,8 +136,12 @@ impl Workspace {
     }
 
     /// Reads back the workspace tar a container left; see [`tree_tar`] for what is refused.
-    pub fn ingest(&self, tar: &[u8]) -> Result<(Oid, Ingested), WorkspaceError> {
-        Ok(tree_tar::tree_from_tar(&self.repo()?, tar)?)
+    pub fn ingest(
+        &self,
+        tar: &[u8],
+        redactor: &crate::secrets::Redactor,
+    ) -> Result<(Oid, Ingested), WorkspaceError> {
+        Ok(tree_tar::tree_from_tar(&self.repo()?, tar, redactor)?)
     }
 
     pub fn diff(&self, old: Oid, new: Oid) -> Result<(Diff, String), WorkspaceError> {

@@ -4,11 +4,14 @@
 //! `.git` is taken, links are stored as links (their targets are text, never followed), devices
 //! and fifos are dropped, and every count is capped. Nothing is ever written to the host's disk.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 
 use git2::{IndexEntry, IndexTime, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::Serialize;
+
+use crate::secrets::Redactor;
 
 /// Owner of everything in the workspace: the sandbox user.
 const SANDBOX_UID: u64 = 1000;
@@ -26,6 +29,8 @@ pub struct Ingested {
     pub skipped: Vec<Skipped>,
     /// False when kiln could not read the whole tree (a broken archive, too many entries).
     pub whole: bool,
+    /// Files (or link targets, or paths) in which a configured secret was found and hidden.
+    pub redacted: usize,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,7 +132,13 @@ fn append_blob(
 }
 
 /// Reads the tar of `/kiln/workspace` a container left and writes it as a tree into `repo`.
-pub fn tree_from_tar(repo: &Repository, tar_bytes: &[u8]) -> Result<(Oid, Ingested), git2::Error> {
+///
+/// Every configured secret in a path or content is replaced by `redactor` before git sees it.
+pub fn tree_from_tar(
+    repo: &Repository,
+    tar_bytes: &[u8],
+    redactor: &Redactor,
+) -> Result<(Oid, Ingested), git2::Error> {
     let mut index = git2::Index::new()?;
     let mut report = Ingested {
         whole: true,
@@ -157,7 +168,11 @@ pub fn tree_from_tar(repo: &Repository, tar_bytes: &[u8]) -> Result<(Oid, Ingest
             });
             break;
         }
-        let raw = entry.path_bytes().into_owned();
+        let mut raw = entry.path_bytes().into_owned();
+        if let Cow::Owned(hidden) = redactor.bytes(&raw) {
+            raw = hidden;
+            report.redacted += 1;
+        }
         let shown = String::from_utf8_lossy(&raw).into_owned();
         let Some(path) = workspace_path(&raw) else {
             if raw != b"workspace/" && raw != b"workspace" {
@@ -227,6 +242,13 @@ pub fn tree_from_tar(repo: &Repository, tar_bytes: &[u8]) -> Result<(Oid, Ingest
                 });
                 continue;
             }
+        };
+        let content = match redactor.bytes(&content) {
+            Cow::Owned(hidden) => {
+                report.redacted += 1;
+                hidden
+            }
+            Cow::Borrowed(_) => content,
         };
         let oid = repo.blob(&content)?;
         if add_entry(&mut index, &path, oid, mode).is_err() {
@@ -329,7 +351,7 @@ mod tests {
             ("workspace/fifo", tar::EntryType::Fifo, b""),
             ("workspace/hard", tar::EntryType::Link, b"workspace/ok.txt"),
         ]);
-        let (oid, report) = tree_from_tar(&repo, &tar).unwrap();
+        let (oid, report) = tree_from_tar(&repo, &tar, &Redactor::default()).unwrap();
         let tree = repo.find_tree(oid).unwrap();
         let names: Vec<_> = tree.iter().map(|e| e.name().unwrap().to_string()).collect();
         assert_eq!(names, ["hard", "link", "ok.txt"]);
@@ -367,9 +389,9 @@ mod tests {
             ("workspace/a/b.txt", tar::EntryType::Regular, b"b"),
             ("workspace/l", tar::EntryType::Symlink, b"a/b.txt"),
         ]);
-        let (first, _) = tree_from_tar(&repo, &tar).unwrap();
+        let (first, _) = tree_from_tar(&repo, &tar, &Redactor::default()).unwrap();
         let out = tar_of_tree(&repo, first, "job.json", b"{}").unwrap();
-        let (second, report) = tree_from_tar(&repo, &out).unwrap();
+        let (second, report) = tree_from_tar(&repo, &out, &Redactor::default()).unwrap();
         assert_eq!(first, second);
         assert!(
             report

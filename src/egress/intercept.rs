@@ -1,0 +1,313 @@
+//! A tunnel to a host a secret is bound to, opened up: kiln ends the sandbox's TLS with a
+//! certificate from the job's CA, opens its own TLS to the real host (checked against the
+//! Mozilla roots and the operator's `upstream_ca`), and forwards HTTP/1.1 requests one by one,
+//! replacing each bound secret's placeholder in request headers with the real value. Nothing
+//! else in a request is changed, and nothing in a response.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, watch};
+
+use super::ca::JobCa;
+use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Request, Shared, stopped};
+use crate::secrets::Binding;
+
+/// Most exchanges recorded per tunnel.
+const MAX_EXCHANGES: usize = 1000;
+
+/// What kiln needs to open tunnels: the job's CA, and how it checks the real hosts.
+pub struct Intercept {
+    pub ca: Arc<JobCa>,
+    pub upstream: Arc<rustls::ClientConfig>,
+}
+
+/// One request inside an opened tunnel.
+#[derive(Clone, Debug, Serialize)]
+pub struct Exchange {
+    pub method: String,
+    /// The path (at most 200 characters, without the query string).
+    pub path: String,
+    /// The response status; none when the host gave no answer.
+    pub status: Option<u16>,
+    /// Names of the secrets whose placeholder was replaced in this request.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+}
+
+/// Serves one CONNECT to `host`, whose TCP connection `upstream` kiln has opened, with the
+/// secrets in `bindings`.
+pub(super) async fn serve(
+    client: &mut TcpStream,
+    upstream: TcpStream,
+    host: &str,
+    bindings: Vec<Binding>,
+    shared: &Shared,
+    record: &mut Request,
+    mut stopping: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let intercept = shared
+        .rules
+        .intercept
+        .as_ref()
+        .ok_or("a secret is bound to this host but the proxy has no CA")?;
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| format!("{host}: {e}"))?;
+    let connector = tokio_rustls::TlsConnector::from(intercept.upstream.clone());
+    let upstream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, upstream))
+        .await
+        .map_err(|_| format!("TLS with {host} took over 10 s"))?
+        .map_err(|e| format!("TLS with {host} failed: {e}"))?;
+    record.allowed = true;
+    client
+        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let activity = Activity::new();
+    let counted = Counted {
+        inner: client,
+        up: &up,
+        down: &down,
+        shared,
+        activity: &activity,
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(intercept.ca.server_config(host)?);
+    let exchanges = std::sync::Mutex::new(Vec::new());
+    let outcome = async {
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted))
+            .await
+            .map_err(|_| "the sandbox's TLS handshake took over 10 s".to_string())?
+            .map_err(|e| format!("the sandbox's TLS handshake failed: {e}"))?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
+            .await
+            .map_err(|e| format!("HTTP with {host}: {e}"))?;
+        let sender = Mutex::new(sender);
+        let service = hyper::service::service_fn(|request| {
+            forward(request, &sender, &bindings, &exchanges)
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(tls), service);
+        tokio::select! {
+            served = served => served.map_err(|e| format!("HTTP from the sandbox: {e}")),
+            ended = connection => ended.map_err(|e| format!("HTTP with {host}: {e}")),
+        }
+    };
+    let ended = tokio::select! {
+        outcome = outcome => outcome,
+        () = stopped(&mut stopping) => Err("the stage ended".into()),
+        () = activity.idle_for(IDLE_TIMEOUT) => Err("idle for 120 s".into()),
+    };
+    record.bytes_up += up.load(Ordering::Relaxed);
+    record.bytes_down += down.load(Ordering::Relaxed);
+    record.exchanges = exchanges.into_inner().unwrap_or_else(|e| e.into_inner());
+    if shared.up.load(Ordering::Relaxed) > shared.rules.max_bytes
+        || shared.down.load(Ordering::Relaxed) > shared.rules.max_bytes
+    {
+        return Err(format!(
+            "the job's {}-byte cap was reached",
+            shared.rules.max_bytes
+        ));
+    }
+    ended
+}
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One request from the sandbox: placeholders replaced, sent on, the answer returned as is.
+async fn forward(
+    mut request: hyper::Request<Incoming>,
+    sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    bindings: &[Binding],
+    exchanges: &std::sync::Mutex<Vec<Exchange>>,
+) -> Result<hyper::Response<Body>, std::convert::Infallible> {
+    let mut exchange = Exchange {
+        method: request.method().to_string(),
+        path: request.uri().path().chars().take(200).collect(),
+        status: None,
+        secrets: Vec::new(),
+    };
+    for value in request.headers_mut().values_mut() {
+        if let Some((replaced, used)) = substitute(value, bindings) {
+            *value = replaced;
+            for name in used {
+                if !exchange.secrets.contains(&name) {
+                    exchange.secrets.push(name);
+                }
+            }
+        }
+    }
+    let answer = {
+        let mut sender = sender.lock().await;
+        match sender.ready().await {
+            Ok(()) => sender.send_request(request).await,
+            Err(e) => Err(e),
+        }
+    };
+    let response = match answer {
+        Ok(response) => {
+            exchange.status = Some(response.status().as_u16());
+            response.map(|body| body.boxed())
+        }
+        Err(e) => {
+            let body = Full::new(Bytes::from(format!("kiln egress: the host failed: {e}\n")))
+                .map_err(|never| match never {})
+                .boxed();
+            let mut response = hyper::Response::new(body);
+            *response.status_mut() = hyper::StatusCode::BAD_GATEWAY;
+            response
+        }
+    };
+    let mut exchanges = exchanges.lock().unwrap_or_else(|e| e.into_inner());
+    if exchanges.len() < MAX_EXCHANGES {
+        exchanges.push(exchange);
+    }
+    Ok(response)
+}
+
+/// `value` with every bound placeholder replaced by its secret, and the secrets' names; none
+/// when it holds no placeholder.
+fn substitute(value: &HeaderValue, bindings: &[Binding]) -> Option<(HeaderValue, Vec<String>)> {
+    let bytes = value.as_bytes();
+    let used: Vec<&Binding> = bindings
+        .iter()
+        .filter(|b| {
+            bytes
+                .windows(b.placeholder.len())
+                .any(|w| w == b.placeholder.as_bytes())
+        })
+        .collect();
+    if used.is_empty() {
+        return None;
+    }
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    for binding in &used {
+        text = text.replace(&binding.placeholder, &binding.value);
+    }
+    let mut replaced = HeaderValue::from_str(&text).ok()?;
+    replaced.set_sensitive(true);
+    Some((replaced, used.iter().map(|b| b.name.clone()).collect()))
+}
+
+/// When bytes last moved through a tunnel.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`.
+    async fn idle_for(&self, idle: std::time::Duration) {
+        loop {
+            let last = std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let quiet = self.started.elapsed().saturating_sub(last);
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
+        }
+    }
+}
+
+/// The sandbox's side of an opened tunnel, counting bytes each way into the record and the
+/// job's totals, and failing once a total passes the job's cap.
+struct Counted<'a> {
+    inner: &'a mut TcpStream,
+    up: &'a AtomicU64,
+    down: &'a AtomicU64,
+    shared: &'a Shared,
+    activity: &'a Activity,
+}
+
+impl Counted<'_> {
+    fn count(&self, n: usize, mine: &AtomicU64, total: &AtomicU64) -> io::Result<()> {
+        self.activity.touch();
+        mine.fetch_add(n as u64, Ordering::Relaxed);
+        if total.fetch_add(n as u64, Ordering::Relaxed) + n as u64 > self.shared.rules.max_bytes {
+            return Err(io::Error::other("the job's egress byte cap was reached"));
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for Counted<'_> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut *this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = buf.filled().len() - before;
+            this.count(n, this.up, &this.shared.up)?;
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Counted<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            this.count(n, this.down, &this.shared.down)?;
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_bound_placeholders_are_replaced() {
+        let binding = Binding {
+            name: "API_KEY".into(),
+            placeholder: "kiln-placeholder-api-key-01".into(),
+            value: "sk-real-value-123".into(),
+            hosts: vec!["model.test".into()],
+        };
+        let value = HeaderValue::from_static("Bearer kiln-placeholder-api-key-01");
+        let (replaced, used) = substitute(&value, std::slice::from_ref(&binding)).unwrap();
+        assert_eq!(replaced, "Bearer sk-real-value-123");
+        assert!(replaced.is_sensitive());
+        assert_eq!(used, vec!["API_KEY".to_string()]);
+        assert!(substitute(&HeaderValue::from_static("Bearer other"), &[binding]).is_none());
+    }
+}
