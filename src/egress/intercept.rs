@@ -66,10 +66,11 @@ pub(super) async fn serve(
     let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| format!("{host}: {e}"))?;
     let connector = tokio_rustls::TlsConnector::from(intercept.upstream.clone());
-    let upstream = tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, upstream))
-        .await
-        .map_err(|_| format!("TLS with {host} took over 10 s"))?
-        .map_err(|e| format!("TLS with {host} failed: {e}"))?;
+    let upstream =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(server_name, upstream))
+            .await
+            .map_err(|_| format!("TLS with {host} took over 10 s"))?
+            .map_err(|e| format!("TLS with {host} failed: {e}"))?;
     record.allowed = true;
     client
         .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -96,11 +97,10 @@ pub(super) async fn serve(
             .await
             .map_err(|e| format!("HTTP with {host}: {e}"))?;
         let sender = Mutex::new(sender);
-        let service = hyper::service::service_fn(|request| {
-            forward(request, &sender, &bindings, &exchanges)
-        });
-        let served = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(tls), service);
+        let service =
+            hyper::service::service_fn(|request| forward(request, &sender, &bindings, &exchanges));
+        let served =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
         tokio::select! {
             served = served => served.map_err(|e| format!("HTTP from the sandbox: {e}")),
             ended = connection => ended.map_err(|e| format!("HTTP with {host}: {e}")),
@@ -273,7 +273,11 @@ impl AsyncRead for Counted<'_> {
 }
 
 impl AsyncWrite for Counted<'_> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut *this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {

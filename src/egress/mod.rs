@@ -365,8 +365,7 @@ async fn handle(
                     "{name} has a secret bound to it, which kiln adds only inside TLS; use https://"
                 ));
             }
-            return intercept::serve(client, upstream, name, bound, shared, record, stopping)
-                .await;
+            return intercept::serve(client, upstream, name, bound, shared, record, stopping).await;
         }
     }
     record.allowed = true;

@@ -3,6 +3,7 @@
 //!
 //! Every field is documented in docs/job.md; keep the two in step.
 
+mod agent;
 mod branch;
 mod seed;
 mod size;
@@ -13,6 +14,7 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+pub use agent::Agent;
 pub use branch::{BranchError, BranchName};
 pub use size::ByteSize;
 
@@ -26,9 +28,17 @@ const MAX_PROMPT_BYTES: u64 = 1 << 20;
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    /// Image name; it must exist locally (`kiln image build` makes kiln's own).
+    /// `[generate]` only: the coding agent whose adapter gives the argv, and the image and
+    /// network when left out. Default `command`: the stage's own `command`.
+    #[serde(default, skip_serializing_if = "is_command")]
+    pub agent: Agent,
+    /// Image name; it must exist locally (`kiln image build` makes kiln's own). Required
+    /// unless an agent's adapter gives it.
+    #[serde(default)]
     pub image: String,
-    /// The argv run in the container (no shell unless you write one).
+    /// The argv run in the container (no shell unless you write one). Required unless an
+    /// agent's adapter gives it.
+    #[serde(default)]
     pub command: Vec<String>,
     /// Wall-clock limit; the container is killed when it passes. Default 10 minutes.
     #[serde(with = "humantime_serde", default = "default_timeout")]
@@ -72,6 +82,10 @@ impl From<AllowEntry> for String {
     }
 }
 
+fn is_command(agent: &Agent) -> bool {
+    *agent == Agent::Command
+}
+
 fn default_timeout() -> Duration {
     Duration::from_secs(600)
 }
@@ -98,13 +112,15 @@ fn check_network(spec: &StageSpec, config: &Config) -> Result<(), String> {
         ));
     }
     for name in &network.secrets {
-        let source = config.secrets.get(name).ok_or_else(|| {
-            format!("secret `{name}` is not in the operator config's [secrets]")
-        })?;
+        let source = config
+            .secrets
+            .get(name)
+            .ok_or_else(|| format!("secret `{name}` is not in the operator config's [secrets]"))?;
         source.read(name)?;
-        let reachable = network.allow.iter().any(|a| {
-            matches!(&a.0.host, crate::egress::Host::Name(h) if source.hosts.contains(h))
-        });
+        let reachable = network
+            .allow
+            .iter()
+            .any(|a| matches!(&a.0.host, crate::egress::Host::Name(h) if source.hosts.contains(h)));
         if !reachable {
             return Err(format!(
                 "secret `{name}` is for {}, none of which is on `allow`",
@@ -554,10 +570,14 @@ fn stage(
     default: &Option<StageSpec>,
     name: &'static str,
 ) -> Result<StageSpec, FieldError> {
-    let spec = given.or_else(|| default.clone()).ok_or((
+    let mut spec = given.or_else(|| default.clone()).ok_or((
         name,
         "is missing, and the operator config has no default for it".to_string(),
     ))?;
+    if spec.agent != Agent::Command && name != "generate" {
+        return Err((name, "has an `agent`; agents belong in [generate]".into()));
+    }
+    agent::apply(&mut spec).map_err(|m| (name, m))?;
     if spec.image.trim().is_empty() {
         return Err((name, "has an empty `image`".into()));
     }

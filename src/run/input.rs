@@ -25,6 +25,84 @@ pub(super) struct JobInput<'a> {
     pub(super) branch: &'a str,
     pub(super) workspace: &'static str,
     pub(super) previous: Option<&'a Feedback>,
+    /// All of the above as one text, for agents that take a single prompt (the adapters).
+    pub(super) agent_prompt: String,
+}
+
+/// The request as one text: the prompt, what the tests require, the files to start from, and
+/// what went wrong in the previous attempt.
+pub(super) fn agent_prompt(
+    prompt: &str,
+    test_requirements: Option<&str>,
+    context_files: &[String],
+    previous: Option<&Feedback>,
+) -> String {
+    let mut text = prompt.trim_end().to_string();
+    if let Some(requirements) = test_requirements {
+        text.push_str(&format!(
+            "\n\nThe tests require:\n{}",
+            requirements.trim_end()
+        ));
+    }
+    if !context_files.is_empty() {
+        text.push_str("\n\nStart from these files:\n");
+        for file in context_files {
+            text.push_str(&format!("- {file}\n"));
+        }
+    }
+    let Some(previous) = previous else {
+        return text;
+    };
+    text.push_str(&format!(
+        "\n\nAttempt {} did not pass; the workspace holds it as it was left.\n",
+        previous.attempt
+    ));
+    if let Some(why) = previous.untested_because {
+        text.push_str(&format!("The tests did not run: {why}.\n"));
+    } else if let Some(review) = &previous.review {
+        text.push_str(&format!(
+            "The tests passed, but the reviewer asked for changes: {}\n",
+            review.summary
+        ));
+        for comment in &review.comments {
+            text.push_str(&format!(
+                "- {}\n",
+                serde_json::to_string(comment).unwrap_or_default()
+            ));
+        }
+    } else if let Some(merge) = &previous.merge {
+        text.push_str(&format!(
+            "It passed, but did not merge: {}.\n{}",
+            merge.summary(),
+            merge.test_output_tail
+        ));
+    } else {
+        let ended = match (previous.test_timed_out, previous.test_exit_code) {
+            (true, _) => "timed out".to_string(),
+            (false, Some(code)) => format!("exited with {code}"),
+            (false, None) => "were killed".to_string(),
+        };
+        text.push_str(&format!(
+            "The tests {ended}. The end of their output:\n```\n{}\n```\n",
+            previous.test_output_tail.trim_end()
+        ));
+    }
+    if !previous.protected_reverted.is_empty() {
+        text.push_str(&format!(
+            "These files are protected; the tests ran their original version: {}\n",
+            previous.protected_reverted.join(", ")
+        ));
+    }
+    text.push_str(&format!(
+        "Its change against the base{}:\n```diff\n{}\n```\n",
+        if previous.diff_truncated {
+            " (cut short)"
+        } else {
+            ""
+        },
+        previous.diff.trim_end()
+    ));
+    text
 }
 
 /// The previous attempt, as fed back to the generator.
@@ -140,5 +218,51 @@ impl Feedback {
     pub(super) fn with_review(mut self, verdict: ReviewVerdict) -> Self {
         self.review = Some(verdict);
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_agent_prompt_carries_the_failure_back() {
+        let first = agent_prompt(
+            "Greet kiln.",
+            Some("test.sh passes"),
+            &["greet.sh".into()],
+            None,
+        );
+        assert_eq!(
+            first,
+            "Greet kiln.\n\nThe tests require:\ntest.sh passes\n\nStart from these files:\n- greet.sh\n"
+        );
+        let ran = |code: i64, out: &str| Ran {
+            exit_code: Some(code),
+            timed_out: false,
+            oom_killed: false,
+            start_ms: 0,
+            duration_ms: 0,
+            egress: None,
+            output_total: out.len() as u64,
+            output_dropped: 0,
+            output_bytes: out.as_bytes().to_vec(),
+        };
+        let feedback = Feedback::new(
+            1,
+            "-old\n+new\n".into(),
+            &ran(0, ""),
+            None,
+            Some(&ran(1, "EXPECTED_GREETING=Hello, kiln!\n")),
+            Vec::new(),
+        );
+        let second = agent_prompt("Greet kiln.", None, &[], Some(&feedback));
+        assert!(second.contains("Attempt 1 did not pass"), "{second}");
+        assert!(second.contains("The tests exited with 1."), "{second}");
+        assert!(
+            second.contains("EXPECTED_GREETING=Hello, kiln!"),
+            "{second}"
+        );
+        assert!(second.contains("```diff\n-old\n+new\n```"), "{second}");
     }
 }

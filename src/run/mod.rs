@@ -306,6 +306,12 @@ impl Runner<'_> {
             branch: job.branch.as_str(),
             workspace: WORKSPACE_DIR,
             previous: feedback,
+            agent_prompt: input::agent_prompt(
+                &job.prompt,
+                job.test_requirements.as_deref(),
+                &self.context,
+                feedback,
+            ),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
         write_file(&dir.join("job.json"), &input)?;

@@ -29,8 +29,8 @@ pub use volume::{VolumeRequest, WorkVolume};
 use volume::VolumePool;
 
 use crate::ids::JobId;
-use crate::secrets::{Redactor, StreamRedactor};
 use crate::job::ByteSize;
+use crate::secrets::{Redactor, StreamRedactor};
 
 /// Label on every container and volume kiln makes: the job it belongs to.
 pub const LABEL_JOB: &str = "kiln.job";
