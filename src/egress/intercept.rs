@@ -96,15 +96,21 @@ pub(super) async fn serve(
         let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(upstream))
             .await
             .map_err(|e| format!("HTTP with {host}: {e}"))?;
-        let sender = Mutex::new(sender);
-        let service =
-            hyper::service::service_fn(|request| forward(request, &sender, &bindings, &exchanges));
-        let served =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service);
-        tokio::select! {
-            served = served => served.map_err(|e| format!("HTTP from the sandbox: {e}")),
-            ended = connection => ended.map_err(|e| format!("HTTP with {host}: {e}")),
-        }
+        let served = async {
+            let sender = Mutex::new(sender);
+            let service = hyper::service::service_fn(|request| {
+                forward(request, &sender, &bindings, &exchanges)
+            });
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tls), service)
+                .await
+        };
+        // The host may close first (`Connection: close`); its last answer still has to reach
+        // the sandbox, so neither side cuts the other short. Once the sandbox is done, the
+        // sender is dropped and the host's side ends too.
+        let (served, ended) = tokio::join!(served, connection);
+        served.map_err(|e| format!("HTTP from the sandbox: {e}"))?;
+        ended.map_err(|e| format!("HTTP with {host}: {e}"))
     };
     let ended = tokio::select! {
         outcome = outcome => outcome,
