@@ -29,10 +29,11 @@ pub async fn exec(command: ImageCommand) -> Result<ExitCode, Error> {
     }
 }
 
-/// Builds the named recipes (all when none is named); with `missing`, only those not current.
+/// Builds the named recipes (when none is named, all but the agents'); with `missing`, only
+/// those not current.
 async fn build(names: &[String], missing: bool) -> Result<ExitCode, Error> {
     let recipes = if names.is_empty() {
-        images::RECIPES.iter().collect()
+        images::RECIPES.iter().filter(|r| !r.only_by_name).collect()
     } else {
         names
             .iter()

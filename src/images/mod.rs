@@ -22,6 +22,9 @@ pub struct Recipe {
     pub tag: &'static str,
     pub dockerfile: &'static str,
     pub rootfs_script: &'static str,
+    /// Built only when named (`kiln image build agent-aider`), never by a bare `kiln image
+    /// build`: the agents' images are large and need their package registries.
+    pub only_by_name: bool,
 }
 
 pub const RECIPES: &[Recipe] = &[
@@ -30,12 +33,35 @@ pub const RECIPES: &[Recipe] = &[
         tag: BUSYBOX,
         dockerfile: include_str!("../../images/busybox/Dockerfile"),
         rootfs_script: include_str!("../../images/busybox/rootfs.sh"),
+        only_by_name: false,
     },
     Recipe {
         name: "debian",
         tag: DEBIAN,
         dockerfile: include_str!("../../images/debian/Dockerfile"),
         rootfs_script: include_str!("../../images/debian/rootfs.sh"),
+        only_by_name: false,
+    },
+    Recipe {
+        name: "agent-claude-code",
+        tag: "kiln/agent-claude-code:latest",
+        dockerfile: include_str!("../../images/agent-claude-code/Dockerfile"),
+        rootfs_script: include_str!("../../images/agent-claude-code/rootfs.sh"),
+        only_by_name: true,
+    },
+    Recipe {
+        name: "agent-codex",
+        tag: "kiln/agent-codex:latest",
+        dockerfile: include_str!("../../images/agent-codex/Dockerfile"),
+        rootfs_script: include_str!("../../images/agent-codex/rootfs.sh"),
+        only_by_name: true,
+    },
+    Recipe {
+        name: "agent-aider",
+        tag: "kiln/agent-aider:latest",
+        dockerfile: include_str!("../../images/agent-aider/Dockerfile"),
+        rootfs_script: include_str!("../../images/agent-aider/rootfs.sh"),
+        only_by_name: true,
     },
 ];
 
@@ -44,7 +70,9 @@ const LABEL_RECIPE: &str = "kiln.recipe";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("no image recipe named `{0}`; kiln knows: busybox, debian")]
+    #[error(
+        "no image recipe named `{0}`; kiln knows: busybox, debian, agent-claude-code, agent-codex, agent-aider"
+    )]
     Unknown(String),
     #[error("the rootfs script of `{name}` failed: {message}")]
     Rootfs { name: String, message: String },

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Makes the root filesystem of kiln/agent-codex in $1: Debian bookworm minbase (debootstrap, as
+# root) with Node.js and npm from Debian, and Codex CLI (`@openai/codex`) installed from the npm
+# registry (set KILN_NPM_REGISTRY to use a mirror).
+set -euo pipefail
+out=$1
+mirror=${KILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+registry=${KILN_NPM_REGISTRY:-https://registry.npmjs.org/}
+command -v debootstrap >/dev/null || { echo "debootstrap is not installed: apt-get install debootstrap" >&2; exit 1; }
+[ "$(id -u)" = 0 ] || { echo "debootstrap needs root to build kiln/agent-codex" >&2; exit 1; }
+debootstrap --variant=minbase --include=git,ca-certificates,nodejs,npm bookworm "$out" "$mirror" >&2
+cp /etc/resolv.conf "$out/etc/resolv.conf"
+chroot "$out" npm install --global --no-fund --no-audit --registry "$registry" @openai/codex >&2
+# Nothing of the build host stays: no resolver, device nodes, package caches or machine identity.
+rm -rf "$out/etc/resolv.conf" "$out/root/.npm" "$out"/dev/* "$out"/var/cache/apt/archives/*.deb "$out"/var/lib/apt/lists/* "$out"/etc/machine-id
+echo 'kiln:x:1000:1000:kiln:/tmp:/bin/sh' >>"$out/etc/passwd"
+echo 'kiln:x:1000:' >>"$out/etc/group"
+mkdir -p "$out/kiln"
