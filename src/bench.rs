@@ -297,6 +297,7 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
         clients: None,
         secrets: Vec::new(),
         intercept: None,
+        redactor: Default::default(),
     };
     let proxy = crate::egress::Proxy::start((loopback, 0).into(), rules)
         .await

@@ -72,6 +72,7 @@ fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
         clients: None,
         secrets: Vec::new(),
         intercept: None,
+        redactor: Default::default(),
     }
 }
 

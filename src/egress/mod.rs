@@ -58,6 +58,9 @@ pub struct Rules {
     /// with `intercept`.
     pub secrets: Vec<crate::secrets::Binding>,
     pub intercept: Option<Arc<Intercept>>,
+    /// Hides secrets in what the proxy records and logs (a target or path is the sandbox's
+    /// text, and may carry a key a bound host reflected).
+    pub redactor: crate::secrets::Redactor,
 }
 
 impl Rules {
@@ -71,6 +74,7 @@ impl Rules {
             clients: None,
             secrets: Vec::new(),
             intercept: None,
+            redactor: crate::secrets::Redactor::default(),
         }
     }
 }
@@ -303,6 +307,7 @@ async fn serve(mut client: TcpStream, shared: &Shared, stopping: watch::Receiver
         }
         record.reason = Some(why);
     }
+    hide_secrets(&mut record, &shared.rules.redactor);
     record.duration_ms = started.elapsed().as_millis() as u64;
     tracing::info!(
         method = record.method,
@@ -319,6 +324,17 @@ async fn serve(mut client: TcpStream, shared: &Shared, stopping: watch::Receiver
     } else {
         shared.unrecorded.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// `record` with every secret in the sandbox's text (target, reason, paths) hidden.
+fn hide_secrets(record: &mut Request, redactor: &crate::secrets::Redactor) {
+    if redactor.is_empty() {
+        return;
+    }
+    let hide = |text: &mut String| *text = redactor.text(text).into_owned();
+    hide(&mut record.target);
+    record.reason.iter_mut().for_each(hide);
+    record.exchanges.iter_mut().for_each(|e| hide(&mut e.path));
 }
 
 /// Decides and carries out one request; `Err` says why it was refused (or cut short, when
@@ -650,6 +666,26 @@ mod tests {
             out,
             "GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn records_hide_secrets_the_sandbox_wrote() {
+        let redactor = crate::secrets::Redactor::new(&[("K".into(), "sk-reflected-12345".into())]);
+        let mut record = Request {
+            at_ms: 0,
+            method: "CONNECT".into(),
+            target: "sk-reflected-12345.evil.test:443".into(),
+            address: None,
+            allowed: false,
+            reason: Some("sk-reflected-12345.evil.test:443 is not on the job's allowlist".into()),
+            bytes_up: 0,
+            bytes_down: 0,
+            duration_ms: 0,
+            exchanges: Vec::new(),
+        };
+        hide_secrets(&mut record, &redactor);
+        assert_eq!(record.target, "[REDACTED:K].evil.test:443");
+        assert!(record.reason.unwrap().starts_with("[REDACTED:K].evil"));
     }
 
     #[test]

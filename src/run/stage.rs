@@ -202,6 +202,7 @@ impl Stages<'_> {
     ) -> Result<(StageNetwork, Vec<(String, String)>), Error> {
         let allow = network.allow.iter().map(|a| a.0.clone()).collect();
         let mut rules = Rules::new(allow, &self.config.egress);
+        rules.redactor = self.config.redactor();
         let mut env = Vec::new();
         if !network.secrets.is_empty() {
             let bindings = network
