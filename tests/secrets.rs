@@ -7,96 +7,26 @@
 mod common;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEBIAN: &str = "kiln/debian:bookworm";
 
-/// Starts the stand-in for `model.test` on loopback; returns its port, the test CA's PEM, and
-/// the Authorization headers it has received.
-fn https_stand_in() -> (u16, String, Arc<Mutex<Vec<String>>>) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["model.test".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &issuer)
-        .unwrap();
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![leaf.der().clone()],
-        rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+/// Echoes the Authorization header it got.
+fn echo_authorization(head: &str, _body: &str) -> (String, String) {
+    let authorization = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("authorization")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| "(none)".into());
+    (
+        "text/plain".into(),
+        format!("authorization: {authorization}\n"),
     )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let recorded = seen.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((conn, _)) = listener.accept().await else {
-                    continue;
-                };
-                let Ok(mut tls) = acceptor.accept(conn).await else {
-                    continue;
-                };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
-                let authorization = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("authorization: "))
-                    .or_else(|| head.lines().find_map(|l| l.strip_prefix("Authorization: ")))
-                    .unwrap_or("(none)")
-                    .to_string();
-                recorded.lock().unwrap().push(authorization.clone());
-                let body = format!("authorization: {authorization}\n");
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = tls.write_all(answer.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            }
-        });
-    });
-    (port, ca_cert.pem(), seen)
-}
-
-fn require_debian() {
-    let out = std::process::Command::new("docker")
-        .args(["image", "inspect", DEBIAN])
-        .output()
-        .expect("docker CLI runs");
-    assert!(
-        out.status.success(),
-        "{DEBIAN} is missing: run `cargo run -- image build debian` (as .ci/run does)"
-    );
 }
 
 /// Every file under `dir`, with its bytes.
@@ -122,8 +52,13 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 
 #[test]
 fn the_sandbox_uses_a_key_it_never_holds_and_the_key_is_redacted_everywhere() {
-    require_debian();
-    let (port, ca_pem, seen) = https_stand_in();
+    common::require_image(DEBIAN, "debian");
+    let stand_in = common::HttpsStandIn::start(
+        "model.test",
+        "127.0.0.1:0".parse().unwrap(),
+        echo_authorization,
+    );
+    let (port, ca_pem) = (stand_in.port, stand_in.ca_pem.clone());
     let key = format!("sk-test-{}", ulid::Ulid::new());
     let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
     std::fs::write(fixture.path("model.key"), format!("{key}\n")).unwrap();
@@ -179,10 +114,14 @@ getent hosts model.test >/dev/null; echo "dns: $?"
             .arg(&job),
         &[],
     );
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    // A change that held a secret is escalated, never published by itself.
+    assert_eq!(ran.code, 10, "{}", ran.stderr);
 
     // The stand-in got the real key; the sandbox saw only the placeholder.
-    assert_eq!(*seen.lock().unwrap(), vec![format!("Bearer {key}")]);
+    assert_eq!(
+        stand_in.header("authorization"),
+        vec![format!("Bearer {key}")]
+    );
     let artifacts = ran.artifacts.clone().expect("artifacts");
     let log = std::fs::read_to_string(artifacts.join("attempt-1/generate.log")).unwrap();
     for line in [
@@ -197,8 +136,9 @@ getent hosts model.test >/dev/null; echo "dns: $?"
         log.contains("placeholder: kiln-placeholder-model-key-"),
         "{log}"
     );
-    let repo = artifacts.join("repo.git");
-    let branch = "refs/heads/factory/secret";
+    assert!(!artifacts.join("repo.git").exists(), "nothing published");
+    let repo = artifacts.join("escalation/candidate.git");
+    let branch = "refs/kiln/candidate";
     let env = common::file_on(&repo, branch, "env.txt");
     assert!(
         env.contains("MODEL_KEY=kiln-placeholder-model-key-"),
@@ -212,6 +152,14 @@ getent hosts model.test >/dev/null; echo "dns: $?"
     assert!(common::file_on(&repo, branch, "answer.b64").contains("[REDACTED:MODEL_KEY]"));
     let report = ran.report.clone().expect("a report");
     assert_eq!(report["attempts"][0]["secrets_redacted"], 2, "{report}");
+    assert_eq!(report["status"], "policy_escalated", "{report}");
+    assert!(
+        report["reason"]
+            .as_str()
+            .unwrap()
+            .contains("held a configured secret"),
+        "{report}"
+    );
 
     // The proxy recorded the opened exchange, with the secret it added, and the refusals.
     let records: serde_json::Value = serde_json::from_str(

@@ -64,6 +64,8 @@ const AIDER: Adapter = Adapter {
     host: "api.anthropic.com:443",
     secret: "ANTHROPIC_API_KEY",
     script: r#"set -eu
+# litellm would fetch its model table from GitHub; the copy it ships is enough.
+export LITELLM_LOCAL_MODEL_COST_MAP=True
 cd "$KILN_WORKSPACE"
 python3 - <<'EOF' > /tmp/kiln-agent-args
 import glob, json, os
@@ -74,8 +76,11 @@ print("\n".join(files))
 EOF
 set --
 while IFS= read -r file; do [ -n "$file" ] && set -- "$@" "$file"; done < /tmp/kiln-agent-args
+# Aider's histories go to /tmp, so the workspace holds only the change.
 exec aider --yes-always --no-git --no-auto-commits --no-check-update --no-analytics \
-  --no-show-model-warnings --no-pretty --message-file /tmp/kiln-agent-prompt "$@"
+  --no-show-model-warnings --no-pretty --no-stream --no-restore-chat-history \
+  --chat-history-file /tmp/aider.chat.md --input-history-file /tmp/aider.input.history \
+  --message-file /tmp/kiln-agent-prompt "$@"
 "#,
 };
 

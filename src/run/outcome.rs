@@ -71,7 +71,8 @@ impl Runner<'_> {
             Some(gate) => Some(self.judge(gate, diff, verdict.as_ref()).await?),
             None => None,
         };
-        if let Some((status, why)) = held(decision, verdict.as_ref()) {
+        let secrets = self.attempts.last().map_or(0, |a| a.secrets_redacted);
+        if let Some((status, why)) = held(decision, verdict.as_ref(), secrets) {
             let reason = format!("tests passed on attempt {n}; {why}");
             let mut end = End::new(status, reason);
             if Kind::of(status).is_some() {
@@ -287,10 +288,24 @@ pub(super) async fn escalate(
 
 /// Why a passing change is held back rather than published, if it is: the gate's decision and
 /// the reviewer's verdict combined, deny first.
-fn held(decision: Option<Decision>, verdict: Option<&ReviewVerdict>) -> Option<(Status, String)> {
+/// A change in which kiln found and redacted a configured secret (`secrets` files, links or
+/// paths) is escalated whatever the reviewer and the gate say, unless the gate denies it.
+fn held(
+    decision: Option<Decision>,
+    verdict: Option<&ReviewVerdict>,
+    secrets: usize,
+) -> Option<(Status, String)> {
     let gate = |d: Decision| format!("the policy gate decided {}", d.as_str());
     if decision == Some(Decision::Deny) {
         return Some((Status::PolicyDenied, gate(Decision::Deny)));
+    }
+    if secrets > 0 {
+        return Some((
+            Status::PolicyEscalated,
+            format!(
+                "the change held a configured secret ({secrets} file(s) or path(s), now [REDACTED:NAME]); a human decides"
+            ),
+        ));
     }
     if let Some(v) = verdict.filter(|v| v.verdict != VerdictKind::Approve) {
         let why = match (&v.invalid, v.verdict) {

@@ -218,3 +218,136 @@ pub fn file_on(repo: &Path, refname: &str, path: &str) -> String {
 pub fn default_bundle() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/bundles/default.toml")
 }
+
+/// An HTTPS server on a loopback address standing in for a model API: its certificate (for
+/// `host`) is from a test CA the operator config can trust (`[egress] upstream_ca`); it
+/// records each request (head and body) and answers with what `answer` makes of it.
+pub struct HttpsStandIn {
+    pub port: u16,
+    pub ca_pem: String,
+    pub requests: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl HttpsStandIn {
+    pub fn start(
+        host: &str,
+        bind: std::net::SocketAddr,
+        answer: fn(head: &str, body: &str) -> (String, String),
+    ) -> HttpsStandIn {
+        use std::sync::{Arc, Mutex};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = std::net::TcpListener::bind(bind).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((conn, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let Ok(mut tls) = acceptor.accept(conn).await else {
+                        continue;
+                    };
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 16 << 10];
+                    let (head, body) = loop {
+                        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                            let length = head
+                                .lines()
+                                .find_map(|l| {
+                                    let (name, value) = l.split_once(':')?;
+                                    name.eq_ignore_ascii_case("content-length")
+                                        .then(|| value.trim().parse::<usize>().ok())?
+                                })
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + length {
+                                let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length])
+                                    .into_owned();
+                                break (head, body);
+                            }
+                        }
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => break (String::new(), String::new()),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    if head.is_empty() {
+                        continue;
+                    }
+                    let (content_type, reply) = answer(&head, &body);
+                    recorded.lock().unwrap().push((head, body));
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+                        reply.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        });
+        HttpsStandIn {
+            port,
+            ca_pem: ca_cert.pem(),
+            requests,
+        }
+    }
+
+    /// The value of header `name` in each request so far.
+    pub fn header(&self, name: &str) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(head, _)| {
+                head.lines()
+                    .find_map(|l| {
+                        let (n, v) = l.split_once(':')?;
+                        n.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+}
+
+/// Fails (never skips) when `image` is not on the machine.
+pub fn require_image(image: &str, recipe: &str) {
+    let out = Command::new("docker")
+        .args(["image", "inspect", image])
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "{image} is missing: run `cargo run -- image build {recipe}` (as .ci/run does)"
+    );
+}

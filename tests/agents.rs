@@ -1,0 +1,124 @@
+//! A real coding agent through its adapter: Aider (installed from PyPI by the `agent-aider`
+//! recipe) runs headless in the sandbox against an HTTPS stand-in for the Anthropic API on a
+//! loopback address, which answers with an edit. The agent reaches the API only through kiln's
+//! proxy, with a key it never holds, and its edit passes the job's tests. (Talks to loopback
+//! only: the operator config maps api.anthropic.com to 127.0.0.2.)
+
+mod common;
+
+const AIDER: &str = "kiln/agent-aider:latest";
+
+/// The Anthropic Messages API, as far as Aider needs it: one answer, an edit in Aider's
+/// SEARCH/REPLACE form.
+fn messages_api(_head: &str, body: &str) -> (String, String) {
+    let request: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let edit = "greet.sh\n```\n<<<<<<< SEARCH\necho \"Hello, world!\"\n=======\necho \"Hello, kiln!\"\n>>>>>>> REPLACE\n```\n";
+    let answer = serde_json::json!({
+        "id": "msg_kiln_test",
+        "type": "message",
+        "role": "assistant",
+        "model": request["model"],
+        "content": [{"type": "text", "text": edit}],
+        "stop_reason": "end_turn",
+        "stop_sequence": null,
+        "usage": {"input_tokens": 100, "output_tokens": 40}
+    });
+    ("application/json".into(), answer.to_string())
+}
+
+#[test]
+fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
+    common::require_image(AIDER, "agent-aider");
+    common::require_busybox();
+    let stand_in = common::HttpsStandIn::start(
+        "api.anthropic.com",
+        "127.0.0.2:443".parse().unwrap(),
+        messages_api,
+    );
+    let key = format!("sk-ant-test-{}", ulid::Ulid::new());
+    let fixture = common::Fixture::with_git(common::HELLO_FILES);
+    std::fs::write(fixture.path("anthropic.key"), &key).unwrap();
+    std::fs::write(fixture.path("test-ca.pem"), &stand_in.ca_pem).unwrap();
+    let config = fixture.path("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[egress]\npermit = [\"api.anthropic.com:443\"]\n\
+             allow_addresses = [\"127.0.0.2\"]\nhosts = {{ \"api.anthropic.com\" = \"127.0.0.2\" }}\n\
+             upstream_ca = {ca:?}\n\n\
+             [secrets.ANTHROPIC_API_KEY]\nfile = {file:?}\nhosts = [\"api.anthropic.com\"]\n",
+            ca = fixture.path("test-ca.pem"),
+            file = fixture.path("anthropic.key"),
+        ),
+    )
+    .unwrap();
+    let job = fixture.path("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "repo = \"repo\"\nbranch = \"factory/aider\"\n\
+             prompt = \"Make greet.sh greet kiln, so that test.sh passes.\"\n\
+             context_files = [\"*.sh\"]\n\n\
+             [generate]\nagent = \"aider\"\ntimeout = \"5m\"\n\n\
+             [test]\nimage = \"{busybox}\"\ncommand = [\"sh\", \"test.sh\"]\n\n\
+             [limits]\nmemory = \"1GiB\"\n",
+            busybox = common::BUSYBOX
+        ),
+    )
+    .unwrap();
+    let ran = fixture.run_with(
+        common::kiln()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&job),
+        &[],
+    );
+    let artifacts = ran.artifacts.clone().expect("artifacts");
+    let log = std::fs::read_to_string(artifacts.join("attempt-1/generate.log")).unwrap();
+    assert_eq!(ran.code, 0, "{}\n{log}", ran.stderr);
+
+    // Aider asked the stand-in with the real key and the job's prompt; it never held the key.
+    let keys = stand_in.header("x-api-key");
+    assert!(!keys.is_empty(), "{log}");
+    assert!(keys.iter().all(|k| *k == key), "{keys:?}");
+    let requests = stand_in.requests.lock().unwrap().clone();
+    assert!(
+        requests
+            .iter()
+            .any(|(_, body)| body.contains("Make greet.sh greet kiln")),
+        "{requests:?}"
+    );
+    assert!(!log.contains(&key), "{log}");
+
+    // Its edit is the attempt's change, and it passed the tests.
+    let greet = common::file_on(
+        &artifacts.join("repo.git"),
+        "refs/heads/factory/aider",
+        "greet.sh",
+    );
+    assert_eq!(greet, "#!/bin/sh\necho \"Hello, kiln!\"\n");
+    let report = ran.report.expect("a report");
+    assert_eq!(report["attempts"][0]["passed"], true, "{report}");
+    let files = report["attempts"][0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "only greet.sh changed: {files:?}");
+
+    // The proxy recorded each request to the API with the secret it added.
+    let records: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(artifacts.join("attempt-1/generate.egress.json")).unwrap(),
+    )
+    .unwrap();
+    let exchanges: Vec<&serde_json::Value> = records["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["target"] == "api.anthropic.com:443")
+        .flat_map(|r| r["exchanges"].as_array().unwrap().iter())
+        .collect();
+    assert!(
+        exchanges
+            .iter()
+            .any(|e| e["path"] == "/v1/messages" && e["secrets"][0] == "ANTHROPIC_API_KEY"),
+        "{records}"
+    );
+}
