@@ -196,3 +196,67 @@ getent hosts model.test >/dev/null; echo "dns: $?"
     }
     assert!(written.len() > 5, "{written:?}");
 }
+
+#[test]
+fn jobs_that_misuse_secrets_are_refused_before_anything_runs() {
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let key = format!("sk-test-{}", ulid::Ulid::new());
+    std::fs::write(fixture.path("model.key"), &key).unwrap();
+    let config = fixture.path("kiln.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[egress]\npermit = [\"model.test:443\", \"other.test:443\"]\n\n\
+             [secrets.MODEL_KEY]\nfile = {:?}\nhosts = [\"model.test\"]\n\n\
+             [secrets.UNSET_KEY]\nenv = \"KILN_TEST_UNSET_SECRET\"\nhosts = [\"model.test\"]\n",
+            fixture.path("model.key")
+        ),
+    )
+    .unwrap();
+    for (prompt, network, says) in [
+        (
+            format!("use the key {key}"),
+            "allow = [\"model.test:443\"]",
+            "holds the value of the operator's secret MODEL_KEY",
+        ),
+        (
+            "x".to_string(),
+            "allow = [\"model.test:443\"]\nsecrets = [\"NOPE\"]",
+            "secret `NOPE` is not in the operator config's [secrets]",
+        ),
+        (
+            "x".to_string(),
+            "allow = [\"other.test:443\"]\nsecrets = [\"MODEL_KEY\"]",
+            "secret `MODEL_KEY` is for model.test, none of which is on `allow`",
+        ),
+        (
+            "x".to_string(),
+            "allow = [\"model.test:443\"]\nsecrets = [\"UNSET_KEY\"]",
+            "environment variable `KILN_TEST_UNSET_SECRET` is not set",
+        ),
+    ] {
+        let job = fixture.job(
+            &format!("branch = \"factory/secret\"\nprompt = {prompt:?}"),
+            "true",
+            "true",
+            "",
+        );
+        fixture.edit_job(
+            &job,
+            "[test]",
+            &format!("[generate.network]\n{network}\n\n[test]"),
+        );
+        let ran = fixture.run_with(
+            common::kiln()
+                .arg("--config")
+                .arg(&config)
+                .arg("run")
+                .arg(&job),
+            &[],
+        );
+        assert_eq!(ran.code, 2, "{}", ran.stderr);
+        assert!(ran.stderr.contains(says), "{says} in {}", ran.stderr);
+        assert!(!ran.stderr.contains(&key), "{}", ran.stderr);
+        assert!(!fixture.artifacts_root().exists(), "nothing ran");
+    }
+}

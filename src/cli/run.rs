@@ -86,13 +86,16 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
             Some(result) => kiln::policy::to_sarif(result),
             None => kiln::policy::empty_sarif(),
         };
-        kiln::run::write_json(&path, &sarif)?;
+        kiln::run::write_json(&config.redactor(), &path, &sarif)?;
     }
     if let Some(path) = report {
         if path.as_os_str() == "-" {
-            super::print_json(&report_value)?;
+            println!(
+                "{}",
+                kiln::run::json_text(&config.redactor(), &report_value)?
+            );
         } else {
-            kiln::run::write_json(&path, &report_value)?;
+            kiln::run::write_json(&config.redactor(), &path, &report_value)?;
         }
     }
     Ok(report_value.exit_code)

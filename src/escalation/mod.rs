@@ -182,11 +182,15 @@ fn tail(bytes: &[u8], max: usize) -> String {
 
 /// Builds the escalation of a job that ended with `report` (whose attempt folders are read for
 /// diffs and logs) and writes its folder: `escalation.json` and `summary.html`.
+///
+/// Every configured secret is hidden by `redactor` in the bundle (the job's own text included),
+/// and so in what is announced.
 pub fn write(
     report: &Report,
     job: &crate::job::Job,
     candidate: Option<Candidate>,
     out: &str,
+    redactor: &crate::secrets::Redactor,
 ) -> Result<Escalation, EscalationError> {
     let kind = Kind::of(report.status).ok_or_else(|| {
         EscalationError::Invalid(format!(
@@ -265,6 +269,14 @@ pub fn write(
             loosened: job.loosened.clone(),
         }),
         artifacts: report.artifacts.clone(),
+    };
+    let escalation = if redactor.is_empty() {
+        escalation
+    } else {
+        let text = serde_json::to_string(&escalation)
+            .map_err(|e| EscalationError::Invalid(e.to_string()))?;
+        serde_json::from_str(&redactor.text(&text))
+            .map_err(|e| EscalationError::Invalid(format!("redacting the bundle: {e}")))?
     };
     let dir = artifacts.join(DIR);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;

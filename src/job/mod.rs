@@ -392,12 +392,25 @@ impl Job {
                 None,
             )
         };
-        file.check(dir, config, seed)
+        let job = file
+            .check(dir, config, seed)
             .map_err(|(field, message)| JobError::Field {
                 path: path.into(),
                 field,
                 message,
-            })
+            })?;
+        // A secret reaches a stage only through the proxy; a job carrying one would hand it to
+        // the container (and to every artifact before redaction).
+        let text = serde_json::to_string(&job).unwrap_or_default();
+        match config.redactor().find(&text) {
+            Some(name) => Err(JobError::Syntax {
+                path: path.into(),
+                message: format!(
+                    "it holds the value of the operator's secret {name}; remove it (a stage gets a secret only through `[<stage>.network] secrets`)"
+                ),
+            }),
+            None => Ok(job),
+        }
     }
 }
 

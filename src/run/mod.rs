@@ -38,6 +38,7 @@ use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
 use crate::publish::{Destination, check_destination};
 use crate::review::ReviewVerdict;
 use crate::sandbox::{self, RunOutcome, Sandbox, WORKSPACE_DIR};
+use crate::secrets::Redactor;
 use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
 use report::{
     AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, Timings, stage_report,
@@ -102,6 +103,7 @@ pub async fn run_job(
         context: Vec::new(),
         gate,
         gate_result: None,
+        redactor: config.redactor(),
     };
     let span = info_span!("job", job_id = %job.id);
     runner.record(
@@ -162,7 +164,7 @@ pub async fn run_job(
             outcome::escalate(&report, job, config, end.candidate, &out, &runner.progress).await?,
         );
     }
-    write_json(&artifacts.join("report.json"), &report)?;
+    write_json(&config.redactor(), &artifacts.join("report.json"), &report)?;
     runner.record(
         "job.state",
         serde_json::json!({"to": report.status.as_str(), "reason": report.reason, "exit_code": report.exit_code as u8}),
@@ -182,6 +184,8 @@ struct Runner<'a> {
     context: Vec<String>,
     gate: Option<Arc<Gate>>,
     gate_result: Option<GateResult>,
+    /// Hides the operator's secrets in every artifact.
+    redactor: Redactor,
 }
 
 /// How a job that ran to its end ended.
@@ -314,7 +318,7 @@ impl Runner<'_> {
             ),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        write_file(&dir.join("job.json"), &input)?;
+        write_file(&self.redactor, &dir.join("job.json"), &input)?;
 
         let label = format!("attempt {n}/{} · generate", job.max_attempts);
         let timer = self.progress.start(label);
@@ -329,9 +333,13 @@ impl Runner<'_> {
             blocking(move || Ok(ws.blob_changes(previous_tree, tree)?)).await?
         };
         timer.done(&format!("{}; {}", exit_note(&generated), diff_note(&diff)));
-        write_file(&dir.join("generate.log"), &generated.output_bytes)?;
-        write_file(&dir.join("diff.patch"), patch.as_bytes())?;
-        write_json(&dir.join("diff.json"), &diff)?;
+        write_file(
+            &self.redactor,
+            &dir.join("generate.log"),
+            &generated.output_bytes,
+        )?;
+        write_file(&self.redactor, &dir.join("diff.patch"), patch.as_bytes())?;
+        write_json(&self.redactor, &dir.join("diff.json"), &diff)?;
 
         let whole = ingested.whole;
         let mut attempt = AttemptReport {
@@ -394,7 +402,7 @@ impl Runner<'_> {
         } else {
             format!("failed ({})", exit_note(&tested))
         });
-        write_file(&dir.join("test.log"), &tested.output_bytes)?;
+        write_file(&self.redactor, &dir.join("test.log"), &tested.output_bytes)?;
         attempt.test = Some(stage_report(&job.test, &tested));
         attempt.protected_reverted = reverted.clone();
         attempt.passed = passed;
@@ -550,8 +558,9 @@ impl Runner<'_> {
             "{} ({findings} findings)",
             result.decision.as_str()
         ));
-        write_json(&self.artifacts.join("gate.json"), &result)?;
+        write_json(&self.redactor, &self.artifacts.join("gate.json"), &result)?;
         write_json(
+            &self.redactor,
             &self.artifacts.join("gate.sarif"),
             &crate::policy::to_sarif(&result),
         )?;
@@ -679,12 +688,21 @@ fn short(oid: Oid) -> String {
     oid.to_string()[..10].to_string()
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    std::fs::write(path, bytes).map_err(Error::io(format!("cannot write {}", path.display())))
+/// Writes an artifact with every configured secret hidden.
+fn write_file(redactor: &Redactor, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    std::fs::write(path, redactor.bytes(bytes))
+        .map_err(Error::io(format!("cannot write {}", path.display())))
 }
 
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), Error> {
-    let mut bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
-    bytes.push(b'\n');
-    write_file(path, &bytes)
+/// Writes `value` as pretty JSON with every configured secret hidden.
+pub fn write_json(redactor: &Redactor, path: &Path, value: &impl Serialize) -> Result<(), Error> {
+    let mut text = json_text(redactor, value)?;
+    text.push('\n');
+    std::fs::write(path, text).map_err(Error::io(format!("cannot write {}", path.display())))
+}
+
+/// `value` as pretty JSON with every configured secret hidden.
+pub fn json_text(redactor: &Redactor, value: &impl Serialize) -> Result<String, Error> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    Ok(redactor.text(&text).into_owned())
 }

@@ -78,7 +78,7 @@ impl Runner<'_> {
             test_output_tail: sandbox::tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        write_file(&dir.join("review.json"), &input)?;
+        write_file(&self.redactor, &dir.join("review.json"), &input)?;
 
         let timer = self
             .progress
@@ -95,8 +95,8 @@ impl Runner<'_> {
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default()
         ));
-        write_file(&dir.join("review.log"), &ran.output_bytes)?;
-        write_json(&dir.join("verdict.json"), &verdict)?;
+        write_file(&self.redactor, &dir.join("review.log"), &ran.output_bytes)?;
+        write_json(&self.redactor, &dir.join("verdict.json"), &verdict)?;
         if let Some(attempt) = self.attempts.last_mut() {
             attempt.review = Some(ReviewReport {
                 stage: stage_report(spec, &ran),

@@ -177,10 +177,7 @@ impl Stages<'_> {
                         .join(format!("{stage}.egress.json"));
                     let record =
                         serde_json::json!({"requests": requests, "unrecorded": unrecorded});
-                    let mut text = serde_json::to_string_pretty(&record)
-                        .map_err(|e| Error::Internal(e.to_string()))?;
-                    text.push('\n');
-                    super::write_file(&path, redactor.text(&text).as_bytes())?;
+                    super::write_json(&redactor, &path, &record)?;
                 }
                 Some(egress::Summary::of(&requests, unrecorded))
             }

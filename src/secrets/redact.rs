@@ -78,6 +78,14 @@ impl Redactor {
         }
     }
 
+    /// The name of the first secret found in `text`, if any.
+    pub fn find(&self, text: &str) -> Option<&str> {
+        let inner = self.inner.as_ref()?;
+        let found = inner.matcher.find(text)?;
+        let mark = &inner.marks[found.pattern().as_usize()];
+        mark.strip_prefix("[REDACTED:")?.strip_suffix(']')
+    }
+
     /// `text` with every secret form replaced.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match &self.inner {
@@ -203,6 +211,8 @@ mod tests {
             }
         }
         assert_eq!(r.text("nothing here"), "nothing here");
+        assert_eq!(r.find(&format!("x {KEY} y")), Some("API_KEY"));
+        assert_eq!(r.find("x y"), None);
         assert!(Redactor::new(&[]).is_empty());
     }
 
