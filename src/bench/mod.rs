@@ -5,6 +5,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod egress;
+
+pub use egress::{EgressFigures, Pair, egress};
+
 use crate::error::Error;
 use crate::ids::JobId;
 use crate::job::Limits;
@@ -242,118 +246,4 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
         cold_cached,
         input_bytes,
     })
-}
-
-/// The egress proxy against direct requests, interleaved: `requests` small HTTP exchanges (a new
-/// connection each) with a loopback server, direct and through a proxy that allows it.
-pub struct EgressFigures {
-    pub direct: Figures,
-    pub proxied: Figures,
-    pub direct_total: Duration,
-    pub proxied_total: Duration,
-}
-
-pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let loopback: std::net::IpAddr = std::net::Ipv4Addr::LOCALHOST.into();
-    let server = tokio::net::TcpListener::bind((loopback, 0))
-        .await
-        .map_err(Error::io("cannot listen on loopback"))?;
-    let port = server
-        .local_addr()
-        .map_err(Error::io("cannot listen on loopback"))?
-        .port();
-    let serving = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = server.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut head = Vec::new();
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match conn.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = conn
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                    )
-                    .await;
-            });
-        }
-    });
-    let rules = crate::egress::Rules {
-        allow: vec![
-            crate::egress::Allow::parse(&format!("model.test:{port}")).map_err(Error::Internal)?,
-        ],
-        operator: crate::egress::EgressConfig {
-            allow_addresses: vec![loopback],
-            hosts: std::collections::HashMap::from([("model.test".to_string(), loopback)]),
-            ..Default::default()
-        },
-        max_connections: requests + 1,
-        max_bytes: u64::MAX,
-        clients: None,
-        secrets: Vec::new(),
-        intercept: None,
-        redactor: Default::default(),
-    };
-    let proxy = crate::egress::Proxy::start((loopback, 0).into(), rules)
-        .await
-        .map_err(Error::io("cannot start the proxy"))?;
-
-    async fn exchange(to: std::net::SocketAddr, head: &[u8]) -> Result<Duration, Error> {
-        let started = Instant::now();
-        let mut conn = tokio::net::TcpStream::connect(to)
-            .await
-            .map_err(Error::io("cannot connect"))?;
-        conn.write_all(head)
-            .await
-            .map_err(Error::io("cannot send"))?;
-        let mut answer = Vec::new();
-        conn.read_to_end(&mut answer)
-            .await
-            .map_err(Error::io("cannot read the answer"))?;
-        if !answer.ends_with(b"ok") {
-            return Err(Error::Internal(format!(
-                "unexpected answer: {}",
-                String::from_utf8_lossy(&answer)
-            )));
-        }
-        Ok(started.elapsed())
-    }
-    let direct_head = b"GET /v1 HTTP/1.1\r\nHost: model.test\r\n\r\n".to_vec();
-    let proxied_head =
-        format!("GET http://model.test:{port}/v1 HTTP/1.1\r\nHost: model.test\r\n\r\n")
-            .into_bytes();
-    let server_addr = std::net::SocketAddr::new(loopback, port);
-    let mut figures = EgressFigures {
-        direct: Figures {
-            name: "direct",
-            samples: Vec::new(),
-        },
-        proxied: Figures {
-            name: "through the egress proxy",
-            samples: Vec::new(),
-        },
-        direct_total: Duration::ZERO,
-        proxied_total: Duration::ZERO,
-    };
-    for _ in 0..requests {
-        let direct = exchange(server_addr, &direct_head).await?;
-        figures.direct.samples.push(direct);
-        figures.direct_total += direct;
-        let proxied = exchange(proxy.addr(), &proxied_head).await?;
-        figures.proxied.samples.push(proxied);
-        figures.proxied_total += proxied;
-    }
-    let (records, _) = proxy.stop().await;
-    serving.abort();
-    if records.iter().filter(|r| r.allowed).count() != requests {
-        return Err(Error::Internal(
-            "the proxy did not record every request".into(),
-        ));
-    }
-    Ok(figures)
 }
