@@ -66,14 +66,7 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
         ),
     )
     .unwrap();
-    let ran = fixture.run_with(
-        common::kiln()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&job),
-        &[],
-    );
+    let ran = fixture.run_configured(&config, &job);
     let artifacts = ran.artifacts.clone().expect("artifacts");
     let log = std::fs::read_to_string(artifacts.join("attempt-1/generate.log")).unwrap();
     assert_eq!(ran.code, 0, "{}\n{log}", ran.stderr);

@@ -377,14 +377,7 @@ echo "proxy: $HTTP_PROXY"
         "[test]",
         &format!("[generate.network]\nallow = [{allow}]\n\n[test]"),
     );
-    let ran = fixture.run_with(
-        common::kiln()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&job),
-        &[],
-    );
+    let ran = fixture.run_configured(&config, &job);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     let attempt = ran.artifacts.expect("artifacts").join("attempt-1");
     let log = std::fs::read_to_string(attempt.join("generate.log")).unwrap();
@@ -459,14 +452,7 @@ fn a_job_may_name_only_hosts_the_operator_permits() {
         "[test]",
         "[generate.network]\nallow = [\"pypi.org:443\", \"evil.example:443\"]\n\n[test]",
     );
-    let ran = fixture.run_with(
-        common::kiln()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&job),
-        &[],
-    );
+    let ran = fixture.run_configured(&config, &job);
     assert_eq!(ran.code, 2, "{}", ran.stderr);
     assert!(
         ran.stderr.contains("generate.network")

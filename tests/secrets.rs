@@ -106,14 +106,7 @@ getent hosts model.test >/dev/null; echo "dns: $?"
             "[generate.network]\nallow = [\"model.test:{port}\", \"169.254.169.254:80\"]\nsecrets = [\"MODEL_KEY\"]\n\n[test]"
         ),
     );
-    let ran = fixture.run_with(
-        common::kiln()
-            .arg("--config")
-            .arg(&config)
-            .arg("run")
-            .arg(&job),
-        &[],
-    );
+    let ran = fixture.run_configured(&config, &job);
     // A change that held a secret is escalated, never published by itself.
     assert_eq!(ran.code, 10, "{}", ran.stderr);
 
@@ -246,14 +239,7 @@ fn jobs_that_misuse_secrets_are_refused_before_anything_runs() {
             "[test]",
             &format!("[generate.network]\n{network}\n\n[test]"),
         );
-        let ran = fixture.run_with(
-            common::kiln()
-                .arg("--config")
-                .arg(&config)
-                .arg("run")
-                .arg(&job),
-            &[],
-        );
+        let ran = fixture.run_configured(&config, &job);
         assert_eq!(ran.code, 2, "{}", ran.stderr);
         assert!(ran.stderr.contains(says), "{says} in {}", ran.stderr);
         assert!(!ran.stderr.contains(&key), "{}", ran.stderr);

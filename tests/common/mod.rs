@@ -11,14 +11,7 @@ pub const BUSYBOX: &str = "kiln/busybox:latest";
 
 /// The images the tests need; `.ci/run` builds them. A missing one fails the test, never skips it.
 pub fn require_busybox() {
-    let out = Command::new("docker")
-        .args(["image", "inspect", BUSYBOX])
-        .output()
-        .expect("docker CLI runs");
-    assert!(
-        out.status.success(),
-        "{BUSYBOX} is missing: run `cargo run -- image build busybox` (as .ci/run does)"
-    );
+    require_image(BUSYBOX, "busybox");
 }
 
 pub fn kiln() -> Command {
@@ -137,6 +130,11 @@ impl Fixture {
     /// Runs `kiln run JOB` with artifacts under the fixture and the report read back.
     pub fn run(&self, job: &Path, extra: &[&str]) -> Ran {
         self.run_with(kiln().args(["run"]).arg(job), extra)
+    }
+
+    /// Runs `kiln --config CONFIG run JOB`, as [`Fixture::run`] does.
+    pub fn run_configured(&self, config: &Path, job: &Path) -> Ran {
+        self.run_with(kiln().arg("--config").arg(config).arg("run").arg(job), &[])
     }
 
     pub fn run_with(&self, cmd: &mut Command, extra: &[&str]) -> Ran {
