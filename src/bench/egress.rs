@@ -89,6 +89,7 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
         placeholder: PLACEHOLDER.into(),
         value: KEY.into(),
         hosts: vec!["model.test".into()],
+        headers: vec!["authorization".into()],
     }];
     rules.intercept = Some(Arc::new(Intercept {
         ca: job_ca.clone(),

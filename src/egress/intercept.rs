@@ -146,16 +146,7 @@ async fn forward(
         status: None,
         secrets: Vec::new(),
     };
-    for value in request.headers_mut().values_mut() {
-        if let Some((replaced, used)) = substitute(value, bindings) {
-            *value = replaced;
-            for name in used {
-                if !exchange.secrets.contains(&name) {
-                    exchange.secrets.push(name);
-                }
-            }
-        }
-    }
+    exchange.secrets = add_secrets(request.headers_mut(), bindings);
     let answer = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -184,12 +175,38 @@ async fn forward(
     Ok(response)
 }
 
-/// `value` with every bound placeholder replaced by its secret, and the secrets' names; none
-/// when it holds no placeholder.
-fn substitute(value: &HeaderValue, bindings: &[Binding]) -> Option<(HeaderValue, Vec<String>)> {
+/// Replaces each binding's placeholder with its secret in the headers it is for; returns the
+/// names of the secrets added.
+fn add_secrets(headers: &mut hyper::HeaderMap, bindings: &[Binding]) -> Vec<String> {
+    let mut added = Vec::new();
+    for (name, value) in headers.iter_mut() {
+        let bound: Vec<&Binding> = bindings
+            .iter()
+            .filter(|b| {
+                b.headers
+                    .iter()
+                    .any(|h| h.eq_ignore_ascii_case(name.as_str()))
+            })
+            .collect();
+        if let Some((replaced, used)) = substitute(value, &bound) {
+            *value = replaced;
+            for secret in used {
+                if !added.contains(&secret) {
+                    added.push(secret);
+                }
+            }
+        }
+    }
+    added
+}
+
+/// `value` with the placeholder of each of `bindings` replaced by its secret, and the secrets'
+/// names; none when it holds no placeholder.
+fn substitute(value: &HeaderValue, bindings: &[&Binding]) -> Option<(HeaderValue, Vec<String>)> {
     let bytes = value.as_bytes();
     let used: Vec<&Binding> = bindings
         .iter()
+        .copied()
         .filter(|b| {
             bytes
                 .windows(b.placeholder.len())
@@ -312,12 +329,24 @@ mod tests {
             placeholder: "kiln-placeholder-api-key-01".into(),
             value: "sk-real-value-123".into(),
             hosts: vec!["model.test".into()],
+            headers: vec!["authorization".into()],
         };
         let value = HeaderValue::from_static("Bearer kiln-placeholder-api-key-01");
-        let (replaced, used) = substitute(&value, std::slice::from_ref(&binding)).unwrap();
+        let (replaced, used) = substitute(&value, &[&binding]).unwrap();
         assert_eq!(replaced, "Bearer sk-real-value-123");
         assert!(replaced.is_sensitive());
         assert_eq!(used, vec!["API_KEY".to_string()]);
-        assert!(substitute(&HeaderValue::from_static("Bearer other"), &[binding]).is_none());
+        assert!(substitute(&HeaderValue::from_static("Bearer other"), &[&binding]).is_none());
+
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("Authorization", value.clone());
+        headers.insert("x-echo", value.clone());
+        let added = add_secrets(&mut headers, &[binding]);
+        assert_eq!(added, vec!["API_KEY".to_string()]);
+        assert_eq!(headers["authorization"], "Bearer sk-real-value-123");
+        assert_eq!(
+            headers["x-echo"], value,
+            "a header the secret is not for keeps the placeholder"
+        );
     }
 }

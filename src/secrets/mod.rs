@@ -26,6 +26,17 @@ pub struct SecretSource {
     pub file: Option<PathBuf>,
     /// Host names (no ports) whose requests the proxy may add it to, inside TLS.
     pub hosts: Vec<String>,
+    /// The request headers (case-insensitive) in which the proxy replaces the placeholder; in
+    /// any other header it stays the placeholder, so a host that echoes some header back cannot
+    /// be made to echo the key. Default: `authorization`, `x-api-key`, `api-key`.
+    #[serde(default = "default_headers")]
+    pub headers: Vec<String>,
+}
+
+fn default_headers() -> Vec<String> {
+    ["authorization", "x-api-key", "api-key"]
+        .map(String::from)
+        .to_vec()
 }
 
 impl SecretSource {
@@ -45,6 +56,16 @@ impl SecretSource {
         if self.hosts.is_empty() {
             return Err(format!(
                 "{name}: `hosts` is empty; name the hosts it is for"
+            ));
+        }
+        let token = |h: &String| {
+            !h.is_empty()
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        };
+        if self.headers.is_empty() || !self.headers.iter().all(token) {
+            return Err(format!(
+                "{name}: `headers` must name at least one header, each letters, digits, `-` or `_`"
             ));
         }
         for host in &self.hosts {
@@ -115,6 +136,8 @@ pub struct Binding {
     pub placeholder: String,
     pub value: String,
     pub hosts: Vec<String>,
+    /// The headers the placeholder is replaced in.
+    pub headers: Vec<String>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -142,6 +165,7 @@ impl Binding {
             ),
             value: source.read(name)?,
             hosts: source.hosts.clone(),
+            headers: source.headers.clone(),
         })
     }
 }
@@ -181,6 +205,8 @@ mod tests {
             ("K", "env = 'K'\nhosts = []"),
             ("K", "env = 'K'\nhosts = ['10.0.0.1']"),
             ("K", "env = 'K'\nhosts = ['A.test']"),
+            ("K", "env = 'K'\nhosts = ['a.test']\nheaders = []"),
+            ("K", "env = 'K'\nhosts = ['a.test']\nheaders = ['x: y']"),
             ("1K", "env = 'K'\nhosts = ['a.test']"),
             ("K-1", "env = 'K'\nhosts = ['a.test']"),
         ] {
@@ -199,6 +225,7 @@ mod tests {
                 env: None,
                 file: Some(file.clone()),
                 hosts: vec!["a.test".into()],
+                headers: default_headers(),
             }
             .read("K")
         };
@@ -213,6 +240,7 @@ mod tests {
             env: Some("KILN_TEST_SURELY_UNSET_VAR".into()),
             file: None,
             hosts: vec!["a.test".into()],
+            headers: default_headers(),
         };
         assert!(
             unset
