@@ -90,6 +90,8 @@ proxy=${{HTTP_PROXY#http://}}
 echo "metadata: $(curl -s -o /dev/null -w '%{{http_code}}' http://169.254.169.254/latest/meta-data/)"
 echo "host: $(curl -s -o /dev/null -w '%{{http_code}}' "http://${{proxy%:*}}:{port}/")"
 getent hosts model.test >/dev/null; echo "dns: $?"
+(echo x > /kiln/egress-ca.pem) 2>/dev/null && echo "ca: written" || echo "ca: kept"
+(rm -f /kiln/egress-ca.pem) 2>/dev/null && [ ! -e /kiln/egress-ca.pem ] && echo "ca: removed" || echo "ca: still there"
 "#
     );
     let job = fixture.job(
@@ -122,6 +124,8 @@ getent hosts model.test >/dev/null; echo "dns: $?"
         "metadata: 403",
         "host: 403",
         "dns: 2",
+        "ca: kept",
+        "ca: still there",
     ] {
         assert!(log.lines().any(|l| l == line), "{line} in {log}");
     }

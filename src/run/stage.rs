@@ -213,7 +213,7 @@ impl Stages<'_> {
             hosts.dedup();
             let ca = JobCa::new(self.job.as_str(), &hosts).map_err(Error::Internal)?;
             let upstream_ca = match &self.config.egress.upstream_ca {
-                Some(path) => Some(std::fs::read(path).map_err(Error::io(format!(
+                Some(path) => Some(tokio::fs::read(path).await.map_err(Error::io(format!(
                     "cannot read [egress] upstream_ca {}",
                     path.display()
                 )))?),
@@ -221,7 +221,7 @@ impl Stages<'_> {
             };
             let upstream = egress::upstream_client(upstream_ca.as_deref())
                 .map_err(|e| Error::Usage(format!("[egress] {e}")))?;
-            volume.upload(ca_tar(ca.cert_pem())?).await?;
+            volume.upload(ca_tar(ca.cert_pem()).await?).await?;
             let ca_path = format!("{KILN_DIR}/{CA_FILE}");
             env.extend(CA_VARIABLES.map(|var| (var.to_string(), ca_path.clone())));
             env.extend(
@@ -291,14 +291,16 @@ async fn fill(
 /// A tar holding [`CA_FILE`]: the job CA's certificate, then the host's trust store (so hosts
 /// kiln does not open still verify), owned by root and read-only, so the sandbox user can
 /// neither change nor replace it.
-fn ca_tar(ca_pem: &str) -> Result<Vec<u8>, Error> {
+async fn ca_tar(ca_pem: &str) -> Result<Vec<u8>, Error> {
     let mut bundle = ca_pem.as_bytes().to_vec();
-    if let Some(store) = HOST_TRUST_STORES
-        .iter()
-        .find_map(|path| std::fs::read(path).ok().filter(|s| s.len() < 4 << 20))
-    {
-        bundle.push(b'\n');
-        bundle.extend(store);
+    for path in HOST_TRUST_STORES {
+        if let Ok(store) = tokio::fs::read(path).await
+            && store.len() < 4 << 20
+        {
+            bundle.push(b'\n');
+            bundle.extend(store);
+            break;
+        }
     }
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(tar::EntryType::Regular);
