@@ -115,7 +115,7 @@ pub(super) async fn serve(
     let ended = tokio::select! {
         outcome = outcome => outcome,
         () = stopped(&mut stopping) => Err("the stage ended".into()),
-        () = activity.idle_for(IDLE_TIMEOUT) => Err("idle for 120 s".into()),
+        () = activity.idle_for(IDLE_TIMEOUT) => Err(format!("idle for {} s", IDLE_TIMEOUT.as_secs())),
     };
     record.bytes_up += up.load(Ordering::Relaxed);
     record.bytes_down += down.load(Ordering::Relaxed);

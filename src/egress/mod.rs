@@ -30,7 +30,9 @@ const MAX_HEAD: usize = 16 << 10;
 /// How long a client may take to send its request head, and kiln to connect onwards.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a tunnel may sit with nothing moving either way.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Long enough for a model API that answers a large request in one piece after minutes of
+/// silence; the stage's end cuts every tunnel anyway.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long the sandbox's side may stay open once the destination's side is done.
 const HALF_CLOSED_GRACE: Duration = Duration::from_secs(5);
 /// Most requests recorded; past it they are counted only.
@@ -614,7 +616,7 @@ async fn pump(
             read = tokio::time::timeout(IDLE_TIMEOUT, from.read(&mut buf)) => read,
         };
         let n = match read {
-            Err(_) => return Some("idle for 120 s".into()),
+            Err(_) => return Some(format!("idle for {} s", IDLE_TIMEOUT.as_secs())),
             Ok(Err(_)) | Ok(Ok(0)) => {
                 let _ = to.shutdown().await;
                 return None;
