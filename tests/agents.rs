@@ -115,3 +115,27 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
         "{records}"
     );
 }
+
+#[test]
+fn the_agent_example_loads_with_its_operator_config() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
+    // SAFETY: nextest runs each test in its own process; nothing else reads the environment here.
+    unsafe { std::env::set_var("ANTHROPIC_API_KEY", "sk-ant-example-not-a-key") };
+    let config = kiln::config::Config::load(&examples.join("kiln.toml")).unwrap();
+    let job = kiln::job::Job::load(&examples.join("job.toml"), &config).unwrap();
+    assert_eq!(job.generate.agent, kiln::job::Agent::ClaudeCode);
+    assert_eq!(job.generate.image, "kiln/agent-claude-code:latest");
+    let network = job.generate.network.as_ref().unwrap();
+    assert_eq!(network.allow[0].0.to_string(), "api.anthropic.com:443");
+    assert_eq!(network.secrets, ["ANTHROPIC_API_KEY"]);
+    // Without the key in kiln's environment, the job is refused before anything runs.
+    unsafe { std::env::remove_var("ANTHROPIC_API_KEY") };
+    let config = kiln::config::Config::load(&examples.join("kiln.toml")).unwrap();
+    let refused = kiln::job::Job::load(&examples.join("job.toml"), &config).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("`ANTHROPIC_API_KEY` is not set"),
+        "{refused}"
+    );
+}
