@@ -8,13 +8,15 @@ mirror=${KILN_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 registry=${KILN_NPM_REGISTRY:-https://registry.npmjs.org/}
 command -v debootstrap >/dev/null || { echo "debootstrap is not installed: apt-get install debootstrap" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "debootstrap needs root to build kiln/agent-codex" >&2; exit 1; }
-debootstrap --variant=minbase --include=git,ca-certificates,nodejs,npm bookworm "$out" "$mirror" >&2
+# npm's dependencies are more than debootstrap's resolver can untangle: apt installs it below.
+debootstrap --variant=minbase --include=git,ca-certificates,nodejs bookworm "$out" "$mirror" >&2
 # The build reaches the registry as the host does: its resolver and its trust store (which may
 # hold a proxy's CA), both removed again below.
 cp /etc/resolv.conf "$out/etc/resolv.conf"
 # Run in the new root with nothing of the caller's environment (its pip or npm settings).
 in_root() { env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot "$out" "$@"; }
 cp /etc/ssl/certs/ca-certificates.crt "$out/tmp/build-ca.crt"
+in_root sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends npm' >&2
 in_root npm install --global --no-fund --no-audit --cafile /tmp/build-ca.crt --registry "$registry" @openai/codex >&2
 # Nothing of the build host stays: no resolver, device nodes, package caches or machine identity.
 rm -rf "$out/etc/resolv.conf" "$out/tmp/build-ca.crt" "$out/root/.npm" "$out"/dev/* "$out"/var/cache/apt/archives/*.deb "$out"/var/lib/apt/lists/* "$out"/etc/machine-id
