@@ -182,9 +182,10 @@ impl StreamRedactor {
         self.redactor.bytes(&settled).into_owned()
     }
 
-    /// What was held back, redacted.
+    /// What was held back, redacted; the start of a secret it ends with (the rest was never
+    /// written, or was dropped) is masked too.
     pub fn finish(self) -> Vec<u8> {
-        self.redactor.bytes(&self.held).into_owned()
+        self.redactor.mask_cut(&self.held, b"").0
     }
 }
 
@@ -232,6 +233,10 @@ mod tests {
                 "chunks of {size}"
             );
         }
+        let mut cut = StreamRedactor::new(redactor());
+        let mut out = cut.push(b"the head ends in sk-live-0123");
+        out.extend(cut.finish());
+        assert_eq!(out, b"the head ends in [REDACTED:API_KEY]");
     }
 
     #[test]
