@@ -124,11 +124,19 @@ impl Redactor {
     }
 }
 
-/// The byte strings that give `secret` away: itself, and its base64 encodings (standard and
+/// The byte strings that give `secret` away: itself, as it reads inside a JSON string (a `"` or
+/// `\` escaped: kiln's reports and records are JSON), and its base64 encodings (standard and
 /// URL-safe) at each of the three alignments it can have inside a longer encoded string, each
 /// cut to the characters that depend on the secret's bytes alone.
 fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
     let mut forms = vec![secret.to_vec()];
+    let json = String::from_utf8_lossy(secret)
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .into_bytes();
+    if json != secret {
+        forms.push(json);
+    }
     for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
         for offset in 0..3usize {
             let mut shifted = vec![0u8; offset];
@@ -213,6 +221,9 @@ mod tests {
         }
         assert_eq!(r.text("nothing here"), "nothing here");
         assert_eq!(r.find(&format!("x {KEY} y")), Some("API_KEY"));
+        let quoted = Redactor::new(&[("Q".into(), r#"pa"ss\word-1234"#.into())]);
+        let record = serde_json::json!({"output": r#"got pa"ss\word-1234"#}).to_string();
+        assert_eq!(quoted.text(&record), r#"{"output":"got [REDACTED:Q]"}"#);
         assert_eq!(r.find("x y"), None);
         assert!(Redactor::new(&[]).is_empty());
     }
