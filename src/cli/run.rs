@@ -81,21 +81,19 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         report_value.reason,
         report_value.artifacts
     ));
+    let redactor = config.redactor();
     if let Some(path) = sarif {
         let sarif = match &report_value.gate {
             Some(result) => kiln::policy::to_sarif(result),
             None => kiln::policy::empty_sarif(),
         };
-        kiln::run::write_json(&config.redactor(), &path, &sarif)?;
+        kiln::run::write_json(&redactor, &path, &sarif)?;
     }
     if let Some(path) = report {
         if path.as_os_str() == "-" {
-            println!(
-                "{}",
-                kiln::run::json_text(&config.redactor(), &report_value)?
-            );
+            println!("{}", kiln::run::json_text(&redactor, &report_value)?);
         } else {
-            kiln::run::write_json(&config.redactor(), &path, &report_value)?;
+            kiln::run::write_json(&redactor, &path, &report_value)?;
         }
     }
     Ok(report_value.exit_code)

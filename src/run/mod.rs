@@ -164,7 +164,7 @@ pub async fn run_job(
             outcome::escalate(&report, job, config, end.candidate, &out, &runner.progress).await?,
         );
     }
-    write_json(&config.redactor(), &artifacts.join("report.json"), &report)?;
+    write_json(&runner.redactor, &artifacts.join("report.json"), &report)?;
     runner.record(
         "job.state",
         serde_json::json!({"to": report.status.as_str(), "reason": report.reason, "exit_code": report.exit_code as u8}),
@@ -443,7 +443,7 @@ impl Runner<'_> {
             let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
             let (tree, ingested) = match volume.download_workspace(cap).await? {
                 Ok(tar) => {
-                    let (ws, redactor) = (ws.clone(), self.config.redactor());
+                    let (ws, redactor) = (ws.clone(), self.redactor.clone());
                     blocking(move || Ok(ws.ingest(&tar, &redactor)?)).await?
                 }
                 Err(cap) => {

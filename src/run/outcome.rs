@@ -271,18 +271,14 @@ pub(super) async fn escalate(
     out: &Destination,
     progress: &Progress,
 ) -> Result<EscalationReport, Error> {
-    let escalation =
-        escalation::write(report, job, candidate, &out.to_string(), &config.redactor())?;
+    let redactor = config.redactor();
+    let escalation = escalation::write(report, job, candidate, &out.to_string(), &redactor)?;
     let dir = Path::new(&report.artifacts).join(escalation::DIR);
     let summary = dir.join("summary.html");
     progress.line(&format!("  escalated: {}", summary.display()));
     let notice = escalation::notify::Notice::new(&escalation, summary.display().to_string());
     let deliveries = escalation::notify::deliver(&config.notify, &notice).await;
-    write_json(
-        &config.redactor(),
-        &dir.join("deliveries.json"),
-        &deliveries,
-    )?;
+    write_json(&redactor, &dir.join("deliveries.json"), &deliveries)?;
     Ok(EscalationReport {
         dir: dir.display().to_string(),
         summary_html: summary.display().to_string(),

@@ -17,7 +17,7 @@ use crate::sandbox::{
     self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, Sandbox, VolumeRequest, WORKSPACE_DIR,
     WorkVolume,
 };
-use crate::secrets::Binding;
+use crate::secrets::{Binding, Redactor};
 
 /// The job CA's certificate in a stage's volume (root's, read-only), beside the workspace.
 const CA_FILE: &str = "egress-ca.pem";
@@ -120,7 +120,7 @@ impl Stages<'_> {
         let (network, secret_env) = match &spec.network {
             Some(network) => {
                 let (opened, env) = self
-                    .open_network(&format!("{stage}-{n}"), network, volume)
+                    .open_network(&format!("{stage}-{n}"), network, volume, &redactor)
                     .await?;
                 (Some(opened), env)
             }
@@ -196,10 +196,11 @@ impl Stages<'_> {
         role: &str,
         network: &NetworkSpec,
         volume: &WorkVolume,
+        redactor: &Redactor,
     ) -> Result<(StageNetwork, Vec<(String, String)>), Error> {
         let allow = network.allow.iter().map(|a| a.0.clone()).collect();
         let mut rules = Rules::new(allow, &self.config.egress);
-        rules.redactor = self.config.redactor();
+        rules.redactor = redactor.clone();
         let mut env = Vec::new();
         if !network.secrets.is_empty() {
             let bindings = network
