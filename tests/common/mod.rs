@@ -234,28 +234,10 @@ impl HttpsStandIn {
     ) -> HttpsStandIn {
         use std::sync::{Arc, Mutex};
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec![host.to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &issuer)
-            .unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![leaf.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        // kiln's own CA type makes a fine throwaway CA for the server; kiln checks the chain
+        // against it as `[egress] upstream_ca`, like any operator CA.
+        let ca = kiln::egress::JobCa::new("test stand-in", &[host.to_string()]).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(ca.server_config(host).unwrap());
         let listener = std::net::TcpListener::bind(bind).unwrap();
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -315,7 +297,7 @@ impl HttpsStandIn {
         });
         HttpsStandIn {
             port,
-            ca_pem: ca_cert.pem(),
+            ca_pem: ca.cert_pem().to_string(),
             requests,
         }
     }
