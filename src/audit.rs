@@ -158,7 +158,7 @@ impl AuditLog {
         };
         let mut record = Record {
             seq,
-            at: crate::escalation::now(),
+            at: crate::model::time::now(),
             kind: kind.into(),
             job: job.map(String::from),
             data,

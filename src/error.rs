@@ -5,63 +5,11 @@ use crate::config::ConfigError;
 use crate::escalation::EscalationError;
 use crate::images::ImageError;
 use crate::job::JobError;
+use crate::model::ExitCode;
 use crate::policy::{AuthorError, BundleError};
 use crate::publish::PublishError;
 use crate::sandbox::SandboxError;
 use crate::workspace::WorkspaceError;
-
-/// kiln's exit codes. Stable: CI systems branch on them. Documented in README.md.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum ExitCode {
-    /// The job succeeded: tests passed and the change is committed on the work branch.
-    Success = 0,
-    /// An error kiln did not foresee (a bug); the message says what.
-    Internal = 1,
-    /// The job file, operator config or command line is invalid; nothing ran.
-    Invalid = 2,
-    /// The machine failed: Docker unreachable, an image missing, a disk full.
-    Infrastructure = 3,
-    /// A policy escalated the change to a human.
-    PolicyEscalate = 10,
-    /// A policy denied the change.
-    PolicyDeny = 11,
-    /// Tests still failed after the last attempt, or the attempts stopped converging
-    /// (`kiln policy test`: a case did not match).
-    TestsFailed = 12,
-    /// A policy asked for review: the change awaits a reviewer.
-    AwaitingReview = 13,
-    /// `kiln audit verify`: the audit log's chain is broken (a record edited, removed or moved).
-    AuditBroken = 14,
-    /// kiln was interrupted (Ctrl-C or SIGTERM) and cleaned up.
-    Interrupted = 130,
-}
-
-impl ExitCode {
-    /// The code `code` stands for, if kiln documents it.
-    pub fn from_code(code: i64) -> Option<ExitCode> {
-        [
-            ExitCode::Success,
-            ExitCode::Internal,
-            ExitCode::Invalid,
-            ExitCode::Infrastructure,
-            ExitCode::PolicyEscalate,
-            ExitCode::PolicyDeny,
-            ExitCode::TestsFailed,
-            ExitCode::AwaitingReview,
-            ExitCode::AuditBroken,
-            ExitCode::Interrupted,
-        ]
-        .into_iter()
-        .find(|c| *c as i64 == code)
-    }
-}
-
-impl serde::Serialize for ExitCode {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u8(*self as u8)
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -11,7 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Figures;
-use crate::egress::{EgressConfig, Intercept, JobCa, Proxy, Rules};
+use crate::config::EgressConfig;
+use crate::egress::{Intercept, JobCa, Proxy, Rules};
 use crate::error::Error;
 use crate::secrets::Binding;
 
@@ -77,7 +78,7 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
         format!("model.test:{}", tls_server.port()),
     ]
     .iter()
-    .map(|target| crate::egress::Allow::parse(target))
+    .map(|target| crate::model::Allow::parse(target))
     .collect::<Result<Vec<_>, _>>()
     .map_err(Error::Internal)?;
     let mut rules = Rules::new(allow, &operator);

@@ -10,8 +10,8 @@ mod egress;
 pub use egress::{EgressFigures, Pair, egress};
 
 use crate::error::Error;
-use crate::ids::JobId;
-use crate::job::Limits;
+use crate::model::JobId;
+use crate::model::Limits;
 use crate::sandbox::{ContainerSpec, Sandbox, WorkVolume};
 
 pub struct Figures {
@@ -120,8 +120,8 @@ pub struct PolicyFigures {
 }
 
 /// A diff of `files` files with `lines` added lines each, as a generator might write.
-pub fn synthetic_diff(files: usize, lines: usize) -> crate::workspace::Diff {
-    use crate::workspace::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+pub fn synthetic_diff(files: usize, lines: usize) -> crate::model::Diff {
+    use crate::model::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
     let files: Vec<FileDiff> = (0..files)
         .map(|f| FileDiff {
             path: format!("src/module_{f:03}/handler.rs"),

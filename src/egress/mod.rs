@@ -22,12 +22,14 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::config::EgressConfig;
+use crate::model::{Allow, Host};
 use head::{forwarded_head, parse_head, read_head};
 
 pub use ca::{JobCa, upstream_client};
 pub use intercept::{Exchange, Intercept};
 pub use network::StageNetwork;
-pub use policy::{Allow, EgressConfig, Host, PermitEntry, non_public};
+pub use policy::non_public;
 
 /// Most bytes of a request's head (request line and headers).
 const MAX_HEAD: usize = 16 << 10;

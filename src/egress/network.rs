@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use bollard::models::NetworkCreateRequest;
 
 use super::{Proxy, Request, Rules};
-use crate::ids::JobId;
+use crate::model::JobId;
 use crate::sandbox::{Sandbox, SandboxError, bounded, job_labels};
 
 /// The network and its proxy; [`StageNetwork::finish`] stops the proxy and removes the network.

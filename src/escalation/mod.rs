@@ -5,13 +5,15 @@
 //! the tested commit. `kiln approve` and `kiln reject` record the decision in `decision.json`.
 
 mod html;
-pub mod notify;
+
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::run::report::{Report, Status};
+use crate::model::Status;
+use crate::notify::{NOTICE_SCHEMA, Notice};
+use crate::report::Report;
 
 pub const SCHEMA: &str = "kiln.escalation/v1";
 /// The folder of a job's escalation, inside its artifacts folder.
@@ -40,6 +42,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The name the record and the notice use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Policy => "policy",
+            Kind::Review => "review",
+            Kind::Reviewer => "reviewer",
+            Kind::NotConverging => "not_converging",
+            Kind::Merge => "merge",
+        }
+    }
+
     /// The escalation a job's end calls for, if any.
     pub fn of(status: Status) -> Option<Kind> {
         match status {
@@ -49,6 +62,22 @@ impl Kind {
             Status::NotConverging => Some(Kind::NotConverging),
             Status::MergeEscalated => Some(Kind::Merge),
             _ => None,
+        }
+    }
+}
+
+impl Escalation {
+    /// What `[notify]` sends of this escalation.
+    pub fn notice(&self, summary_html: String) -> Notice<'_, Escalation> {
+        Notice {
+            schema: NOTICE_SCHEMA,
+            id: &self.id,
+            kind: self.kind.as_str(),
+            reason: &self.reason,
+            channel: self.channel.as_deref(),
+            action: self.action.as_deref(),
+            summary_html,
+            escalation: self,
         }
     }
 }
@@ -117,8 +146,8 @@ pub struct Candidate {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MergeRecord {
     pub target: String,
-    pub test: crate::job::StageSpec,
-    pub limits: crate::job::Limits,
+    pub test: crate::model::StageSpec,
+    pub limits: crate::model::Limits,
     pub loosened: Vec<crate::config::Loosening>,
 }
 
@@ -177,7 +206,7 @@ pub fn now() -> String {
 
 /// The last `max` bytes of `bytes`, as text, starting on a character boundary.
 fn tail(bytes: &[u8], max: usize) -> String {
-    crate::sandbox::tail_text(bytes, max)
+    crate::model::text::tail_text(bytes, max)
 }
 
 /// Builds the escalation of a job that ended with `report` (whose attempt folders are read for
@@ -210,7 +239,7 @@ pub fn write(
         .map(|a| {
             let patch = read(a.attempt, "diff.patch", false, DIFF_BYTES);
             let diff = String::from_utf8_lossy(&patch);
-            let kept = crate::sandbox::head_text(&diff, DIFF_BYTES);
+            let kept = crate::model::text::head_text(&diff, DIFF_BYTES);
             Attempt {
                 attempt: a.attempt,
                 passed: a.passed,

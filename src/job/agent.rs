@@ -6,18 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{AllowEntry, NetworkSpec, StageSpec};
-
-/// Which CLI generates. `command` (the default) runs the job's own argv.
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum Agent {
-    #[default]
-    Command,
-    ClaudeCode,
-    Codex,
-    Aider,
-}
+use crate::model::{Agent, Allow, NetworkSpec, StageSpec};
 
 /// What an adapter knows about its CLI.
 struct Adapter {
@@ -118,10 +107,10 @@ pub(super) fn apply(spec: &mut StageSpec) -> Result<(), String> {
     let script = adapter.script.replace("PROMPT_READER", READ_PROMPT_NODE);
     spec.command = vec!["sh".into(), "-c".into(), script];
     if spec.network.is_none() {
-        let allow = crate::egress::Allow::parse(adapter.host)
+        let allow = Allow::parse(adapter.host)
             .expect("an adapter's host is a valid host:port");
         spec.network = Some(NetworkSpec {
-            allow: vec![AllowEntry(allow)],
+            allow: vec![allow],
             secrets: vec![adapter.secret.into()],
         });
     }

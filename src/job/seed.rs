@@ -11,7 +11,9 @@
 
 use serde::Deserialize;
 
-use super::{JobFile, LimitsFile, MergeSpec, RetryFile, SandboxFile, SeedFields, StageSpec};
+use super::SeedFields;
+use super::file::{JobFile, LimitsFile, MergeSpec, RetryFile, SandboxFile};
+use crate::model::StageSpec;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,7 +117,7 @@ mod tests {
         std::fs::create_dir(dir.path().join("repo")).unwrap();
         let path = dir.path().join("job.json");
         std::fs::write(&path, text).unwrap();
-        Job::load(&path, &Config::default())
+        Job::load(&path, &Config::default(), &crate::secrets::Secrets::default())
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::gate::{GateInput, JobInfo, TestInfo};
 use super::host::{Limits, PolicyEngine};
 use super::{Decision, Finding};
-use crate::workspace::Diff;
+use crate::model::Diff;
 
 pub const WASM_TARGET: &str = "wasm32-unknown-unknown";
 

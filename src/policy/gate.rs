@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::bundle::{Bundle, BundledPolicy, Condition, Mode};
 use super::host::{Limits, Policy, PolicyEngine, PolicyFailure, Reads};
 use super::{Decision, Finding, Verdict};
-use crate::workspace::{Diff, DiffStats, FileStatus};
+use crate::model::{Diff, DiffStats, FileStatus};
 
 /// What policies learn about the job (ABI `input.job`).
 #[derive(Clone, Debug, Serialize)]

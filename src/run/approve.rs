@@ -13,7 +13,7 @@ use crate::ExitCode;
 use crate::config::Config;
 use crate::error::Error;
 use crate::escalation::{self, CANDIDATE_REF, CANDIDATE_REPO, Decision, EscalationError, Verdict};
-use crate::ids::JobId;
+use crate::model::JobId;
 use crate::job::BranchName;
 use crate::publish::{Destination, check_destination, publish_branch};
 use crate::sandbox::Sandbox;

@@ -162,7 +162,7 @@ impl MergeFeedback {
             tip: tip.to_string(),
             conflicts: Vec::new(),
             test_exit_code: tested.exit_code,
-            test_output_tail: sandbox::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
+            test_output_tail: crate::model::text::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
         }
     }
 
@@ -190,7 +190,7 @@ impl Feedback {
         protected_reverted: Vec<String>,
     ) -> Self {
         let diff_truncated = diff.len() > FEEDBACK_DIFF_BYTES;
-        diff.truncate(sandbox::head_text(&diff, FEEDBACK_DIFF_BYTES).len());
+        diff.truncate(crate::model::text::head_text(&diff, FEEDBACK_DIFF_BYTES).len());
         Feedback {
             attempt,
             diff,
@@ -200,7 +200,7 @@ impl Feedback {
             test_exit_code: tested.and_then(|t| t.exit_code),
             test_timed_out: tested.is_some_and(|t| t.timed_out),
             test_output_tail: tested
-                .map(|t| sandbox::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
+                .map(|t| crate::model::text::tail_text(&t.output_bytes, FEEDBACK_TEST_BYTES))
                 .unwrap_or_default(),
             protected_reverted,
             review: None,

@@ -13,8 +13,8 @@ use super::stage::Stages;
 use super::{Progress, Ran, blocking, short};
 use crate::config::Config;
 use crate::error::Error;
-use crate::ids::Stage;
-use crate::job::StageSpec;
+use crate::model::Stage;
+use crate::model::StageSpec;
 use crate::publish::merge::{Landed, Merged, QueueLock, fetch_tip, land, merge_onto};
 use crate::publish::{Destination, PublishError};
 
@@ -58,14 +58,6 @@ pub(crate) enum MergeOutcome {
     },
 }
 
-/// What the report says of a landed merge.
-#[derive(Debug, Serialize)]
-pub struct MergeReport {
-    pub target: String,
-    /// The target's tip the change was merged onto, and the commit it now holds.
-    pub onto: String,
-    pub commit: String,
-}
 
 impl MergeTurn<'_> {
     pub(crate) async fn run(&self, progress: &Progress) -> Result<MergeOutcome, Error> {

@@ -8,7 +8,6 @@ mod input;
 mod merge;
 mod outcome;
 mod progress;
-pub mod report;
 mod review;
 mod stage;
 
@@ -23,24 +22,25 @@ use tracing::{Instrument, info_span};
 pub use approve::{Approved, approve, reject};
 use convergence::convergence;
 use input::{Feedback, JobInput};
-pub use merge::MergeReport;
 use outcome::AfterPass;
 pub use progress::Progress;
-pub use report::{Report, Status};
+pub use crate::model::Status;
+pub use crate::report::{MergeReport, Report};
 use stage::Stages;
 
 use crate::config::{Config, Loosening};
 use crate::error::Error;
 use crate::escalation::{Candidate, Kind};
-use crate::ids::Stage;
+use crate::model::Stage;
 use crate::job::Job;
 use crate::policy::{Decision, Gate, GateInput, GateResult, JobInfo, TestInfo};
 use crate::publish::{Destination, check_destination};
 use crate::review::ReviewVerdict;
 use crate::sandbox::{self, RunOutcome, Sandbox, WORKSPACE_DIR};
 use crate::secrets::Redactor;
-use crate::workspace::{BlobChange, Diff, Ingested, Skipped, Workspace};
-use report::{
+use crate::model::Diff;
+use crate::workspace::{BlobChange, Ingested, Skipped, Workspace};
+use crate::report::{
     AttemptReport, CommitReport, FileSummary, JobSummary, SandboxSummary, Timings, stage_report,
 };
 

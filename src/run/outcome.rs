@@ -276,8 +276,8 @@ pub(super) async fn escalate(
     let dir = Path::new(&report.artifacts).join(escalation::DIR);
     let summary = dir.join("summary.html");
     progress.line(&format!("  escalated: {}", summary.display()));
-    let notice = escalation::notify::Notice::new(&escalation, summary.display().to_string());
-    let deliveries = escalation::notify::deliver(&config.notify, &notice).await;
+    let notice = escalation.notice(summary.display().to_string());
+    let deliveries = crate::notify::deliver(&config.notify, &notice).await;
     write_json(&redactor, &dir.join("deliveries.json"), &deliveries)?;
     Ok(EscalationReport {
         dir: dir.display().to_string(),

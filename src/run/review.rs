@@ -10,8 +10,8 @@ use serde::Serialize;
 use super::report::{ReviewReport, stage_report};
 use super::{Ran, Runner, write_file, write_json};
 use crate::error::Error;
-use crate::ids::Stage;
-use crate::job::{ByteSize, StageSpec};
+use crate::model::Stage;
+use crate::model::{ByteSize, StageSpec};
 use crate::policy::TestInfo;
 use crate::review::{MAX_VERDICT_BYTES, ReviewVerdict, VERDICT_PATH, single_file_from_tar};
 use crate::sandbox::{self, WORKSPACE_DIR};
@@ -60,7 +60,7 @@ impl Runner<'_> {
     ) -> Result<ReviewVerdict, Error> {
         let job = self.job;
         let dir = self.artifacts.join(format!("attempt-{n}"));
-        let diff = sandbox::head_text(patch, REVIEW_DIFF_BYTES);
+        let diff = crate::model::text::head_text(patch, REVIEW_DIFF_BYTES);
         let tests = self.tests();
         let input = serde_json::to_vec_pretty(&ReviewInput {
             schema: "kiln.review-input/v1",
@@ -75,7 +75,7 @@ impl Runner<'_> {
             diff,
             diff_truncated: diff.len() < patch.len(),
             tests: &tests,
-            test_output_tail: sandbox::tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
+            test_output_tail: crate::model::text::tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
         write_file(&self.redactor, &dir.join("review.json"), &input)?;

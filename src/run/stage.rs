@@ -11,8 +11,8 @@ use super::{Ran, blocking};
 use crate::config::{Config, Loosening};
 use crate::egress::{self, Intercept, JobCa, Rules, StageNetwork};
 use crate::error::Error;
-use crate::ids::{JobId, Stage};
-use crate::job::{ByteSize, Limits, NetworkSpec, StageSpec};
+use crate::model::{JobId, Stage};
+use crate::model::{ByteSize, Limits, NetworkSpec, StageSpec};
 use crate::sandbox::{
     self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, Sandbox, VolumeRequest, WORKSPACE_DIR,
     WorkVolume,

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
-pub use output::{CappedLog, head_text, tail_text};
+pub use output::CappedLog;
 pub use spec::{
     ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };
@@ -28,8 +28,8 @@ pub use volume::{VolumeRequest, WorkVolume};
 
 use volume::VolumePool;
 
-use crate::ids::JobId;
-use crate::job::ByteSize;
+use crate::model::JobId;
+use crate::model::ByteSize;
 use crate::secrets::{Redactor, StreamRedactor};
 
 /// Label on every container and volume kiln makes: the job it belongs to.
@@ -456,7 +456,7 @@ fn owner_alive(labels: &HashMap<String, String>) -> bool {
     labels
         .get(LABEL_PID)
         .and_then(|p| p.parse::<i32>().ok())
-        .is_some_and(crate::workspace::process_alive)
+        .is_some_and(crate::model::process::process_alive)
 }
 
 /// The image the workspace holder runs, which every job therefore needs.

@@ -83,21 +83,6 @@ impl CappedLog {
     }
 }
 
-/// The longest prefix of `text` of at most `max` bytes that ends on a character boundary.
-pub fn head_text(text: &str, max: usize) -> &str {
-    let mut cut = max.min(text.len());
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &text[..cut]
-}
-
-/// The last `max` bytes of `bytes`, as text, for feeding back to the generator.
-pub fn tail_text(bytes: &[u8], max: usize) -> String {
-    let start = bytes.len().saturating_sub(max);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

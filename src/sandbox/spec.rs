@@ -7,7 +7,7 @@ use bollard::models::{
 };
 
 use crate::config::Loosening;
-use crate::job::Limits;
+use crate::model::Limits;
 
 /// Where the workspace volume is mounted in every container: the tree at `/kiln/workspace`,
 /// the job input at `/kiln/job.json`.

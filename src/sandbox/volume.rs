@@ -23,8 +23,8 @@ use super::{
     ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
     remove_container,
 };
-use crate::ids::JobId;
-use crate::job::{ByteSize, Limits};
+use crate::model::JobId;
+use crate::model::{ByteSize, Limits};
 
 /// The image of the holder container; `kiln image build busybox` makes it.
 pub const HOLDER_IMAGE: &str = crate::images::BUSYBOX;

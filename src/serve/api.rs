@@ -186,7 +186,7 @@ async fn cancel(Shared(server): Shared<Arc<Server>>, UrlPath(id): UrlPath<String
         if let Some(task) = task {
             task.abort();
         }
-        if let Some(job) = crate::ids::JobId::parse(&id) {
+        if let Some(job) = crate::model::JobId::parse(&id) {
             server.sandbox.reap_job(&job).await.map_err(Error::from)?;
         }
         let ended = server.db(|s| {

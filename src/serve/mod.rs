@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::error::Error;
-use crate::ids::JobId;
+use crate::model::JobId;
 use crate::job::Job;
 use crate::policy::Gate;
 use crate::publish::Destination;

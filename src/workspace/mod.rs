@@ -14,15 +14,13 @@ use std::path::{Path, PathBuf};
 use git2::{FetchOptions, Oid, Repository, Signature};
 use globset::GlobSet;
 
-pub use diff::{
-    BlobChange, Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind, diff_revisions,
-    parse_patch,
-};
+pub use diff::{BlobChange, diff_revisions, parse_patch};
 pub use tree_tar::{Ingested, Skipped};
 
 use crate::config::CommitIdentity;
-use crate::ids::JobId;
-use crate::job::{BranchName, ByteSize, RepoSource};
+use crate::model::{Diff, JobId};
+use crate::job::{BranchName, RepoSource};
+use crate::model::ByteSize;
 
 /// Workspace folders are named `kiln-ws-<job id>-*` in the temp folder, with the owner's pid inside.
 const WORKSPACE_PREFIX: &str = "kiln-ws-";

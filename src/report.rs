@@ -2,11 +2,10 @@
 
 use serde::Serialize;
 
-use super::Ran;
 use crate::config::Loosening;
-use crate::job::StageSpec;
-use crate::job::{Limits, SeedFields};
-use crate::workspace::{DiffStats, Skipped};
+use crate::job::SeedFields;
+use crate::model::{DiffStats, ExitCode, FileStatus, Limits, Status};
+use crate::workspace::Skipped;
 
 pub const SCHEMA: &str = "kiln.report/v1";
 
@@ -25,7 +24,7 @@ pub struct Report {
     /// The job's artifacts folder.
     pub artifacts: String,
     pub timings: Timings,
-    pub exit_code: crate::ExitCode,
+    pub exit_code: ExitCode,
     /// Where the escalation went, when the job ended for a human to decide.
     pub escalation: Option<EscalationReport>,
 }
@@ -37,60 +36,7 @@ pub struct EscalationReport {
     pub summary_html: String,
     /// True when at least one notify target took the notice.
     pub notified: bool,
-    pub deliveries: Vec<crate::escalation::notify::Delivery>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Succeeded,
-    TestsFailed,
-    NotConverging,
-    /// Tests passed; a policy asked for review. Nothing was published.
-    AwaitingReview,
-    /// Tests passed; a policy escalated to a human. Nothing was published.
-    PolicyEscalated,
-    /// Tests passed; a policy denied the change. Nothing was published.
-    PolicyDenied,
-    /// Tests passed, but the merge queue could not land the change (a conflict with the target or
-    /// a red merged tree) and no attempts were left. Nothing was published.
-    MergeEscalated,
-    /// Tests passed; the reviewer escalated (or its verdict was unusable, or it still requested
-    /// changes after the last attempt). Nothing was published.
-    ReviewEscalated,
-    Error,
-}
-
-impl Status {
-    /// The name the report uses, as `kiln run` prints it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Succeeded => "succeeded",
-            Status::TestsFailed => "tests_failed",
-            Status::NotConverging => "not_converging",
-            Status::AwaitingReview => "awaiting_review",
-            Status::PolicyEscalated => "policy_escalated",
-            Status::PolicyDenied => "policy_denied",
-            Status::ReviewEscalated => "review_escalated",
-            Status::MergeEscalated => "merge_escalated",
-            Status::Error => "error",
-        }
-    }
-
-    /// The exit code of a job that ran to its end with this status.
-    pub fn exit_code(self) -> crate::ExitCode {
-        use crate::ExitCode;
-        match self {
-            Status::Succeeded => ExitCode::Success,
-            Status::TestsFailed | Status::NotConverging => ExitCode::TestsFailed,
-            Status::AwaitingReview => ExitCode::AwaitingReview,
-            Status::PolicyEscalated | Status::ReviewEscalated | Status::MergeEscalated => {
-                ExitCode::PolicyEscalate
-            }
-            Status::PolicyDenied => ExitCode::PolicyDeny,
-            Status::Error => ExitCode::Internal,
-        }
-    }
+    pub deliveries: Vec<crate::notify::Delivery>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,7 +94,7 @@ pub struct ReviewReport {
 #[derive(Debug, Serialize)]
 pub struct FileSummary {
     pub path: String,
-    pub status: crate::workspace::FileStatus,
+    pub status: FileStatus,
     pub additions: usize,
     pub deletions: usize,
     pub binary: bool,
@@ -178,7 +124,7 @@ pub struct CommitReport {
     /// The repository the branch was written to.
     pub repository: String,
     /// The merge queue's landing, when the job has a `[merge]` target.
-    pub merged: Option<super::MergeReport>,
+    pub merged: Option<MergeReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -187,20 +133,15 @@ pub struct Timings {
     pub workspace_ms: u64,
 }
 
-pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
-    StageReport {
-        image: spec.image.clone(),
-        exit_code: ran.exit_code,
-        timed_out: ran.timed_out,
-        oom_killed: ran.oom_killed,
-        start_ms: ran.start_ms,
-        duration_ms: ran.duration_ms,
-        output_bytes: ran.output_total,
-        output_dropped_bytes: ran.output_dropped,
-        egress: ran.egress.clone(),
-    }
-}
-
 fn is_zero(n: &usize) -> bool {
     *n == 0
+}
+
+/// What the report says of a landed merge.
+#[derive(Debug, Serialize)]
+pub struct MergeReport {
+    pub target: String,
+    /// The target's tip the change was merged onto, and the commit it now holds.
+    pub onto: String,
+    pub commit: String,
 }

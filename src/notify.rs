@@ -6,39 +6,26 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::Escalation;
 use crate::config::NotifyConfig;
 
 /// The JSON a webhook or command receives (schema `kiln.escalation-notice/v1`): the headline
-/// fields a chat message needs, and the whole escalation record.
+/// fields a chat message needs, and the whole escalation record (`E`, the escalation's own type).
 #[derive(Serialize)]
-pub struct Notice<'a> {
+pub struct Notice<'a, E: Serialize> {
     pub schema: &'static str,
     pub id: &'a str,
-    pub kind: super::Kind,
+    /// Why a human is asked (`policy`, `review`, `reviewer`, `not_converging`, `merge`).
+    pub kind: &'a str,
     pub reason: &'a str,
     /// The bundle's escalation channel (`#factory-reviews`), passed through.
     pub channel: Option<&'a str>,
     pub action: Option<&'a str>,
     /// The page a person reads to decide.
     pub summary_html: String,
-    pub escalation: &'a Escalation,
+    pub escalation: &'a E,
 }
 
-impl<'a> Notice<'a> {
-    pub fn new(escalation: &'a Escalation, summary_html: String) -> Self {
-        Notice {
-            schema: "kiln.escalation-notice/v1",
-            id: &escalation.id,
-            kind: escalation.kind,
-            reason: &escalation.reason,
-            channel: escalation.channel.as_deref(),
-            action: escalation.action.as_deref(),
-            summary_html,
-            escalation,
-        }
-    }
-}
+pub const NOTICE_SCHEMA: &str = "kiln.escalation-notice/v1";
 
 /// One delivery attempt.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,7 +46,7 @@ pub struct Delivery {
 
 /// Delivers `notice` to every target `config` names, retrying each until it succeeds or its
 /// retries are spent; returns every attempt.
-pub async fn deliver(config: &NotifyConfig, notice: &Notice<'_>) -> Vec<Delivery> {
+pub async fn deliver<E: Serialize>(config: &NotifyConfig, notice: &Notice<'_, E>) -> Vec<Delivery> {
     let body = match serde_json::to_vec(notice) {
         Ok(body) => body,
         Err(_) => return Vec::new(),
@@ -95,7 +82,7 @@ async fn retry<F, Fut>(
     let mut backoff = config.backoff;
     for attempt in 1..=config.retries + 1 {
         let started = Instant::now();
-        let at = super::now();
+        let at = crate::model::time::now();
         let (status, result) = once().await;
         let ok = result.is_ok();
         if let Err(e) = &result {

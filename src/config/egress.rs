@@ -1,0 +1,57 @@
+//! `[egress]`: what a stage with an allowlist may reach beyond the public internet (only the
+//! operator opens other addresses), and the egress proxy's caps.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use serde::Deserialize;
+
+use crate::model::ByteSize;
+use crate::model::host::{Allow, written_host_name};
+
+/// `[egress]` in the operator config: what only the operator may open, and the caps.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// The `host:port` pairs a job's allowlist may name; a job naming another is refused
+    /// before anything runs. Empty (the default): no job may have network.
+    pub permit: Vec<Allow>,
+    /// Addresses a job may reach although they are not public (a model API on the LAN, a
+    /// test's stand-in on loopback), and IP literals a job may name.
+    pub allow_addresses: Vec<IpAddr>,
+    /// Names resolved here instead of by DNS, like curl's `--resolve`.
+    pub hosts: HashMap<String, IpAddr>,
+    /// Connections one stage may open through the proxy. Default 256.
+    pub max_connections: usize,
+    /// Bytes one stage may move each way through the proxy. Default 256 MiB.
+    pub max_bytes: ByteSize,
+    /// A PEM file of CA certificates the proxy trusts, besides the Mozilla roots, when it opens
+    /// TLS to a host a secret is bound to (a model API behind your own CA). Default none.
+    pub upstream_ca: Option<std::path::PathBuf>,
+}
+
+impl EgressConfig {
+    /// Each `hosts` name is a host name as a job would write it (lowercase, no trailing dot).
+    pub(super) fn check(&self) -> Result<(), String> {
+        for name in self.hosts.keys() {
+            written_host_name(name).map_err(|why| format!("hosts: {why}"))?;
+        }
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+impl Default for EgressConfig {
+    fn default() -> Self {
+        EgressConfig {
+            permit: Vec::new(),
+            allow_addresses: Vec::new(),
+            hosts: HashMap::new(),
+            max_connections: 256,
+            max_bytes: ByteSize::mib(256),
+            upstream_ca: None,
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! A job file checked against the operator config: every field valid, every default filled in,
+//! every loosening, network host, secret and merge target one the operator permits.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::file::{JobFile, LimitsFile, NetworkMode, SandboxFile};
+use super::source::{repo_source, resolve};
+use super::{Agent, BranchName, Job, MAX_PROMPT_BYTES, SecretCheck, SeedFields, agent};
+use crate::config::{Config, Loosening};
+use crate::model::fs::read_capped;
+use crate::model::{Globs, Host, JobId, Limits, StageSpec};
+
+type FieldError = (&'static str, String);
+
+impl JobFile {
+    pub(super) fn check(
+        self,
+        dir: Option<&Path>,
+        config: &Config,
+        secrets: &dyn SecretCheck,
+        seed: Option<SeedFields>,
+    ) -> Result<Job, FieldError> {
+        let repo = repo_source(&self.repo, dir).map_err(|m| ("repo", m))?;
+        if let Some(base) = &self.base
+            && (base.is_empty() || base.starts_with('-') || base.chars().any(char::is_control))
+        {
+            return Err((
+                "base",
+                format!("`{}` is not a branch, tag or commit", base.escape_debug()),
+            ));
+        }
+        let branch = BranchName::parse(
+            &self.branch,
+            &config.branch_prefix,
+            &config.protected_branches,
+        )
+        .map_err(|e| ("branch", e.to_string()))?;
+        let prompt = match (self.prompt, self.prompt_file) {
+            (Some(p), None) => p,
+            // A submitted job (no folder of its own) could name any file the server can read.
+            (None, Some(_)) if dir.is_none() => {
+                return Err((
+                    "prompt_file",
+                    "is not accepted in a submitted job: give the prompt inline".into(),
+                ));
+            }
+            (None, Some(file)) => {
+                let file = resolve(dir, &file).map_err(|m| ("prompt_file", m))?;
+                read_capped(&file, MAX_PROMPT_BYTES).map_err(|e| {
+                    (
+                        "prompt_file",
+                        format!("cannot be read from {}: {e}", file.display()),
+                    )
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err(("prompt", "and `prompt_file` are both set; keep one".into()));
+            }
+            (None, None) => {
+                return Err(("prompt", "is missing; set `prompt` or `prompt_file`".into()));
+            }
+        };
+        if prompt.trim().is_empty() {
+            return Err(("prompt", "is empty".into()));
+        }
+        let context_files =
+            Globs::new(self.context_files).map_err(|m| ("context_files", m))?;
+        let touches = if self.touches.is_empty() {
+            context_files.clone()
+        } else {
+            Globs::new(self.touches).map_err(|m| ("touches", m))?
+        };
+        let priority = self
+            .priority
+            .or(seed.as_ref().and_then(|s| s.priority))
+            .unwrap_or(5);
+        if !(0..=9).contains(&priority) {
+            return Err((
+                "priority",
+                format!("is {priority}; it must be 0 (soonest) to 9"),
+            ));
+        }
+        let generate = stage(self.generate, &config.defaults.generate, "generate")?;
+        let test = stage(self.test, &config.defaults.test, "test")?;
+        if !generate.protect.is_empty() {
+            return Err((
+                "generate.protect",
+                "belongs in [test]: it names what the tests run with".into(),
+            ));
+        }
+        let protect = Globs::new(test.protect.clone()).map_err(|m| ("test.protect", m))?;
+        for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
+            check_network(spec, config, secrets).map_err(|m| (field, m))?;
+        }
+        let review = match self.review {
+            Some(spec) => Some(stage(Some(spec), &None, "review")?),
+            None => None,
+        };
+        if let Some(review) = &review {
+            check_network(review, config, secrets).map_err(|m| ("review.network", m))?;
+        }
+        if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
+            return Err((
+                "review.protect",
+                "belongs in [test]: it names what the tests run with".into(),
+            ));
+        }
+        if let Some(merge) = &self.merge
+            && !config.publish.merge_targets.contains(&merge.target)
+        {
+            return Err((
+                "merge.target",
+                format!(
+                    "is `{}`, which the operator config does not list in [publish] merge_targets ({})",
+                    merge.target.escape_debug(),
+                    config.publish.merge_targets.join(", ")
+                ),
+            ));
+        }
+        let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
+        limits.check().map_err(|m| ("limits", m))?;
+        let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
+        if max_attempts == 0 || max_attempts > config.max_attempts {
+            return Err((
+                "retry.max_attempts",
+                format!(
+                    "is {max_attempts}; it must be between 1 and {} (the operator's cap)",
+                    config.max_attempts
+                ),
+            ));
+        }
+        let loosened = loosenings(&self.sandbox);
+        if let Some(denied) = loosened
+            .iter()
+            .find(|l| !config.permit_loosening.contains(l))
+        {
+            return Err((
+                "sandbox",
+                format!(
+                    "asks to loosen `{denied:?}`, which the operator config does not permit (permit_loosening)"
+                ),
+            ));
+        }
+        Ok(Job {
+            id: JobId::new(),
+            repo,
+            base: self.base,
+            branch,
+            prompt,
+            context_files,
+            test_requirements: self.test_requirements,
+            tests_fixed: self.tests_fixed,
+            protect,
+            priority,
+            touches,
+            generate,
+            test,
+            review,
+            merge: self.merge,
+            limits,
+            max_attempts,
+            sandbox: self.sandbox,
+            loosened,
+            seed,
+        })
+    }
+}
+
+fn stage(
+    given: Option<StageSpec>,
+    default: &Option<StageSpec>,
+    name: &'static str,
+) -> Result<StageSpec, FieldError> {
+    let mut spec = given.or_else(|| default.clone()).ok_or((
+        name,
+        "is missing, and the operator config has no default for it".to_string(),
+    ))?;
+    if spec.agent != Agent::Command && name != "generate" {
+        return Err((name, "has an `agent`; agents belong in [generate]".into()));
+    }
+    agent::apply(&mut spec).map_err(|m| (name, m))?;
+    if spec.image.trim().is_empty() {
+        return Err((name, "has an empty `image`".into()));
+    }
+    if spec.command.is_empty() || spec.command[0].is_empty() {
+        return Err((
+            name,
+            "has an empty `command`; give the argv as a list".into(),
+        ));
+    }
+    if spec.timeout.is_zero() || spec.timeout > Duration::from_secs(24 * 3600) {
+        return Err((name, "timeout must be more than 0 and at most 24h".into()));
+    }
+    Ok(spec)
+}
+
+fn merge_limits(file: LimitsFile, default: &Limits) -> Limits {
+    Limits {
+        memory: file.memory.unwrap_or(default.memory),
+        cpus: file.cpus.unwrap_or(default.cpus),
+        pids: file.pids.unwrap_or(default.pids),
+        workspace: file.workspace.unwrap_or(default.workspace),
+        tmp: file.tmp.unwrap_or(default.tmp),
+        output: file.output.unwrap_or(default.output),
+    }
+}
+
+fn loosenings(sandbox: &SandboxFile) -> Vec<Loosening> {
+    let mut loosened = Vec::new();
+    if sandbox.network == NetworkMode::Bridge {
+        loosened.push(Loosening::Network);
+    }
+    if sandbox.writable_rootfs {
+        loosened.push(Loosening::WritableRootfs);
+    }
+    if sandbox.root_user {
+        loosened.push(Loosening::RootUser);
+    }
+    loosened
+}
+
+/// An allowlist names at least one `host:port`, each one the operator permits (`[egress]
+/// permit`); `[x.network]` left out means no network. Each secret is one the operator
+/// configured, readable now, and bound to a host on the allowlist.
+fn check_network(
+    spec: &StageSpec,
+    config: &Config,
+    secrets: &dyn SecretCheck,
+) -> Result<(), String> {
+    let Some(network) = &spec.network else {
+        return Ok(());
+    };
+    if network.allow.is_empty() {
+        return Err("`allow` is empty; leave the table out for no network".into());
+    }
+    let permitted = &config.egress.permit;
+    if let Some(denied) = network
+        .allow
+        .iter()
+        .find(|a| !permitted.contains(a))
+    {
+        return Err(format!(
+            "`{}` is not among the hosts the operator config permits ([egress] permit)",
+            denied
+        ));
+    }
+    for name in &network.secrets {
+        let source = config
+            .secrets
+            .get(name)
+            .ok_or_else(|| format!("secret `{name}` is not in the operator config's [secrets]"))?;
+        secrets.readable(name)?;
+        let reachable = network
+            .allow
+            .iter()
+            .any(|a| matches!(&a.host, Host::Name(h) if source.hosts.contains(h)));
+        if !reachable {
+            return Err(format!(
+                "secret `{name}` is for {}, none of which is on `allow`",
+                source.hosts.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}

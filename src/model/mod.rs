@@ -1,0 +1,25 @@
+//! kiln's vocabulary: the types and helpers every layer speaks (ids and stages, sizes and
+//! limits, host names, stage specs, the typed diff, statuses and exit codes, time, text, files,
+//! processes). It imports nothing else of kiln; everything else may import it.
+
+pub mod diff;
+pub mod fs;
+pub mod globs;
+pub mod host;
+pub mod ids;
+pub mod limits;
+pub mod process;
+pub mod size;
+pub mod stage;
+pub mod status;
+pub mod text;
+pub mod time;
+
+pub use globs::Globs;
+pub use diff::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+pub use host::{Allow, Host};
+pub use ids::{JobId, Stage};
+pub use limits::Limits;
+pub use size::ByteSize;
+pub use stage::{Agent, NetworkSpec, StageSpec};
+pub use status::{ExitCode, Status};
