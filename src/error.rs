@@ -1,5 +1,6 @@
 //! kiln's errors, and the one place they map to the documented exit codes.
 
+use crate::artifacts::ArtifactError;
 use crate::audit::AuditError;
 use crate::config::ConfigError;
 use crate::escalation::EscalationError;
@@ -9,6 +10,7 @@ use crate::model::ExitCode;
 use crate::policy::{AuthorError, BundleError};
 use crate::publish::PublishError;
 use crate::sandbox::SandboxError;
+use crate::store::StoreError;
 use crate::workspace::WorkspaceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,16 @@ pub enum Error {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// kiln could not serialize its own value: a bug.
+    #[error("cannot serialize: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A blocking task kiln started panicked or was cancelled: a bug.
+    #[error("a background task failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -57,14 +69,23 @@ impl Error {
             }
             Error::Author(AuthorError::Cargo(_)) => ExitCode::Infrastructure,
             Error::Author(_) => ExitCode::Invalid,
-            Error::Escalation(EscalationError::Io { .. }) => ExitCode::Infrastructure,
+            Error::Escalation(
+                EscalationError::Io { .. } | EscalationError::Artifact(ArtifactError::Io { .. }),
+            ) => ExitCode::Infrastructure,
+            Error::Escalation(EscalationError::Json(_) | EscalationError::Artifact(_)) => {
+                ExitCode::Internal
+            }
             Error::Escalation(_) => ExitCode::Invalid,
             Error::Publish(e) if e.is_bad_input() => ExitCode::Invalid,
-            Error::Publish(_) | Error::Audit(_) => ExitCode::Infrastructure,
+            Error::Publish(_) | Error::Audit(_) | Error::Store(_) => ExitCode::Infrastructure,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {
                 ExitCode::Infrastructure
+            }
+            Error::Artifact(ArtifactError::Io { .. }) => ExitCode::Infrastructure,
+            Error::Artifact(ArtifactError::Json { .. }) | Error::Json(_) | Error::Join(_) => {
+                ExitCode::Internal
             }
             Error::Internal(_) => ExitCode::Internal,
         }

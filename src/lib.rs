@@ -7,15 +7,16 @@
 //! [`sandbox`] runs one container with every default locked down; [`run`] drives the attempts and
 //! writes artifacts and the report; [`images`] builds the images kiln uses from nothing.
 
+pub mod artifacts;
 pub mod audit;
 pub mod bench;
 pub mod config;
 pub mod egress;
 pub mod error;
 pub mod escalation;
-pub mod model;
 pub mod images;
 pub mod job;
+pub mod model;
 pub mod notify;
 pub mod policy;
 pub mod publish;

@@ -93,11 +93,27 @@ fn main() -> ProcessExit {
     let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("kiln: {e}");
+            report_error(&e);
             e.exit_code()
         }
     };
     ProcessExit::from(code as u8)
+}
+
+/// Prints `e` and, as cargo does, each cause under it once: a cause whose text the line above
+/// already carries is not repeated.
+fn report_error(e: &Error) {
+    let mut shown = e.to_string();
+    eprintln!("kiln: {shown}");
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !shown.contains(&text) {
+            eprintln!("Caused by: {text}");
+        }
+        shown = text;
+        cause = c.source();
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -124,7 +140,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Policy { command } => tokio::task::block_in_place(|| cli::policy::exec(command)),
         Command::Escalations { command } => cli::escalations::exec(&config, command),
         Command::Approve(args) => cli::escalations::approve(&config, args).await,
-        Command::Reject(args) => cli::escalations::reject(&config, args),
+        Command::Reject(args) => cli::escalations::reject(&config, args).await,
         Command::Audit { command } => cli::audit::exec(&config, command),
         Command::Serve(args) => cli::serve::exec(&config, cli.remote.state_dir.clone(), args).await,
         Command::Client(command) => cli::client::exec(&cli.remote, command).await,

@@ -9,7 +9,7 @@ use crate::workspace::Skipped;
 
 pub const SCHEMA: &str = "kiln.report/v1";
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub schema: &'static str,
     pub job: JobSummary,
@@ -29,7 +29,7 @@ pub struct Report {
     pub escalation: Option<EscalationReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct EscalationReport {
     /// The escalation folder: `escalation.json`, `summary.html`, `deliveries.json`.
     pub dir: String,
@@ -39,7 +39,7 @@ pub struct EscalationReport {
     pub deliveries: Vec<crate::notify::Delivery>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct JobSummary {
     pub id: String,
     pub repo: String,
@@ -51,7 +51,7 @@ pub struct JobSummary {
     pub seed: Option<SeedFields>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct SandboxSummary {
     pub limits: Limits,
     /// Every default the job loosened (permitted by the operator); empty means all defaults on.
@@ -59,7 +59,7 @@ pub struct SandboxSummary {
     pub network: &'static str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AttemptReport {
     pub attempt: u32,
     pub generate: StageReport,
@@ -84,14 +84,14 @@ pub struct AttemptReport {
     pub artifacts: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ReviewReport {
     #[serde(flatten)]
     pub stage: StageReport,
     pub verdict: crate::review::ReviewVerdict,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FileSummary {
     pub path: String,
     pub status: FileStatus,
@@ -100,7 +100,7 @@ pub struct FileSummary {
     pub binary: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StageReport {
     pub image: String,
     pub exit_code: Option<i64>,
@@ -117,7 +117,7 @@ pub struct StageReport {
     pub egress: Option<crate::egress::Summary>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct CommitReport {
     pub oid: String,
     pub branch: String,
@@ -127,7 +127,7 @@ pub struct CommitReport {
     pub merged: Option<MergeReport>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Timings {
     pub total_ms: u64,
     pub workspace_ms: u64,
@@ -138,7 +138,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// What the report says of a landed merge.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct MergeReport {
     pub target: String,
     /// The target's tip the change was merged onto, and the commit it now holds.

@@ -119,23 +119,34 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
 #[test]
 fn the_agent_example_loads_with_its_operator_config() {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent");
-    // SAFETY: nextest runs each test in its own process; nothing else reads the environment here.
-    unsafe { std::env::set_var("ANTHROPIC_API_KEY", "sk-ant-example-not-a-key") };
-    let config = kiln::config::Config::load(&examples.join("kiln.toml")).unwrap();
-    let job = kiln::job::Job::load(&examples.join("job.toml"), &config).unwrap();
-    assert_eq!(job.generate.agent, kiln::job::Agent::ClaudeCode);
+    let mut config = kiln::config::Config::load(&examples.join("kiln.toml")).unwrap();
+    // The example reads the key from kiln's environment; here it comes from a file instead, so
+    // that the test changes no process environment.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), "sk-ant-example-not-a-key\n").unwrap();
+    let source = config.secrets.get_mut("ANTHROPIC_API_KEY").unwrap();
+    source.env = None;
+    source.file = Some(key.path().into());
+    let secrets = kiln::secrets::Secrets::load(&config.secrets);
+    let job = kiln::job::Job::load(&examples.join("job.toml"), &config, &secrets).unwrap();
+    assert_eq!(job.generate.agent, kiln::model::Agent::ClaudeCode);
     assert_eq!(job.generate.image, "kiln/agent-claude-code:latest");
     let network = job.generate.network.as_ref().unwrap();
-    assert_eq!(network.allow[0].0.to_string(), "api.anthropic.com:443");
+    assert_eq!(network.allow[0].to_string(), "api.anthropic.com:443");
     assert_eq!(network.secrets, ["ANTHROPIC_API_KEY"]);
     // Without the key in kiln's environment, the job is refused before anything runs.
-    unsafe { std::env::remove_var("ANTHROPIC_API_KEY") };
-    let config = kiln::config::Config::load(&examples.join("kiln.toml")).unwrap();
-    let refused = kiln::job::Job::load(&examples.join("job.toml"), &config).unwrap_err();
+    let refused = common::kiln()
+        .env_remove("ANTHROPIC_API_KEY")
+        .arg("--config")
+        .arg(examples.join("kiln.toml"))
+        .arg("run")
+        .arg(examples.join("job.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
     assert!(
-        refused
-            .to_string()
-            .contains("`ANTHROPIC_API_KEY` is not set"),
-        "{refused}"
+        stderr.contains("`ANTHROPIC_API_KEY` is not set"),
+        "{stderr}"
     );
 }

@@ -7,7 +7,9 @@ mod common;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
-use kiln::egress::{Allow, EgressConfig, Proxy, Request, Rules};
+use kiln::config::EgressConfig;
+use kiln::egress::{Proxy, Request, Rules};
+use kiln::model::Allow;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kiln::job::ByteSize;
+use kiln::model::ByteSize;
 use kiln::sandbox::Sandbox;
 
 /// Names of containers (`ps`) or volumes (`volume ls`) this test process's pool made.

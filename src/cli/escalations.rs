@@ -120,8 +120,9 @@ pub fn exec(config: &Config, command: EscalationsCommand) -> Result<ExitCode, Er
 pub async fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Error> {
     let root = args.root.path(config);
     let progress = kiln::run::Progress::default();
+    let ctx = kiln::run::Context::open(config.clone())?;
     let approved =
-        kiln::run::approve(&root, &args.id, &args.by, args.note, config, &progress).await?;
+        kiln::run::approve(&root, &args.id, &args.by, args.note, &ctx, &progress).await?;
     progress.line(&format!(
         "approved by {}: {} published as {} in {}",
         args.by.trim(),
@@ -144,9 +145,10 @@ pub async fn approve(config: &Config, args: ApproveArgs) -> Result<ExitCode, Err
 }
 
 /// Rejects; the job ends as denied (exit 11).
-pub fn reject(config: &Config, args: RejectArgs) -> Result<ExitCode, Error> {
+pub async fn reject(config: &Config, args: RejectArgs) -> Result<ExitCode, Error> {
     let root = args.root.path(config);
-    kiln::run::reject(&root, &args.id, &args.by, &args.note, config)?;
+    let ctx = kiln::run::Context::open(config.clone())?;
+    kiln::run::reject(&root, &args.id, &args.by, &args.note, &ctx).await?;
     eprintln!("rejected by {}: nothing is published", args.by.trim());
     Ok(ExitCode::PolicyDeny)
 }

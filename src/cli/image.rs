@@ -2,7 +2,7 @@
 
 use clap::Subcommand;
 use kiln::images::{self, Recipe};
-use kiln::run::Progress;
+use kiln::run::{Progress, Step};
 use kiln::sandbox::Sandbox;
 use kiln::{Error, ExitCode};
 
@@ -55,7 +55,7 @@ async fn build(names: &[String], missing: bool) -> Result<ExitCode, Error> {
             eprintln!("  image {} is current", recipe.tag);
             continue;
         }
-        let timer = Progress::default().start(format!("image {}", recipe.tag));
+        let timer = Progress::default().start(Step::Other(format!("image {}", recipe.tag)));
         images::build(&sandbox, recipe).await?;
         timer.done("built");
     }

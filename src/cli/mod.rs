@@ -15,7 +15,7 @@ use kiln::Error;
 
 /// Machine output: pretty JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::Internal(e.to_string()))?;
+    let text = serde_json::to_string_pretty(value).map_err(Error::Json)?;
     println!("{text}");
     Ok(())
 }

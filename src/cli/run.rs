@@ -6,8 +6,9 @@ use clap::Args;
 use kiln::config::Config;
 use kiln::job::Job;
 use kiln::publish::Destination;
-use kiln::run::{Progress, RunOptions};
+use kiln::run::{Context, Progress, RunOptions};
 use kiln::sandbox::Sandbox;
+use kiln::secrets::Redactor;
 use kiln::{Error, ExitCode};
 
 #[derive(Args)]
@@ -45,7 +46,8 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         policies,
         sarif,
     } = args;
-    let job = Job::load(&job_path, config)?;
+    let ctx = Context::open(config.clone())?;
+    let job = Job::load(&job_path, config, &ctx.secrets)?;
     // The bundle and its pins are checked, and its modules compiled, before anything runs.
     let gate = super::load_gate(policies.as_deref())?;
     let progress = Progress::default();
@@ -55,9 +57,9 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         out: out.map(|o| Destination::parse(&o)),
     };
     let sandbox = Sandbox::connect().await?;
-    kiln::run::preflight(&job, config, &sandbox, &opts).await?;
+    kiln::run::preflight(&job, &ctx, &sandbox, &opts).await?;
 
-    let work = kiln::run::run_job(&job, config, &sandbox, &opts, gate, progress.clone());
+    let work = kiln::run::run_job(&job, &ctx, &sandbox, &opts, gate, progress.clone());
     let outcome = tokio::select! {
         result = work => Some(result),
         () = interrupted() => None,
@@ -81,22 +83,32 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         report_value.reason,
         report_value.artifacts
     ));
-    let redactor = config.redactor();
+    let redactor = ctx.redactor();
     if let Some(path) = sarif {
         let sarif = match &report_value.gate {
             Some(result) => kiln::policy::to_sarif(result),
             None => kiln::policy::empty_sarif(),
         };
-        kiln::run::write_json(&redactor, &path, &sarif)?;
+        write_json(redactor, &path, &sarif)?;
     }
     if let Some(path) = report {
         if path.as_os_str() == "-" {
-            println!("{}", kiln::run::json_text(&redactor, &report_value)?);
+            println!("{}", redactor.json(&report_value).map_err(Error::Json)?);
         } else {
-            kiln::run::write_json(&redactor, &path, &report_value)?;
+            write_json(redactor, &path, &report_value)?;
         }
     }
     Ok(report_value.exit_code)
+}
+
+/// Writes `value` as pretty JSON to `path` (a file the caller named), secrets hidden.
+fn write_json(
+    redactor: &Redactor,
+    path: &std::path::Path,
+    value: &impl serde::Serialize,
+) -> Result<(), Error> {
+    let text = redactor.json(value).map_err(Error::Json)? + "\n";
+    std::fs::write(path, text).map_err(Error::io(format!("cannot write {}", path.display())))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -5,7 +5,6 @@
 //! (the audit log, the secrets' values, the publish token) is opened by the module that uses it.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 

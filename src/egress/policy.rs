@@ -1,11 +1,7 @@
 //! What a sandbox may reach: the job's `host:port` allowlist, and the operator's word on the
 //! addresses no job may open by itself (loopback, private, link-local, cloud metadata...).
 
-use std::collections::HashMap;
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use serde::Deserialize;
 
 /// Why an address is not one any job may reach unless the operator lists it.
 pub fn non_public(ip: IpAddr) -> Option<&'static str> {

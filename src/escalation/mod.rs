@@ -6,18 +6,20 @@
 
 mod html;
 
-
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::artifacts::{ArtifactError, Artifacts};
 use crate::model::Status;
+use crate::model::text::{head_text, tail_text};
+use crate::model::time::now;
 use crate::notify::{NOTICE_SCHEMA, Notice};
 use crate::report::Report;
 
 pub const SCHEMA: &str = "kiln.escalation/v1";
 /// The folder of a job's escalation, inside its artifacts folder.
-pub const DIR: &str = "escalation";
+pub const DIR: &str = crate::artifacts::ESCALATION_DIR;
 /// Where the tested commit of an escalated job waits for a decision, inside [`DIR`].
 pub const CANDIDATE_REPO: &str = "candidate.git";
 pub const CANDIDATE_REF: &str = "refs/kiln/candidate";
@@ -188,8 +190,13 @@ pub enum EscalationError {
     #[error("escalation {path}: {source}")]
     Io {
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
+    #[error("cannot serialize the escalation: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EscalationError + '_ {
@@ -199,27 +206,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EscalationError + '_ {
     }
 }
 
-/// The current time as RFC 3339, UTC, seconds.
-pub fn now() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
-}
-
-/// The last `max` bytes of `bytes`, as text, starting on a character boundary.
-fn tail(bytes: &[u8], max: usize) -> String {
-    crate::model::text::tail_text(bytes, max)
-}
-
 /// Builds the escalation of a job that ended with `report` (whose attempt folders are read for
 /// diffs and logs) and writes its folder: `escalation.json` and `summary.html`.
 ///
-/// Every configured secret is hidden by `redactor` in the bundle (the job's own text included),
-/// and so in what is announced.
+/// Every configured secret is hidden by the artifacts' redactor in the bundle (the job's own
+/// text included), and so in what is announced. Blocking.
 pub fn write(
     report: &Report,
     job: &crate::job::Job,
     candidate: Option<Candidate>,
     out: &str,
-    redactor: &crate::secrets::Redactor,
+    artifacts: &Artifacts,
 ) -> Result<Escalation, EscalationError> {
     let kind = Kind::of(report.status).ok_or_else(|| {
         EscalationError::Invalid(format!(
@@ -227,11 +224,9 @@ pub fn write(
             report.status.as_str()
         ))
     })?;
-    let artifacts = PathBuf::from(&report.artifacts);
     // Artifacts may be large (a diff of a whole workspace): only the bytes kept are read.
     let read = |n: u32, name: &str, from_end: bool, max: usize| {
-        let path = artifacts.join(format!("attempt-{n}")).join(name);
-        read_part(&path, from_end, max + 4).unwrap_or_default()
+        read_part(&artifacts.attempt_file(n, name), from_end, max + 4).unwrap_or_default()
     };
     let attempts = report
         .attempts
@@ -239,18 +234,18 @@ pub fn write(
         .map(|a| {
             let patch = read(a.attempt, "diff.patch", false, DIFF_BYTES);
             let diff = String::from_utf8_lossy(&patch);
-            let kept = crate::model::text::head_text(&diff, DIFF_BYTES);
+            let kept = head_text(&diff, DIFF_BYTES);
             Attempt {
                 attempt: a.attempt,
                 passed: a.passed,
                 test_exit_code: a.test.as_ref().and_then(|t| t.exit_code),
                 diff: kept.to_string(),
                 diff_truncated: kept.len() < diff.len(),
-                generate_log_tail: tail(
+                generate_log_tail: tail_text(
                     &read(a.attempt, "generate.log", true, LOG_BYTES),
                     LOG_BYTES,
                 ),
-                test_log_tail: tail(&read(a.attempt, "test.log", true, LOG_BYTES), LOG_BYTES),
+                test_log_tail: tail_text(&read(a.attempt, "test.log", true, LOG_BYTES), LOG_BYTES),
                 review: a
                     .review
                     .as_ref()
@@ -299,20 +294,18 @@ pub fn write(
         }),
         artifacts: report.artifacts.clone(),
     };
+    let redactor = artifacts.redactor();
     let escalation = if redactor.is_empty() {
         escalation
     } else {
-        let text = serde_json::to_string(&escalation)
-            .map_err(|e| EscalationError::Invalid(e.to_string()))?;
-        serde_json::from_str(&redactor.text(&text))
-            .map_err(|e| EscalationError::Invalid(format!("redacting the bundle: {e}")))?
+        let text = serde_json::to_string(&escalation).map_err(EscalationError::Json)?;
+        serde_json::from_str(&redactor.text(&text)).map_err(EscalationError::Json)?
     };
-    let dir = artifacts.join(DIR);
+    let dir = artifacts.escalation();
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-    write_json(&dir.join("escalation.json"), &escalation)?;
+    artifacts.write_json(&dir.join("escalation.json"), &escalation)?;
     let page = html::summary(&escalation, None);
-    let path = dir.join("summary.html");
-    std::fs::write(&path, page).map_err(io(&path))?;
+    artifacts.write(&dir.join("summary.html"), page.as_bytes())?;
     Ok(escalation)
 }
 
@@ -327,13 +320,6 @@ fn read_part(path: &Path, from_end: bool, max: usize) -> std::io::Result<Vec<u8>
     let mut bytes = Vec::new();
     file.take(max as u64).read_to_end(&mut bytes)?;
     Ok(bytes)
-}
-
-fn write_json(path: &Path, value: &impl Serialize) -> Result<(), EscalationError> {
-    let mut bytes =
-        serde_json::to_vec_pretty(value).map_err(|e| EscalationError::Invalid(e.to_string()))?;
-    bytes.push(b'\n');
-    std::fs::write(path, bytes).map_err(io(path))
 }
 
 /// One escalation on disk, with its decision if there is one.
@@ -447,8 +433,7 @@ pub fn decide(found: &mut Found, decision: Decision) -> Result<(), EscalationErr
         ));
     }
     let path = found.dir.join("decision.json");
-    let mut bytes = serde_json::to_vec_pretty(&decision)
-        .map_err(|e| EscalationError::Invalid(e.to_string()))?;
+    let mut bytes = serde_json::to_vec_pretty(&decision).map_err(EscalationError::Json)?;
     bytes.push(b'\n');
     let file = std::fs::OpenOptions::new()
         .write(true)

@@ -11,9 +11,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, SandboxError};
 
-pub const BUSYBOX: &str = "kiln/busybox:latest";
+pub const BUSYBOX: &str = crate::sandbox::HOLDER_IMAGE;
 pub const DEBIAN: &str = "kiln/debian:bookworm";
 
 /// One image recipe: a Dockerfile and the script that makes its `rootfs/`.
@@ -78,8 +78,10 @@ pub enum ImageError {
     Rootfs { name: String, message: String },
     #[error("building `{name}` failed: {message}")]
     Build { name: String, message: String },
+    #[error("image `{image}` is not on this machine and kiln never pulls; {hint}")]
+    Missing { image: String, hint: String },
     #[error(transparent)]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] SandboxError),
 }
 
 impl Recipe {
@@ -97,6 +99,17 @@ impl Recipe {
         hash.update([0]);
         hash.update(self.rootfs_script);
         format!("{:x}", hash.finalize())
+    }
+}
+
+/// Fails when `image` is not on this machine, saying how to build it.
+pub async fn require(sandbox: &Sandbox, image: &str) -> Result<(), ImageError> {
+    match sandbox.require_image(image).await {
+        Err(SandboxError::ImageMissing(image)) => Err(ImageError::Missing {
+            hint: build_hint(&image),
+            image,
+        }),
+        other => Ok(other?),
     }
 }
 

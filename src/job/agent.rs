@@ -4,8 +4,6 @@
 //! prompt, context files and the previous attempt's feedback, as text) and edits the workspace;
 //! its output (the CLI's log) goes to `attempt-N/generate.log` like any generator's.
 
-use serde::{Deserialize, Serialize};
-
 use crate::model::{Agent, Allow, NetworkSpec, StageSpec};
 
 /// What an adapter knows about its CLI.
@@ -107,8 +105,7 @@ pub(super) fn apply(spec: &mut StageSpec) -> Result<(), String> {
     let script = adapter.script.replace("PROMPT_READER", READ_PROMPT_NODE);
     spec.command = vec!["sh".into(), "-c".into(), script];
     if spec.network.is_none() {
-        let allow = Allow::parse(adapter.host)
-            .expect("an adapter's host is a valid host:port");
+        let allow = Allow::parse(adapter.host).expect("an adapter's host is a valid host:port");
         spec.network = Some(NetworkSpec {
             allow: vec![allow],
             secrets: vec![adapter.secret.into()],
@@ -134,7 +131,7 @@ mod tests {
         assert!(s.command[2].contains("claude -p \"$prompt\""));
         assert!(s.command[2].contains("agent_prompt"));
         let network = s.network.unwrap();
-        assert_eq!(network.allow[0].0.to_string(), "api.anthropic.com:443");
+        assert_eq!(network.allow[0].to_string(), "api.anthropic.com:443");
         assert_eq!(network.secrets, ["ANTHROPIC_API_KEY"]);
 
         let mut s = spec("agent = 'codex'\nimage = 'mine/codex:1'");

@@ -64,8 +64,7 @@ impl JobFile {
         if prompt.trim().is_empty() {
             return Err(("prompt", "is empty".into()));
         }
-        let context_files =
-            Globs::new(self.context_files).map_err(|m| ("context_files", m))?;
+        let context_files = Globs::new(self.context_files).map_err(|m| ("context_files", m))?;
         let touches = if self.touches.is_empty() {
             context_files.clone()
         } else {
@@ -235,11 +234,7 @@ fn check_network(
         return Err("`allow` is empty; leave the table out for no network".into());
     }
     let permitted = &config.egress.permit;
-    if let Some(denied) = network
-        .allow
-        .iter()
-        .find(|a| !permitted.contains(a))
-    {
+    if let Some(denied) = network.allow.iter().find(|a| !permitted.contains(a)) {
         return Err(format!(
             "`{}` is not among the hosts the operator config permits ([egress] permit)",
             denied

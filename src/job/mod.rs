@@ -26,6 +26,40 @@ use file::JobFile;
 /// The largest prompt (inline or `prompt_file`) kiln accepts.
 const MAX_PROMPT_BYTES: u64 = 1 << 20;
 
+/// How a job's text is written: TOML, or the seed article's JSON job record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+}
+
+impl Format {
+    /// `.json` is the seed article's record; anything else TOML.
+    pub fn of_path(path: &Path) -> Format {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+        {
+            Format::Json
+        } else {
+            Format::Toml
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Toml => "toml",
+            Format::Json => "json",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Format> {
+        [Format::Toml, Format::Json]
+            .into_iter()
+            .find(|f| f.as_str() == text)
+    }
+}
+
 /// What checking a job asks of the operator's secrets. `secrets::Secrets`, built once when kiln
 /// starts, answers; the job check itself reads nothing.
 pub trait SecretCheck {
@@ -98,28 +132,28 @@ pub enum JobError {
 impl Job {
     /// Reads and checks a job file: `.json` is the seed article's job record, anything else TOML.
     /// Nothing outside the file (and its `prompt_file`) is touched.
-    pub fn load(
-        path: &Path,
-        config: &Config,
-        secrets: &dyn SecretCheck,
-    ) -> Result<Job, JobError> {
+    pub fn load(path: &Path, config: &Config, secrets: &dyn SecretCheck) -> Result<Job, JobError> {
         let text = read_capped(path, MAX_PROMPT_BYTES * 2).map_err(|source| JobError::Read {
             path: path.into(),
             source,
         })?;
-        let json = path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("json"));
         let dir = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, json, Some(dir), path, config, secrets)
+        Self::parse(
+            &text,
+            Format::of_path(path),
+            Some(dir),
+            path,
+            config,
+            secrets,
+        )
     }
 
-    /// Checks a job given as text (`json`: the seed article's record, else TOML). Relative paths
+    /// Checks a job given as text in `format`. Relative paths
     /// resolve against `dir`; with no `dir` (a job submitted to a server), they are refused.
     /// `origin` names the job in messages.
     pub fn parse(
         text: &str,
-        json: bool,
+        format: Format,
         dir: Option<&Path>,
         origin: &Path,
         config: &Config,
@@ -137,7 +171,7 @@ impl Job {
                 MAX_PROMPT_BYTES * 2
             )));
         }
-        let (file, seed) = if json {
+        let (file, seed) = if format == Format::Json {
             let record: seed::SeedRecord =
                 serde_json::from_str(text).map_err(|e| syntax(e.to_string()))?;
             record.into_job_file().map_err(syntax)?
@@ -171,6 +205,8 @@ impl Job {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn load(text: &str) -> Result<Job, JobError> {
@@ -178,7 +214,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("repo")).unwrap();
         let path = dir.path().join("job.toml");
         std::fs::write(&path, text).unwrap();
-        Job::load(&path, &Config::default(), &crate::secrets::Secrets::default())
+        Job::load(
+            &path,
+            &Config::default(),
+            &crate::secrets::Secrets::default(),
+        )
     }
 
     const STAGES: &str = r#"

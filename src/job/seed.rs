@@ -117,14 +117,18 @@ mod tests {
         std::fs::create_dir(dir.path().join("repo")).unwrap();
         let path = dir.path().join("job.json");
         std::fs::write(&path, text).unwrap();
-        Job::load(&path, &Config::default(), &crate::secrets::Secrets::default())
+        Job::load(
+            &path,
+            &Config::default(),
+            &crate::secrets::Secrets::default(),
+        )
     }
 
     #[test]
     fn maps_the_seed_article_record() {
         let job = load(RECORD).unwrap();
         assert_eq!(job.branch.as_str(), "factory/feature-description");
-        assert_eq!(job.context_files.len(), 2);
+        assert_eq!(job.context_files.patterns().len(), 2);
         let seed = job.seed.unwrap();
         assert_eq!(seed.job_id, "factory-20260615-001");
         assert_eq!(seed.priority, Some(2));

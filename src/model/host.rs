@@ -148,7 +148,15 @@ mod tests {
     #[test]
     fn written_names_must_be_as_matched() {
         assert!(written_host_name("api.example.com").is_ok());
-        assert!(written_host_name("API.example.com").unwrap_err().contains("write"));
-        assert!(written_host_name("10.0.0.1").unwrap_err().contains("address"));
+        assert!(
+            written_host_name("API.example.com")
+                .unwrap_err()
+                .contains("write")
+        );
+        assert!(
+            written_host_name("10.0.0.1")
+                .unwrap_err()
+                .contains("address")
+        );
     }
 }

@@ -69,6 +69,59 @@ impl fmt::Display for Stage {
     }
 }
 
+/// What a running job is doing, without its attempt number: a stage of an attempt, or one of
+/// the steps around them. `kiln serve` records it; the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Workspace,
+    Stage(Stage),
+    PolicyGate,
+    Publish,
+    MergeQueue,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Workspace => "workspace",
+            Phase::Stage(stage) => stage.as_str(),
+            Phase::PolicyGate => "policy gate",
+            Phase::Publish => "publish",
+            Phase::MergeQueue => "merge queue",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Phase> {
+        let stages = [
+            Stage::Generate,
+            Stage::Test,
+            Stage::Review,
+            Stage::MergeTest,
+        ];
+        [
+            Phase::Workspace,
+            Phase::PolicyGate,
+            Phase::Publish,
+            Phase::MergeQueue,
+        ]
+        .into_iter()
+        .chain(stages.map(Phase::Stage))
+        .find(|p| p.as_str() == text)
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Phase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +132,18 @@ mod tests {
         assert_eq!(JobId::parse(id.as_str()), Some(id));
         assert_eq!(JobId::parse("../../etc/passwd"), None);
         assert_eq!(JobId::parse("01HZZZZZZZZZZZZZZZZZZZZZZZ"), None);
+    }
+
+    #[test]
+    fn phases_read_back_as_written() {
+        for phase in [
+            Phase::Workspace,
+            Phase::Stage(Stage::MergeTest),
+            Phase::PolicyGate,
+            Phase::MergeQueue,
+        ] {
+            assert_eq!(Phase::parse(phase.as_str()), Some(phase));
+        }
+        assert_eq!(Phase::parse("attempt 2/3 · test"), None);
     }
 }

@@ -15,10 +15,10 @@ pub mod status;
 pub mod text;
 pub mod time;
 
-pub use globs::Globs;
 pub use diff::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
+pub use globs::Globs;
 pub use host::{Allow, Host};
-pub use ids::{JobId, Stage};
+pub use ids::{JobId, Phase, Stage};
 pub use limits::Limits;
 pub use size::ByteSize;
 pub use stage::{Agent, NetworkSpec, StageSpec};

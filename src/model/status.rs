@@ -92,6 +92,22 @@ impl Status {
         }
     }
 
+    pub fn parse(text: &str) -> Option<Status> {
+        [
+            Status::Succeeded,
+            Status::TestsFailed,
+            Status::NotConverging,
+            Status::AwaitingReview,
+            Status::PolicyEscalated,
+            Status::PolicyDenied,
+            Status::ReviewEscalated,
+            Status::MergeEscalated,
+            Status::Error,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+
     /// The exit code of a job that ran to its end with this status.
     pub fn exit_code(self) -> ExitCode {
         match self {

@@ -15,7 +15,6 @@ pub fn tail_text(bytes: &[u8], max: usize) -> String {
     String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
-
 /// `user@host:path`, git's scp-like remote syntax.
 pub fn is_scp_like(text: &str) -> bool {
     match text.split_once(':') {

@@ -31,7 +31,7 @@ pub struct TestInfo {
 }
 
 /// Everything the gate judges, but each policy's config.
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct GateInput<'a> {
     pub job: JobInfo,
     pub diff: &'a Diff,
@@ -40,7 +40,7 @@ pub struct GateInput<'a> {
     pub reviewer: Option<serde_json::Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct GateResult {
     pub schema: &'static str,
     pub decision: Decision,
@@ -50,7 +50,7 @@ pub struct GateResult {
     pub escalation: Option<Escalation>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct PolicyResult {
     pub name: String,
     pub sha256: String,
@@ -63,7 +63,7 @@ pub struct PolicyResult {
     pub log: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct AutoMerge {
     pub allowed_by_bundle: bool,
     /// True only when the bundle allows auto-merge and every condition holds.
@@ -71,7 +71,7 @@ pub struct AutoMerge {
     pub failed_conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Escalation {
     pub action: String,
     pub channel: Option<String>,

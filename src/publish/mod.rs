@@ -12,6 +12,7 @@ use git2::{Cred, CredentialType, Oid, PushOptions, RemoteCallbacks, Repository};
 
 use crate::config::{Config, PublishConfig};
 use crate::job::BranchName;
+use crate::model::text::is_scp_like;
 
 /// Where published work goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,13 +53,6 @@ impl std::fmt::Display for Destination {
             // The URL's user info may hold a token: show it without.
             Destination::Url(url) => f.write_str(&without_userinfo(url)),
         }
-    }
-}
-
-fn is_scp_like(text: &str) -> bool {
-    match text.split_once(':') {
-        Some((host, _)) => !host.is_empty() && !host.contains('/') && host.contains('@'),
-        None => false,
     }
 }
 
@@ -148,7 +142,7 @@ fn callbacks(publish: &PublishConfig) -> RemoteCallbacks<'_> {
             return Cred::ssh_key(user_from_url.unwrap_or("git"), None, key, None);
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
-            && let Some(token) = publish.token().map_err(|e| git2::Error::from_str(&e))?
+            && let Some(token) = token(publish).map_err(|e| git2::Error::from_str(&e))?
         {
             let user = publish.username.as_deref().or(user_from_url).unwrap_or("kiln");
             return Cred::userpass_plaintext(user, &token);
@@ -158,6 +152,21 @@ fn callbacks(publish: &PublishConfig) -> RemoteCallbacks<'_> {
         ))
     });
     callbacks
+}
+
+/// The https token, when `[publish]` names one; read from the host when kiln pushes.
+fn token(publish: &PublishConfig) -> Result<Option<String>, String> {
+    if let Some(var) = &publish.token_env {
+        return std::env::var(var)
+            .map(Some)
+            .map_err(|_| format!("[publish] token_env names `{var}`, which is not set"));
+    }
+    if let Some(file) = &publish.token_file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("[publish] token_file {}: {e}", file.display()))?;
+        return Ok(text.lines().next().map(|l| l.trim().to_string()));
+    }
+    Ok(None)
 }
 
 /// The branches `dest` has, by full ref name, with their commits.

@@ -4,17 +4,21 @@
 
 use std::path::Path;
 
+use crate::artifacts::Artifacts;
+
 use git2::Oid;
 
 use super::merge::{MergeOutcome, MergeTurn};
 use super::stage::Stages;
-use super::{MergeReport, Progress, blocking};
-use crate::ExitCode;
-use crate::config::Config;
+use super::{Context, MergeReport, Progress, blocking};
+use crate::audit::{Event, Push};
 use crate::error::Error;
-use crate::escalation::{self, CANDIDATE_REF, CANDIDATE_REPO, Decision, EscalationError, Verdict};
-use crate::model::JobId;
+use crate::escalation::{
+    self, CANDIDATE_REF, CANDIDATE_REPO, Decision, EscalationError, Found, Verdict,
+};
 use crate::job::BranchName;
+use crate::model::time::now;
+use crate::model::{ExitCode, JobId};
 use crate::publish::{Destination, check_destination, publish_branch};
 use crate::sandbox::Sandbox;
 
@@ -38,10 +42,14 @@ pub async fn approve(
     id: &str,
     by: &str,
     note: Option<String>,
-    config: &Config,
+    ctx: &Context,
     progress: &Progress,
 ) -> Result<Approved, Error> {
-    let mut found = escalation::open(root, id)?;
+    let config = &ctx.config;
+    let mut found = {
+        let (root, id) = (root.to_path_buf(), id.to_string());
+        blocking(move || Ok(escalation::open(&root, &id)?)).await?
+    };
     if let Some(d) = &found.decision {
         let what = format!("{} by {} at {}", found.state(), d.by, d.at);
         return Err(EscalationError::Decided(id.into(), what).into());
@@ -60,7 +68,10 @@ pub async fn approve(
     let job = JobId::parse(&e.id)
         .ok_or_else(|| EscalationError::Invalid(format!("escalation {id}: not a job id")))?;
     let source = found.dir.join(CANDIDATE_REPO);
-    let held = crate::workspace::resolve_ref(&source, CANDIDATE_REF)?;
+    let held = {
+        let source = source.clone();
+        blocking(move || Ok(crate::workspace::resolve_ref(&source, CANDIDATE_REF)?)).await?
+    };
     if held.to_string() != candidate.commit {
         return Err(EscalationError::Invalid(format!(
             "escalation {id}: {} holds {held}, not the tested commit {}; refusing to publish it",
@@ -73,10 +84,8 @@ pub async fn approve(
     let sandbox = match &e.merge {
         Some(merge) => {
             let sandbox = Sandbox::connect().await?;
-            sandbox.require_image(&merge.test.image).await?;
-            sandbox
-                .require_image(crate::sandbox::volume_holder_image())
-                .await?;
+            crate::images::require(&sandbox, &merge.test.image).await?;
+            crate::images::require(&sandbox, crate::sandbox::volume_holder_image()).await?;
             Some(sandbox)
         }
         None => None,
@@ -85,28 +94,22 @@ pub async fn approve(
         let (dest, branch, config) = (dest.clone(), branch.clone(), config.clone());
         blocking(move || Ok(check_destination(&dest, &branch, &config)?)).await?;
     }
-    let audit = config.audit()?;
-    let record = |kind: &str, data: serde_json::Value| -> Result<(), Error> {
-        if let Some(audit) = &audit {
-            audit.append(kind, Some(id), data)?;
-        }
-        Ok(())
+    let record = |event: Event| ctx.record(&job, event);
+    let decision = Decision {
+        decision: Verdict::Approved,
+        by: by.into(),
+        at: now(),
+        note: note.clone(),
     };
-    escalation::decide(
-        &mut found,
-        Decision {
-            decision: Verdict::Approved,
-            by: by.into(),
-            at: escalation::now(),
-            note: note.clone(),
-        },
-    )?;
-    if let Err(e) = record(
-        "escalation.approved",
-        serde_json::json!({"by": by.trim(), "note": note, "commit": candidate.commit}),
-    ) {
-        escalation::undecide(&mut found)?;
-        return Err(e);
+    found = decide(found, decision).await?;
+    let approved = Event::EscalationApproved {
+        by: by.trim().into(),
+        note,
+        commit: candidate.commit.clone(),
+    };
+    if let Err(e) = record(approved).await {
+        undecide(found).await?;
+        return Err(e.into());
     }
     let commit = Oid::from_str(&candidate.commit)
         .map_err(|err| EscalationError::Invalid(format!("escalation {id}: {err}")))?;
@@ -118,17 +121,17 @@ pub async fn approve(
     if let Err(e) = published {
         // The approval claimed the escalation first (so that no one else decides meanwhile);
         // nothing came of it, so it is taken back and may be made again.
-        escalation::undecide(&mut found)?;
-        record(
-            "escalation.reopened",
-            serde_json::json!({"why": e.to_string()}),
-        )?;
+        undecide(found).await?;
+        record(Event::EscalationReopened { why: e.to_string() }).await?;
         return Err(e);
     }
-    record(
-        "push",
-        serde_json::json!({"dest": dest.to_string(), "ref": branch.refname(), "old": null, "new": candidate.commit}),
-    )?;
+    record(Event::Push(Push {
+        dest: dest.to_string(),
+        refname: branch.refname(),
+        old: None,
+        new: candidate.commit.clone(),
+    }))
+    .await?;
     let mut approved = Approved {
         commit: candidate.commit.clone(),
         branch: branch.to_string(),
@@ -140,12 +143,10 @@ pub async fn approve(
     let (Some(merge), Some(sandbox)) = (&e.merge, &sandbox) else {
         return Ok(approved);
     };
-    let input = std::fs::read(
-        Path::new(&e.artifacts)
-            .join(format!("attempt-{}", candidate.attempt))
-            .join("job.json"),
-    )
-    .unwrap_or_else(|_| b"{}".to_vec());
+    let files = Artifacts::at(e.artifacts.clone().into(), ctx.redactor().clone());
+    let input = tokio::fs::read(files.attempt_file(candidate.attempt, "job.json"))
+        .await
+        .unwrap_or_else(|_| b"{}".to_vec());
     let turn = MergeTurn {
         stages: Stages {
             sandbox,
@@ -153,7 +154,7 @@ pub async fn approve(
             limits: &merge.limits,
             loosened: &merge.loosened,
             artifacts: None,
-            config,
+            ctx,
         },
         repo: &source,
         change: commit,
@@ -175,10 +176,13 @@ pub async fn approve(
     sandbox.release_spare_volumes().await;
     match outcome? {
         MergeOutcome::Landed { tip, merged } => {
-            record(
-                "push",
-                serde_json::json!({"dest": dest.to_string(), "ref": format!("refs/heads/{}", merge.target), "old": tip.to_string(), "new": merged.to_string()}),
-            )?;
+            record(Event::Push(Push {
+                dest: dest.to_string(),
+                refname: format!("refs/heads/{}", merge.target),
+                old: Some(tip.to_string()),
+                new: merged.to_string(),
+            }))
+            .await?;
             approved.merged = Some(MergeReport {
                 target: merge.target.clone(),
                 onto: tip.to_string(),
@@ -202,23 +206,47 @@ pub async fn approve(
 }
 
 /// Rejects the open escalation `id` under the artifacts root `root`: nothing is published.
-pub fn reject(root: &Path, id: &str, by: &str, note: &str, config: &Config) -> Result<(), Error> {
-    let mut found = escalation::open(root, id)?;
-    escalation::decide(
-        &mut found,
-        Decision {
-            decision: Verdict::Rejected,
-            by: by.trim().into(),
-            at: escalation::now(),
-            note: Some(note.into()),
-        },
-    )?;
-    if let Some(audit) = config.audit()? {
-        let data = serde_json::json!({"by": by.trim(), "note": note});
-        if let Err(e) = audit.append("escalation.rejected", Some(id), data) {
-            escalation::undecide(&mut found)?;
-            return Err(e.into());
-        }
+pub async fn reject(
+    root: &Path,
+    id: &str,
+    by: &str,
+    note: &str,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let found = {
+        let (root, id) = (root.to_path_buf(), id.to_string());
+        blocking(move || Ok(escalation::open(&root, &id)?)).await?
+    };
+    let job = JobId::parse(&found.escalation.id)
+        .ok_or_else(|| EscalationError::Invalid(format!("escalation {id}: not a job id")))?;
+    let decision = Decision {
+        decision: Verdict::Rejected,
+        by: by.trim().into(),
+        at: now(),
+        note: Some(note.into()),
+    };
+    let found = decide(found, decision).await?;
+    let rejected = Event::EscalationRejected {
+        by: by.trim().into(),
+        note: note.into(),
+    };
+    if let Err(e) = ctx.record(&job, rejected).await {
+        undecide(found).await?;
+        return Err(e.into());
     }
     Ok(())
+}
+
+/// Records `decision` (first decision wins), off the async threads.
+async fn decide(mut found: Found, decision: Decision) -> Result<Found, Error> {
+    blocking(move || {
+        escalation::decide(&mut found, decision)?;
+        Ok(found)
+    })
+    .await
+}
+
+/// Takes back a decision nothing came of, off the async threads.
+async fn undecide(mut found: Found) -> Result<(), Error> {
+    blocking(move || Ok(escalation::undecide(&mut found)?)).await
 }

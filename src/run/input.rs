@@ -3,9 +3,8 @@
 
 use serde::Serialize;
 
-use super::Ran;
+use super::stage::Ran;
 use crate::review::ReviewVerdict;
-use crate::sandbox;
 
 /// Most bytes of the previous attempt's diff fed back to the generator.
 const FEEDBACK_DIFF_BYTES: usize = 64 << 10;
@@ -162,7 +161,10 @@ impl MergeFeedback {
             tip: tip.to_string(),
             conflicts: Vec::new(),
             test_exit_code: tested.exit_code,
-            test_output_tail: crate::model::text::tail_text(&tested.output_bytes, FEEDBACK_TEST_BYTES),
+            test_output_tail: crate::model::text::tail_text(
+                &tested.output_bytes,
+                FEEDBACK_TEST_BYTES,
+            ),
         }
     }
 
@@ -246,7 +248,7 @@ mod tests {
             egress: None,
             output_total: out.len() as u64,
             output_dropped: 0,
-            output_bytes: out.as_bytes().to_vec(),
+            output_bytes: out.as_bytes().to_vec().into(),
         };
         let feedback = Feedback::new(
             1,

@@ -6,17 +6,15 @@
 use std::path::Path;
 use std::time::Duration;
 
-use git2::Oid;
-use serde::Serialize;
-
-use super::stage::Stages;
-use super::{Progress, Ran, blocking, short};
+use super::stage::{Ran, Stages};
+use super::{Progress, Step, blocking, short};
 use crate::config::Config;
 use crate::error::Error;
 use crate::model::Stage;
 use crate::model::StageSpec;
 use crate::publish::merge::{Landed, Merged, QueueLock, fetch_tip, land, merge_onto};
 use crate::publish::{Destination, PublishError};
+use git2::Oid;
 
 /// How long a job waits for another job's turn on the same target.
 const QUEUE_WAIT: Duration = Duration::from_secs(3600);
@@ -58,10 +56,11 @@ pub(crate) enum MergeOutcome {
     },
 }
 
-
 impl MergeTurn<'_> {
     pub(crate) async fn run(&self, progress: &Progress) -> Result<MergeOutcome, Error> {
-        let timer = progress.start(format!("merge queue · {}", self.target));
+        let timer = progress.start(Step::MergeQueue {
+            target: self.target.to_string(),
+        });
         let _queue = QueueLock::acquire(self.dest, self.target, QUEUE_WAIT).await?;
         for _ in 0..MAX_ROUNDS {
             let (repo, dest, config) = (

@@ -2,23 +2,23 @@
 //! held for a human (its tested commit kept for `kiln approve`), published on the work branch,
 //! or merged through the merge queue; and the escalation of a job that ends for a human.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use git2::Oid;
 
+use super::attempt::{Passed, Retry};
 use super::input::{Feedback, MergeFeedback};
 use super::merge::{MergeOutcome, MergeTurn};
-use super::report::{CommitReport, EscalationReport, Report, Status};
-use super::{
-    End, MergeReport, Passed, Progress, Retry, RunOptions, Runner, blocking, short, write_json,
-};
-use crate::config::Config;
+use super::{Context, End, Progress, RunOptions, Runner, Step, blocking, short};
+use crate::artifacts::Artifacts;
+use crate::audit::{Event, Push};
 use crate::error::Error;
 use crate::escalation::{self, Candidate, Kind};
 use crate::job::Job;
+use crate::model::Status;
 use crate::policy::Decision;
 use crate::publish::{Destination, publish_branch};
+use crate::report::{CommitReport, EscalationReport, MergeReport, Report};
 use crate::review::{ReviewVerdict, VerdictKind};
 use crate::workspace::Workspace;
 
@@ -110,14 +110,17 @@ impl Runner<'_> {
             input: &input,
             attempt: n,
             dest: &self.destination(opts),
-            config: self.config,
+            config: &self.ctx.config,
         };
         let (tip, why) = match turn.run(&self.progress).await? {
             MergeOutcome::Landed { tip, merged } => {
-                self.record(
-                    "push",
-                    serde_json::json!({"dest": self.destination(opts).to_string(), "ref": format!("refs/heads/{}", merge.target), "old": tip.to_string(), "new": merged.to_string()}),
-                )?;
+                self.record(Event::Push(Push {
+                    dest: self.destination(opts).to_string(),
+                    refname: format!("refs/heads/{}", merge.target),
+                    old: Some(tip.to_string()),
+                    new: merged.to_string(),
+                }))
+                .await?;
                 let landed = MergeReport {
                     target: merge.target.clone(),
                     onto: tip.to_string(),
@@ -154,7 +157,8 @@ impl Runner<'_> {
                 merge.target,
                 short(tip)
             ));
-            ws.rebase(tip)?;
+            let rebased = ws.clone();
+            blocking(move || Ok(rebased.rebase(tip)?)).await?;
             return Ok(AfterPass::Restart(retry.next.with_merge(why)));
         }
         let reason = format!(
@@ -173,12 +177,9 @@ impl Runner<'_> {
         tree: Oid,
         n: u32,
     ) -> Result<Candidate, Error> {
-        let dest = self
-            .artifacts
-            .join(escalation::DIR)
-            .join(escalation::CANDIDATE_REPO);
+        let dest = self.artifacts.escalation().join(escalation::CANDIDATE_REPO);
         let message = commit_message(self.job, n);
-        let (ws, who) = (ws.clone(), self.config.commit.clone());
+        let (ws, who) = (ws.clone(), self.ctx.config.commit.clone());
         let commit = blocking(move || Ok(ws.keep_candidate(tree, &who, &message, &dest)?)).await?;
         Ok(Candidate {
             commit: commit.to_string(),
@@ -193,16 +194,9 @@ impl Runner<'_> {
         let (ws, branch, who) = (
             ws.clone(),
             self.job.branch.clone(),
-            self.config.commit.clone(),
+            self.ctx.config.commit.clone(),
         );
         blocking(move || Ok(ws.commit(tree, &branch, &who, &message)?)).await
-    }
-
-    /// Where published work goes: `--out`, else `<artifacts>/<id>/repo.git`.
-    fn destination(&self, opts: &RunOptions) -> Destination {
-        opts.out
-            .clone()
-            .unwrap_or_else(|| Destination::Local(self.artifacts.join("repo.git")))
     }
 
     /// Publishes the work branch: `commit` when the merge queue already made it, else a new
@@ -216,7 +210,7 @@ impl Runner<'_> {
         commit: Option<Oid>,
     ) -> Result<CommitReport, Error> {
         let job = self.job;
-        let timer = self.progress.start("publish");
+        let timer = self.progress.start(Step::Publish);
         let oid = match commit {
             Some(oid) => oid,
             None => self.commit(ws, tree, attempts).await?,
@@ -225,14 +219,17 @@ impl Runner<'_> {
         let (source, branch, config, to) = (
             ws.repo_path(),
             job.branch.clone(),
-            self.config.clone(),
+            self.ctx.config.clone(),
             dest.clone(),
         );
         blocking(move || Ok(publish_branch(&source, oid, &branch, &to, &config)?)).await?;
-        self.record(
-            "push",
-            serde_json::json!({"dest": dest.to_string(), "ref": job.branch.refname(), "old": null, "new": oid.to_string()}),
-        )?;
+        self.record(Event::Push(Push {
+            dest: dest.to_string(),
+            refname: job.branch.refname(),
+            old: None,
+            new: oid.to_string(),
+        }))
+        .await?;
         timer.done(&format!("{} on {} in {dest}", short(oid), job.branch));
         Ok(CommitReport {
             oid: oid.to_string(),
@@ -266,19 +263,29 @@ impl Runner<'_> {
 pub(super) async fn escalate(
     report: &Report,
     job: &Job,
-    config: &Config,
+    ctx: &Context,
+    artifacts: &Artifacts,
     candidate: Option<Candidate>,
     out: &Destination,
     progress: &Progress,
 ) -> Result<EscalationReport, Error> {
-    let redactor = config.redactor();
-    let escalation = escalation::write(report, job, candidate, &out.to_string(), &redactor)?;
-    let dir = Path::new(&report.artifacts).join(escalation::DIR);
+    let escalation = {
+        let (report, job, files, out) = (
+            report.clone(),
+            job.clone(),
+            artifacts.clone(),
+            out.to_string(),
+        );
+        blocking(move || Ok(escalation::write(&report, &job, candidate, &out, &files)?)).await?
+    };
+    let dir = artifacts.escalation();
     let summary = dir.join("summary.html");
     progress.line(&format!("  escalated: {}", summary.display()));
     let notice = escalation.notice(summary.display().to_string());
-    let deliveries = crate::notify::deliver(&config.notify, &notice).await;
-    write_json(&redactor, &dir.join("deliveries.json"), &deliveries)?;
+    let deliveries = crate::notify::deliver(&ctx.config.notify, &notice).await;
+    artifacts
+        .write_json_async(dir.join("deliveries.json"), &deliveries)
+        .await?;
     Ok(EscalationReport {
         dir: dir.display().to_string(),
         summary_html: summary.display().to_string(),

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use git2::Oid;
 use serde::Serialize;
 
-use super::report::{ReviewReport, stage_report};
-use super::{Ran, Runner, write_file, write_json};
+use super::Runner;
+use super::stage::{Ran, stage_report};
 use crate::error::Error;
-use crate::model::Stage;
-use crate::model::{ByteSize, StageSpec};
+use crate::model::text::{head_text, tail_text};
+use crate::model::{ByteSize, Stage, StageSpec};
 use crate::policy::TestInfo;
+use crate::report::ReviewReport;
 use crate::review::{MAX_VERDICT_BYTES, ReviewVerdict, VERDICT_PATH, single_file_from_tar};
-use crate::sandbox::{self, WORKSPACE_DIR};
+use crate::sandbox::WORKSPACE_DIR;
 use crate::workspace::Workspace;
 
 /// Most bytes of the diff given to the reviewer.
@@ -59,8 +60,8 @@ impl Runner<'_> {
         spec: &StageSpec,
     ) -> Result<ReviewVerdict, Error> {
         let job = self.job;
-        let dir = self.artifacts.join(format!("attempt-{n}"));
-        let diff = crate::model::text::head_text(patch, REVIEW_DIFF_BYTES);
+        let dir = self.artifacts.attempt(n);
+        let diff = head_text(patch, REVIEW_DIFF_BYTES);
         let tests = self.tests();
         let input = serde_json::to_vec_pretty(&ReviewInput {
             schema: "kiln.review-input/v1",
@@ -75,14 +76,14 @@ impl Runner<'_> {
             diff,
             diff_truncated: diff.len() < patch.len(),
             tests: &tests,
-            test_output_tail: crate::model::text::tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
+            test_output_tail: tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
         })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        write_file(&self.redactor, &dir.join("review.json"), &input)?;
+        .map_err(Error::Json)?;
+        self.artifacts
+            .write_async(dir.join("review.json"), input.clone().into())
+            .await?;
 
-        let timer = self
-            .progress
-            .start(format!("attempt {n}/{} · review", job.max_attempts));
+        let timer = self.progress.start(self.step(n, Stage::Review));
         let (ran, verdict) = self.run_reviewer(ws, n, tree, &input, spec).await?;
         let comments = verdict.comments.len();
         timer.done(&format!(
@@ -95,8 +96,13 @@ impl Runner<'_> {
                 .map(|why| format!("; {why}"))
                 .unwrap_or_default()
         ));
-        write_file(&self.redactor, &dir.join("review.log"), &ran.output_bytes)?;
-        write_json(&self.redactor, &dir.join("verdict.json"), &verdict)?;
+        let files = &self.artifacts;
+        files
+            .write_async(dir.join("review.log"), ran.output_bytes.clone())
+            .await?;
+        files
+            .write_json_async(dir.join("verdict.json"), &verdict)
+            .await?;
         if let Some(attempt) = self.attempts.last_mut() {
             attempt.review = Some(ReviewReport {
                 stage: stage_report(spec, &ran),

@@ -7,17 +7,20 @@ use std::sync::Arc;
 use git2::Oid;
 use tracing::{Instrument, info_span};
 
-use super::{Ran, blocking};
-use crate::config::{Config, Loosening};
+use bytes::Bytes;
+
+use super::{Context, blocking};
+use crate::artifacts::Artifacts;
+use crate::config::Loosening;
 use crate::egress::{self, Intercept, JobCa, Rules, StageNetwork};
 use crate::error::Error;
-use crate::model::{JobId, Stage};
-use crate::model::{ByteSize, Limits, NetworkSpec, StageSpec};
+use crate::model::{ByteSize, JobId, Limits, NetworkSpec, Stage, StageSpec};
+use crate::report::StageReport;
 use crate::sandbox::{
-    self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, Sandbox, VolumeRequest, WORKSPACE_DIR,
-    WorkVolume,
+    self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, RunOutcome, Sandbox, VolumeRequest,
+    WORKSPACE_DIR, WorkVolume,
 };
-use crate::secrets::{Binding, Redactor};
+use crate::secrets::Redactor;
 
 /// The job CA's certificate in a stage's volume (root's, read-only), beside the workspace.
 const CA_FILE: &str = "egress-ca.pem";
@@ -44,10 +47,10 @@ pub(crate) struct Stages<'a> {
     pub loosened: &'a [Loosening],
     /// The job's artifacts folder: a generator's, test's or reviewer's output is written to
     /// `attempt-N/<stage>.log` there as it comes (`kiln logs --follow` reads it).
-    pub artifacts: Option<&'a Path>,
-    /// The operator's config: `[egress]` and `[secrets]` for stages with an allowlist, and
-    /// the redactor for everything a stage gives back.
-    pub config: &'a Config,
+    pub artifacts: Option<&'a Artifacts>,
+    /// The operator's `[egress]` and secrets for stages with an allowlist, and the redactor
+    /// for everything a stage gives back.
+    pub ctx: &'a Context,
 }
 
 impl Stages<'_> {
@@ -116,7 +119,7 @@ impl Stages<'_> {
             Stage::Review => crate::review::REVIEW_INPUT,
             _ => JOB_INPUT,
         };
-        let redactor = self.config.redactor();
+        let redactor = self.ctx.redactor().clone();
         let (network, secret_env) = match &spec.network {
             Some(network) => {
                 let (opened, env) = self
@@ -153,9 +156,9 @@ impl Stages<'_> {
         }
         container.env.extend(secret_env);
         let live = match stage {
-            Stage::Generate | Stage::Test | Stage::Review => self
-                .artifacts
-                .map(|a| a.join(format!("attempt-{n}")).join(format!("{stage}.log"))),
+            Stage::Generate | Stage::Test | Stage::Review => {
+                self.artifacts.map(|a| a.stage_log(n, stage))
+            }
             Stage::MergeTest => None,
         };
         let span = info_span!("stage", job_id = %self.job, attempt = n, stage = %stage);
@@ -172,12 +175,11 @@ impl Stages<'_> {
             Some(network) => {
                 let (requests, unrecorded) = network.finish().await;
                 if let Some(artifacts) = self.artifacts {
-                    let path = artifacts
-                        .join(format!("attempt-{n}"))
-                        .join(format!("{stage}.egress.json"));
                     let record =
                         serde_json::json!({"requests": requests, "unrecorded": unrecorded});
-                    super::write_json(&redactor, &path, &record)?;
+                    artifacts
+                        .write_json_async(artifacts.egress_record(n, stage), &record)
+                        .await?;
                 }
                 Some(egress::Summary::of(&requests, unrecorded))
             }
@@ -198,22 +200,22 @@ impl Stages<'_> {
         volume: &WorkVolume,
         redactor: &Redactor,
     ) -> Result<(StageNetwork, Vec<(String, String)>), Error> {
-        let allow = network.allow.iter().map(|a| a.0.clone()).collect();
-        let mut rules = Rules::new(allow, &self.config.egress);
+        let config = &self.ctx.config;
+        let mut rules = Rules::new(network.allow.clone(), &config.egress);
         rules.redactor = redactor.clone();
         let mut env = Vec::new();
         if !network.secrets.is_empty() {
             let bindings = network
                 .secrets
                 .iter()
-                .map(|name| Binding::new(name, &self.config.secrets))
+                .map(|name| self.ctx.secrets.bind(name))
                 .collect::<Result<Vec<_>, String>>()
                 .map_err(Error::Usage)?;
             let mut hosts: Vec<String> = bindings.iter().flat_map(|b| b.hosts.clone()).collect();
             hosts.sort();
             hosts.dedup();
             let ca = JobCa::new(self.job.as_str(), &hosts).map_err(Error::Internal)?;
-            let upstream_ca = match &self.config.egress.upstream_ca {
+            let upstream_ca = match &config.egress.upstream_ca {
                 Some(path) => Some(tokio::fs::read(path).await.map_err(Error::io(format!(
                     "cannot read [egress] upstream_ca {}",
                     path.display()
@@ -314,4 +316,55 @@ async fn ca_tar(ca_pem: &str) -> Result<Vec<u8>, Error> {
         .append_data(&mut header, CA_FILE, bundle.as_slice())
         .and_then(|()| builder.into_inner())
         .map_err(|e| Error::Internal(format!("cannot pack the CA file: {e}")))
+}
+
+/// A finished container with its output turned into bytes.
+pub(super) struct Ran {
+    pub(super) exit_code: Option<i64>,
+    pub(super) timed_out: bool,
+    pub(super) oom_killed: bool,
+    pub(super) start_ms: u64,
+    pub(super) duration_ms: u64,
+    /// What went through the egress proxy, for a stage with an allowlist.
+    pub(super) egress: Option<egress::Summary>,
+    pub(super) output_total: u64,
+    pub(super) output_dropped: u64,
+    /// The kept output, secrets hidden; shared, not copied, by the artifacts written of it.
+    pub(super) output_bytes: Bytes,
+}
+
+impl Ran {
+    /// What a stage's container did, with every secret hidden in its output.
+    fn redacted(o: RunOutcome, redactor: &Redactor) -> Self {
+        Ran {
+            exit_code: o.exit_code,
+            timed_out: o.timed_out,
+            oom_killed: o.oom_killed,
+            start_ms: o.start_latency.as_millis() as u64,
+            egress: None,
+            duration_ms: o.duration.as_millis() as u64,
+            output_total: o.output.total_bytes(),
+            output_dropped: o.output.dropped_bytes(),
+            output_bytes: o.output.into_bytes_redacted(redactor).into(),
+        }
+    }
+
+    pub(super) fn succeeded(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// What the report says of a stage that ran.
+pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
+    StageReport {
+        image: spec.image.clone(),
+        exit_code: ran.exit_code,
+        timed_out: ran.timed_out,
+        oom_killed: ran.oom_killed,
+        start_ms: ran.start_ms,
+        duration_ms: ran.duration_ms,
+        output_bytes: ran.output_total,
+        output_dropped_bytes: ran.output_dropped,
+        egress: ran.egress.clone(),
+    }
 }

@@ -24,12 +24,13 @@ pub use output::CappedLog;
 pub use spec::{
     ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };
+pub use volume::HOLDER_IMAGE;
 pub use volume::{VolumeRequest, WorkVolume};
 
 use volume::VolumePool;
 
-use crate::model::JobId;
 use crate::model::ByteSize;
+use crate::model::JobId;
 use crate::secrets::{Redactor, StreamRedactor};
 
 /// Label on every container and volume kiln makes: the job it belongs to.
@@ -46,8 +47,9 @@ const API_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum SandboxError {
     #[error("cannot reach the Docker engine ({0}); is dockerd running and is its socket readable?")]
     Unreachable(String),
-    #[error("image `{image}` is not on this machine and kiln never pulls; {hint}")]
-    ImageMissing { image: String, hint: String },
+    /// `images::require` adds how to build it.
+    #[error("image `{0}` is not on this machine and kiln never pulls")]
+    ImageMissing(String),
     #[error("Docker refused to {op}: {message}")]
     Docker { op: &'static str, message: String },
     #[error("the Docker engine did not finish `{0}` in time")]
@@ -158,16 +160,13 @@ impl Sandbox {
         &self.docker
     }
 
-    /// Fails with the command that builds `image` when it is not on this machine.
+    /// Fails with [`SandboxError::ImageMissing`] when `image` is not on this machine.
     pub async fn require_image(&self, image: &str) -> Result<(), SandboxError> {
         match bounded("inspect image", self.docker.inspect_image(image)).await? {
             Ok(_) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Err(SandboxError::ImageMissing {
-                image: image.into(),
-                hint: crate::images::build_hint(image),
-            }),
+            }) => Err(SandboxError::ImageMissing(image.into())),
             Err(e) => Err(docker_err("inspect an image")(e)),
         }
     }

@@ -20,37 +20,36 @@ const MAX_SECRET_LEN: usize = 16 << 10;
 /// Reads secret `name`'s value on the host. It must be one line of printable ASCII (it goes
 /// into an HTTP header) of at least [`MIN_SECRET_LEN`] bytes.
 pub fn read_value(name: &str, source: &SecretSource) -> Result<String, String> {
-
-        let value = match (&source.env, &source.file) {
-            (Some(var), _) => std::env::var(var).map_err(|_| {
-                format!("secret {name}: environment variable `{var}` is not set (or not UTF-8)")
-            })?,
-            (None, Some(file)) => {
-                let text = std::fs::read(file)
-                    .map_err(|e| format!("secret {name}: cannot read {}: {e}", file.display()))?;
-                if text.len() > MAX_SECRET_LEN {
-                    return Err(format!("secret {name}: {} is over 16 KiB", file.display()));
-                }
-                let text = String::from_utf8(text)
-                    .map_err(|_| format!("secret {name}: {} is not UTF-8", file.display()))?;
-                text.strip_suffix('\n')
-                    .map(|t| t.strip_suffix('\r').unwrap_or(t))
-                    .unwrap_or(&text)
-                    .to_string()
+    let value = match (&source.env, &source.file) {
+        (Some(var), _) => std::env::var(var).map_err(|_| {
+            format!("secret {name}: environment variable `{var}` is not set (or not UTF-8)")
+        })?,
+        (None, Some(file)) => {
+            let text = std::fs::read(file)
+                .map_err(|e| format!("secret {name}: cannot read {}: {e}", file.display()))?;
+            if text.len() > MAX_SECRET_LEN {
+                return Err(format!("secret {name}: {} is over 16 KiB", file.display()));
             }
-            (None, None) => return Err(format!("secret {name}: no `env` or `file`")),
-        };
-        if value.len() < MIN_SECRET_LEN || value.len() > MAX_SECRET_LEN {
-            return Err(format!(
-                "secret {name}: the value must be {MIN_SECRET_LEN} bytes to 16 KiB long"
-            ));
+            let text = String::from_utf8(text)
+                .map_err(|_| format!("secret {name}: {} is not UTF-8", file.display()))?;
+            text.strip_suffix('\n')
+                .map(|t| t.strip_suffix('\r').unwrap_or(t))
+                .unwrap_or(&text)
+                .to_string()
         }
-        if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-            return Err(format!(
-                "secret {name}: the value must be printable ASCII without spaces (it goes into an HTTP header)"
-            ));
-        }
-        Ok(value)
+        (None, None) => return Err(format!("secret {name}: no `env` or `file`")),
+    };
+    if value.len() < MIN_SECRET_LEN || value.len() > MAX_SECRET_LEN {
+        return Err(format!(
+            "secret {name}: the value must be {MIN_SECRET_LEN} bytes to 16 KiB long"
+        ));
+    }
+    if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return Err(format!(
+            "secret {name}: the value must be printable ASCII without spaces (it goes into an HTTP header)"
+        ));
+    }
+    Ok(value)
 }
 
 /// A secret a stage uses: the value it never sees, the placeholder it sees instead, the hosts

@@ -86,6 +86,12 @@ impl Redactor {
         mark.strip_prefix("[REDACTED:")?.strip_suffix(']')
     }
 
+    /// `value` as pretty JSON with every secret form replaced (as it reads inside JSON too).
+    pub fn json(&self, value: &impl serde::Serialize) -> Result<String, serde_json::Error> {
+        let text = serde_json::to_string_pretty(value)?;
+        Ok(self.text(&text).into_owned())
+    }
+
     /// `text` with every secret form replaced.
     pub fn text<'a>(&self, text: &'a str) -> Cow<'a, str> {
         match &self.inner {

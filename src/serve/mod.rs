@@ -5,26 +5,26 @@
 
 mod api;
 mod metrics;
+mod schedule;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::audit::AuditLog;
+use crate::audit::{Event, JobState};
 use crate::config::Config;
 use crate::error::Error;
 use crate::model::JobId;
-use crate::job::Job;
+use crate::model::fs::{create_private_dir, write_atomic};
 use crate::policy::Gate;
 use crate::publish::Destination;
-use crate::run::{Progress, Report, RunOptions, Status};
+use crate::run::Context;
 use crate::sandbox::Sandbox;
-use crate::scheduler::{self, Queued, Running, Touches};
-use crate::store::{State, Store, now_ms};
+use crate::scheduler;
+use crate::store::{Store, StoreError};
 
 /// How `kiln serve` runs.
 #[derive(Clone, Debug)]
@@ -42,7 +42,8 @@ pub struct ServeOptions {
 /// What every request handler and job task shares.
 pub(crate) struct Server {
     store: Mutex<Store>,
-    config: Config,
+    /// The operator config, the secrets, and the state folder's audit log.
+    ctx: Context,
     sandbox: Sandbox,
     gate: Option<Arc<Gate>>,
     token: String,
@@ -50,7 +51,6 @@ pub(crate) struct Server {
     limits: scheduler::Limits,
     out: Option<Destination>,
     repos: Vec<PathBuf>,
-    audit: AuditLog,
     /// The tasks of running jobs, to abort on cancel.
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
     wake: Notify,
@@ -86,21 +86,17 @@ impl Server {
     }
 
     /// Runs `f` on the store, off the async threads' toes (SQLite syncs to disk).
-    fn db<T>(
-        &self,
-        f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError>,
-    ) -> Result<T, Error> {
+    fn db<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, Error> {
         // Waiting for the lock blocks too: it happens inside block_in_place with the query.
-        tokio::task::block_in_place(|| {
+        Ok(tokio::task::block_in_place(|| {
             let store = self.store.lock().expect("the store lock is never poisoned");
             f(&store)
-        })
-        .map_err(|e| Error::Internal(e.to_string()))
+        })?)
     }
 
-    fn record(&self, kind: &str, job: &str, data: serde_json::Value) -> Result<(), Error> {
-        tokio::task::block_in_place(|| self.audit.append(kind, Some(job), data))?;
-        Ok(())
+    /// Appends a `job.state` record about `job` to the audit log.
+    async fn record(&self, job: &JobId, state: JobState) -> Result<(), Error> {
+        Ok(self.ctx.record(job, Event::JobState(state)).await?)
     }
 }
 
@@ -117,40 +113,34 @@ pub async fn serve(
     gate: Option<Arc<Gate>>,
 ) -> Result<(), Error> {
     let dir = &options.state_dir;
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(Error::io(format!(
-                "cannot make the state folder {}",
-                dir.display()
-            )))?;
-    }
+    create_private_dir(dir).map_err(Error::io(format!(
+        "cannot make the state folder {}",
+        dir.display()
+    )))?;
     let token = token(&dir.join("token"))?;
-    let audit_path = dir.join("audit.jsonl");
-    config.audit_log = Some(audit_path.clone());
-    let audit = AuditLog::open(&audit_path)?;
-    let store = Store::open(&dir.join("kiln.db")).map_err(|e| Error::Internal(e.to_string()))?;
+    config.audit_log = Some(dir.join("audit.jsonl"));
+    let ctx = Context::open(config)?;
+    let store = Store::open(&dir.join("kiln.db"))?;
     let sandbox = Sandbox::connect()
         .await?
         .with_volumes_per_holder(VOLUMES_PER_HOLDER);
     // A dead server's containers go first, then its jobs follow the restart rule.
     let reaped = sandbox.gc(false).await?;
-    let recovered = store
-        .recover()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let recovered = store.recover()?;
     for r in &recovered {
-        audit.append(
-            "job.state",
-            Some(&r.id),
-            serde_json::json!({"to": r.to.as_str(), "runs": r.runs, "why": "server restart"}),
-        )?;
+        let Some(job) = JobId::parse(&r.id) else {
+            continue;
+        };
+        let state = JobState {
+            runs: Some(r.runs.into()),
+            why: Some("server restart".into()),
+            ..JobState::to(r.to.as_str())
+        };
+        ctx.record(&job, Event::JobState(state)).await?;
     }
     let server = Arc::new(Server {
         store: Mutex::new(store),
-        config,
+        ctx,
         sandbox,
         gate,
         token,
@@ -158,7 +148,6 @@ pub async fn serve(
         limits: options.limits,
         out: options.out.clone(),
         repos: options.repos.clone(),
-        audit,
         running: Mutex::new(HashMap::new()),
         wake: Notify::new(),
         metrics: metrics::Metrics::default(),
@@ -169,14 +158,18 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .map_err(Error::io("cannot read the listening address"))?;
-    std::fs::write(dir.join("address"), format!("http://{address}\n"))
-        .map_err(Error::io("cannot write the address file"))?;
+    // Written whole or not at all: a client reading it never sees half an address.
+    write_atomic(
+        &dir.join("address"),
+        format!("http://{address}\n").as_bytes(),
+    )
+    .map_err(Error::io("cannot write the address file"))?;
     eprintln!(
         "kiln serve: listening on http://{address}; state {}; {reaped} stale containers reaped, {} jobs recovered",
         dir.display(),
         recovered.len()
     );
-    tokio::spawn(schedule(server.clone()));
+    tokio::spawn(schedule::schedule(server.clone()));
     axum::serve(listener, api::router(server))
         .await
         .map_err(Error::io("the server stopped"))
@@ -206,160 +199,4 @@ fn token(path: &Path) -> Result<String, Error> {
     std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
         .map_err(Error::io(format!("cannot write {}", path.display())))?;
     Ok(token)
-}
-
-/// The scheduler loop: on every wake (a submission, a job's end) and every second, start what
-/// the limits and the queue allow.
-async fn schedule(server: Arc<Server>) {
-    loop {
-        if let Err(e) = start_ready(&server) {
-            tracing::error!("scheduler: {e}");
-        }
-        tokio::select! {
-            () = server.wake.notified() => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-    }
-}
-
-fn start_ready(server: &Arc<Server>) -> Result<(), Error> {
-    let now = now_ms();
-    let queued_rows = server.db(|s| s.list(Some(State::Queued), 10_000))?;
-    let running_rows = server.db(|s| s.list(Some(State::Running), 10_000))?;
-    let queued: Vec<Queued> = queued_rows
-        .iter()
-        .map(|r| Queued {
-            id: r.id.clone(),
-            priority: r.priority,
-            waited: r.waited(now),
-            repo: r.repo.clone(),
-            touches: Touches::new(r.touches.clone()),
-        })
-        .collect();
-    let running: Vec<Running> = running_rows
-        .iter()
-        .map(|r| Running {
-            repo: r.repo.clone(),
-            touches: Touches::new(r.touches.clone()),
-        })
-        .collect();
-    for picked in scheduler::pick(&queued, &running, server.limits) {
-        let id = picked.id.clone();
-        // Durable before it is acted on: the job is `running` on disk before its task starts.
-        server.db(|s| s.start(&id))?;
-        // Held while the task starts, so that a job ending at once is removed after it is added.
-        let mut running = server
-            .running
-            .lock()
-            .expect("the running lock is never poisoned");
-        let task = tokio::spawn(run_one(server.clone(), id.clone()));
-        running.insert(id, task.abort_handle());
-    }
-    Ok(())
-}
-
-/// Runs one started job to its end and records how it ended.
-async fn run_one(server: Arc<Server>, id: String) {
-    let (state, status, code, reason) = match run_job(&server, &id).await {
-        Ok(report) => {
-            server.metrics.observe(&report);
-            let status = report.status;
-            (
-                state_of(status),
-                status.as_str(),
-                report.exit_code as i64,
-                report.reason,
-            )
-        }
-        Err(e) => (State::Failed, "error", e.exit_code() as i64, e.to_string()),
-    };
-    if let Some(job) = JobId::parse(&id) {
-        let _ = server.sandbox.reap_job(&job).await;
-    }
-    server
-        .running
-        .lock()
-        .expect("the running lock is never poisoned")
-        .remove(&id);
-    if let Err(e) = server.db(|s| s.finish(&id, state, status, code, &reason)) {
-        tracing::warn!(job = id, "recording the end: {e}");
-    }
-    server.wake.notify_one();
-}
-
-async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
-    let row = server
-        .db(|s| s.get(id))?
-        .ok_or_else(|| Error::Internal(format!("job {id} vanished from the store")))?;
-    let origin = PathBuf::from(format!("job {id}"));
-    let mut job = Job::parse(
-        &row.spec,
-        row.spec_format == "json",
-        None,
-        &origin,
-        &server.config,
-    )?;
-    job.id = JobId::parse(id).ok_or_else(|| Error::Internal(format!("bad job id {id}")))?;
-    // Again at the start: the folder may have changed (a symlink swapped) since it was submitted.
-    server.allowed_repo(job.repo.path()).map_err(Error::Usage)?;
-    let opts = RunOptions {
-        artifacts_root: server.artifacts(),
-        out: server.out.clone(),
-    };
-    crate::run::preflight(&job, &server.config, &server.sandbox, &opts).await?;
-    let observer = {
-        let server = server.clone();
-        let id = id.to_string();
-        Arc::new(move |label: &str| {
-            let (attempt, stage) = stage_of(label);
-            let _ = server.db(|s| s.progress(&id, attempt, &stage));
-        })
-    };
-    crate::run::run_job(
-        &job,
-        &server.config,
-        &server.sandbox,
-        &opts,
-        server.gate.clone(),
-        Progress::observed(observer),
-    )
-    .await
-}
-
-/// `attempt 2/3 · test` → (2, "test"); other labels (`workspace`, `publish`) keep attempt 0.
-fn stage_of(label: &str) -> (u32, String) {
-    if let Some(rest) = label.strip_prefix("attempt ")
-        && let Some((n, stage)) = rest.split_once(" · ")
-    {
-        let attempt = n
-            .split('/')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        return (attempt, stage.to_string());
-    }
-    (0, label.to_string())
-}
-
-fn state_of(status: Status) -> State {
-    match status {
-        Status::Succeeded => State::Succeeded,
-        Status::AwaitingReview => State::AwaitingReview,
-        Status::PolicyEscalated
-        | Status::ReviewEscalated
-        | Status::MergeEscalated
-        | Status::NotConverging => State::Escalated,
-        Status::TestsFailed | Status::PolicyDenied | Status::Error => State::Failed,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stage_labels_become_attempt_and_stage() {
-        assert_eq!(stage_of("attempt 2/3 · test"), (2, "test".to_string()));
-        assert_eq!(stage_of("workspace"), (0, "workspace".to_string()));
-    }
 }

@@ -7,86 +7,24 @@
 //! `rejected` | `cancelled`; an escalated or awaiting job may still be approved (→ `succeeded`)
 //! or rejected.
 
-use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod schema;
+mod state;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
+pub use schema::VERSION as SCHEMA_VERSION;
+pub use state::State;
+
+use crate::job::Format;
+use crate::model::time::now_ms;
+use crate::model::{Phase, Status};
+
 /// How many times a job may be started before a restart fails it instead of requeueing it.
 pub const MAX_RUNS: u32 = 3;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS jobs (
-    id             TEXT PRIMARY KEY,
-    state          TEXT NOT NULL,
-    priority       INTEGER NOT NULL,
-    submitted_ms   INTEGER NOT NULL,
-    started_ms     INTEGER,
-    finished_ms    INTEGER,
-    repo           TEXT NOT NULL,
-    touches        TEXT NOT NULL,
-    spec           TEXT NOT NULL,
-    spec_format    TEXT NOT NULL,
-    runs           INTEGER NOT NULL DEFAULT 0,
-    attempt        INTEGER NOT NULL DEFAULT 0,
-    stage          TEXT,
-    status         TEXT,
-    exit_code      INTEGER,
-    reason         TEXT,
-    cancel_asked   INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority, submitted_ms);
-";
-
-/// Where a job is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Escalated,
-    AwaitingReview,
-    Rejected,
-    Cancelled,
-}
-
-impl State {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Queued => "queued",
-            State::Running => "running",
-            State::Succeeded => "succeeded",
-            State::Failed => "failed",
-            State::Escalated => "escalated",
-            State::AwaitingReview => "awaiting_review",
-            State::Rejected => "rejected",
-            State::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<State> {
-        [
-            State::Queued,
-            State::Running,
-            State::Succeeded,
-            State::Failed,
-            State::Escalated,
-            State::AwaitingReview,
-            State::Rejected,
-            State::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
-    }
-
-    /// True once the job will not run again.
-    pub fn is_final(self) -> bool {
-        !matches!(self, State::Queued | State::Running)
-    }
-}
 
 /// A job as the store holds it.
 #[derive(Clone, Debug, Serialize)]
@@ -102,16 +40,16 @@ pub struct JobRow {
     /// How many times it was started (a restart that finds it running counts one).
     pub runs: u32,
     pub attempt: u32,
-    pub stage: Option<String>,
+    pub stage: Option<Phase>,
     /// The run report's status and exit code, once it ended.
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub exit_code: Option<i64>,
     pub reason: Option<String>,
     pub cancel_asked: bool,
     #[serde(skip)]
     pub spec: String,
     #[serde(skip)]
-    pub spec_format: String,
+    pub spec_format: Format,
 }
 
 impl JobRow {
@@ -129,10 +67,21 @@ pub struct Recovered {
     pub runs: u32,
 }
 
+/// The store failed: the machine's fault (a disk full, a file kiln cannot open), not the job's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("cannot open the job store {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: Box<StoreError>,
+    },
     #[error("job store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error(
+        "the job store is at schema version {found}, newer than this kiln knows ({known}); run the kiln that made it, or a newer one"
+    )]
+    TooNew { found: u32, known: u32 },
     #[error("job store: job {0} is not {1}")]
     WrongState(String, &'static str),
 }
@@ -142,13 +91,6 @@ pub struct Store {
     db: Connection,
 }
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// A new job for [`Store::submit`].
 pub struct NewJob<'a> {
     pub id: &'a str,
@@ -156,19 +98,26 @@ pub struct NewJob<'a> {
     pub repo: &'a str,
     pub touches: &'a [String],
     pub spec: &'a str,
-    pub spec_format: &'a str,
+    pub spec_format: Format,
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`, in WAL mode with full syncs: a committed change
     /// survives the process and the machine.
+    /// A store of an older schema is migrated; one newer than this kiln is refused.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Connection::open(path)?;
-        db.pragma_update(None, "journal_mode", "WAL")?;
-        db.pragma_update(None, "synchronous", "FULL")?;
-        db.busy_timeout(Duration::from_secs(10))?;
-        db.execute_batch(SCHEMA)?;
-        Ok(Store { db })
+        let opened = || -> Result<Store, StoreError> {
+            let mut db = Connection::open(path)?;
+            db.pragma_update(None, "journal_mode", "WAL")?;
+            db.pragma_update(None, "synchronous", "FULL")?;
+            db.busy_timeout(Duration::from_secs(10))?;
+            schema::migrate(&mut db)?;
+            Ok(Store { db })
+        };
+        opened().map_err(|e| StoreError::Open {
+            path: path.into(),
+            source: Box::new(e),
+        })
     }
 
     /// Accepts a job: once this returns, it is on disk.
@@ -203,7 +152,7 @@ impl Store {
             "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY submitted_ms, id LIMIT ?2",
         )?;
         let rows = query
-            .query_map(params![state.map(State::as_str), limit as i64], row)?
+            .query_map(params![state, limit as i64], row)?
             .collect::<Result<Vec<_>, _>>()?;
         Ok(rows)
     }
@@ -222,7 +171,7 @@ impl Store {
     }
 
     /// Where a running job is: its stage, and its attempt (0 keeps the one recorded).
-    pub fn progress(&self, id: &str, attempt: u32, stage: &str) -> Result<(), StoreError> {
+    pub fn progress(&self, id: &str, attempt: u32, stage: Phase) -> Result<(), StoreError> {
         self.db.execute(
             "UPDATE jobs SET attempt = CASE WHEN ?2 > 0 THEN ?2 ELSE attempt END, stage = ?3
              WHERE id = ?1 AND state = 'running'",
@@ -231,12 +180,13 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a running job in `state`, with the report's status, exit code and reason.
+    /// Ends a running job in `state`, with the report's status (none when it was cancelled), exit
+    /// code and reason.
     pub fn finish(
         &self,
         id: &str,
         state: State,
-        status: &str,
+        status: Option<Status>,
         exit_code: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
@@ -244,7 +194,7 @@ impl Store {
             "UPDATE jobs SET state = ?2, status = ?3, exit_code = ?4, reason = ?5, finished_ms = ?6,
                              stage = NULL
              WHERE id = ?1 AND state = 'running'",
-            params![id, state.as_str(), status, exit_code, reason, now_ms()],
+            params![id, state, status, exit_code, reason, now_ms()],
         )?;
         if changed == 0 {
             return Err(StoreError::WrongState(id.into(), "running"));
@@ -256,10 +206,10 @@ impl Store {
     /// Returns the state it is in now.
     pub fn cancel(&self, id: &str) -> Result<Option<State>, StoreError> {
         let tx = self.db.unchecked_transaction()?;
-        let state: Option<String> = tx
+        let state: Option<State> = tx
             .query_row("SELECT state FROM jobs WHERE id = ?1", [id], |r| r.get(0))
             .optional()?;
-        let Some(state) = state.and_then(|s| State::parse(&s)) else {
+        let Some(state) = state else {
             return Ok(None);
         };
         let now = match state {
@@ -310,7 +260,7 @@ impl Store {
                 "UPDATE jobs SET state = ?2, stage = NULL, reason = NULLIF(?3, ''),
                                  finished_ms = CASE WHEN ?2 = 'queued' THEN NULL ELSE ?4 END
                  WHERE id = ?1",
-                params![id, to.as_str(), reason, now_ms()],
+                params![id, to, reason, now_ms()],
             )?;
             recovered.push(Recovered { id, to, runs });
         }
@@ -329,7 +279,7 @@ impl Store {
         let changed = self.db.execute(
             "UPDATE jobs SET state = ?2, exit_code = ?3, reason = ?4
              WHERE id = ?1 AND state IN ('escalated', 'awaiting_review')",
-            params![id, to.as_str(), exit_code, reason],
+            params![id, to, exit_code, reason],
         )?;
         if changed == 0 {
             return Err(StoreError::WrongState(
@@ -346,21 +296,17 @@ impl Store {
             .db
             .prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
         let counts = query
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(counts
-            .into_iter()
-            .filter_map(|(s, n)| State::parse(&s).map(|s| (s, n)))
-            .collect())
+        Ok(counts)
     }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
-    let state: String = r.get("state")?;
     let touches: String = r.get("touches")?;
     Ok(JobRow {
         id: r.get("id")?,
-        state: State::parse(&state).unwrap_or(State::Failed),
+        state: r.get("state")?,
         priority: r.get("priority")?,
         submitted_ms: r.get("submitted_ms")?,
         started_ms: r.get("started_ms")?,
@@ -382,6 +328,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Stage;
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -397,7 +344,7 @@ mod tests {
                 repo: "/r",
                 touches: &["src/**".into()],
                 spec: "repo = '/r'",
-                spec_format: "toml",
+                spec_format: Format::Toml,
             })
             .unwrap();
     }
@@ -407,7 +354,7 @@ mod tests {
         let (dir, store) = store();
         submit(&store, "a");
         store.start("a").unwrap();
-        store.progress("a", 2, "test").unwrap();
+        store.progress("a", 2, Phase::Stage(Stage::Test)).unwrap();
         assert!(
             store.start("a").is_err(),
             "a running job cannot start again"
@@ -416,12 +363,18 @@ mod tests {
         let store = Store::open(&dir.path().join("kiln.db")).unwrap();
         let job = store.get("a").unwrap().unwrap();
         assert_eq!(
-            (job.state, job.attempt, job.stage.as_deref()),
-            (State::Running, 2, Some("test"))
+            (job.state, job.attempt, job.stage),
+            (State::Running, 2, Some(Phase::Stage(Stage::Test)))
         );
         assert_eq!(job.touches, ["src/**"]);
         store
-            .finish("a", State::Succeeded, "succeeded", 0, "tests passed")
+            .finish(
+                "a",
+                State::Succeeded,
+                Some(Status::Succeeded),
+                0,
+                "tests passed",
+            )
             .unwrap();
         let job = store.get("a").unwrap().unwrap();
         assert_eq!((job.state, job.exit_code), (State::Succeeded, Some(0)));
@@ -468,5 +421,52 @@ mod tests {
         assert!(store.get("r").unwrap().unwrap().cancel_asked);
         assert_eq!(store.cancel("missing").unwrap(), None);
         assert_eq!(store.list(Some(State::Queued), 10).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_store_from_before_versions_is_adopted_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kiln.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, priority INTEGER NOT NULL,
+                 submitted_ms INTEGER NOT NULL, started_ms INTEGER, finished_ms INTEGER,
+                 repo TEXT NOT NULL, touches TEXT NOT NULL, spec TEXT NOT NULL,
+                 spec_format TEXT NOT NULL, runs INTEGER NOT NULL DEFAULT 0,
+                 attempt INTEGER NOT NULL DEFAULT 0, stage TEXT, status TEXT, exit_code INTEGER,
+                 reason TEXT, cancel_asked INTEGER NOT NULL DEFAULT 0);
+                 INSERT INTO jobs (id, state, priority, submitted_ms, repo, touches, spec, spec_format)
+                 VALUES ('old', 'queued', 5, 1, '/r', '[]', 'x', 'toml');",
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get("old").unwrap().unwrap().state, State::Queued);
+        let version: u32 = store
+            .db
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        store
+            .db
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(store);
+        let err = Store::open(&path).err().expect("a newer store is refused");
+        let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+        assert!(text.contains("newer than this kiln"), "{text}");
+        assert!(text.contains("kiln.db"), "{text}");
+    }
+
+    #[test]
+    fn a_value_the_store_does_not_know_is_an_error_not_a_guess() {
+        let (_dir, store) = store();
+        submit(&store, "x");
+        store
+            .db
+            .execute("UPDATE jobs SET state = 'exploded' WHERE id = 'x'", [])
+            .unwrap();
+        assert!(store.get("x").is_err());
     }
 }

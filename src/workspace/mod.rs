@@ -12,15 +12,14 @@ mod tree_tar;
 use std::path::{Path, PathBuf};
 
 use git2::{FetchOptions, Oid, Repository, Signature};
-use globset::GlobSet;
 
 pub use diff::{BlobChange, diff_revisions, parse_patch};
 pub use tree_tar::{Ingested, Skipped};
 
 use crate::config::CommitIdentity;
-use crate::model::{Diff, JobId};
 use crate::job::{BranchName, RepoSource};
 use crate::model::ByteSize;
+use crate::model::{Diff, Globs, JobId};
 
 /// Workspace folders are named `kiln-ws-<job id>-*` in the temp folder, with the owner's pid inside.
 const WORKSPACE_PREFIX: &str = "kiln-ws-";
@@ -151,7 +150,7 @@ impl Workspace {
     }
 
     /// Paths of the base tree matched by the job's `context_files` globs (links included, as paths).
-    pub fn context_files(&self, globs: &GlobSet) -> Result<Vec<String>, WorkspaceError> {
+    pub fn context_files(&self, globs: &Globs) -> Result<Vec<String>, WorkspaceError> {
         let repo = self.repo()?;
         let tree = repo.find_tree(self.base_tree())?;
         let mut found = Vec::new();
@@ -173,7 +172,7 @@ impl Workspace {
     pub fn protected_tree(
         &self,
         tree: Oid,
-        protect: &GlobSet,
+        protect: &Globs,
     ) -> Result<(Oid, Vec<String>), WorkspaceError> {
         let repo = self.repo()?;
         let base = blobs(&repo, self.base_tree(), protect)?;
@@ -271,7 +270,7 @@ pub fn resolve_ref(source: &Path, source_ref: &str) -> Result<Oid, WorkspaceErro
 fn blobs(
     repo: &Repository,
     tree: Oid,
-    globs: &GlobSet,
+    globs: &Globs,
 ) -> Result<std::collections::BTreeMap<String, (Oid, i32)>, git2::Error> {
     let mut found = std::collections::BTreeMap::new();
     repo.find_tree(tree)?

@@ -11,8 +11,16 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+mod event;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use event::{Event, JobState, PolicyRecord, Push};
+
+use crate::model::JobId;
+use crate::model::fs::create_private_dir;
+use crate::secrets::Redactor;
 
 /// `prev` of the first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -82,10 +90,11 @@ pub struct Verified {
 }
 
 /// An audit log file, appended to under a lock.
+#[derive(Clone, Debug)]
 pub struct AuditLog {
     path: PathBuf,
     /// Applied to each record's data before it is hashed and written.
-    redactor: crate::secrets::Redactor,
+    redactor: Redactor,
 }
 
 impl AuditLog {
@@ -96,35 +105,39 @@ impl AuditLog {
             source,
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(io)?;
+            create_private_dir(dir).map_err(io)?;
         }
         Ok(AuditLog {
             path: path.into(),
-            redactor: crate::secrets::Redactor::default(),
+            redactor: Redactor::default(),
         })
     }
 
     /// The log, with `redactor` applied to every record it appends.
-    pub fn redacting(self, redactor: crate::secrets::Redactor) -> AuditLog {
+    pub fn redacting(self, redactor: Redactor) -> AuditLog {
         AuditLog { redactor, ..self }
+    }
+
+    /// Appends `event` about `job`, durably, off the async threads (the append locks and syncs
+    /// the file).
+    pub async fn record(&self, job: Option<&JobId>, event: Event) -> Result<Record, AuditError> {
+        let (log, job) = (self.clone(), job.cloned());
+        tokio::task::spawn_blocking(move || log.append(job.as_ref(), &event))
+            .await
+            .map_err(|e| AuditError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Appends one record after the last one, durably, and returns it.
-    pub fn append(
-        &self,
-        kind: &str,
-        job: Option<&str>,
-        data: serde_json::Value,
-    ) -> Result<Record, AuditError> {
+    /// Appends `event` about `job` after the last record, durably, and returns the record.
+    /// Blocking: from async code, use [`AuditLog::record`].
+    pub fn append(&self, job: Option<&JobId>, event: &Event) -> Result<Record, AuditError> {
+        let (kind, data) = event.parts();
         let io = |source| AuditError::Io {
             path: self.path.clone(),
             source,
@@ -159,8 +172,8 @@ impl AuditLog {
         let mut record = Record {
             seq,
             at: crate::model::time::now(),
-            kind: kind.into(),
-            job: job.map(String::from),
+            kind,
+            job: job.map(JobId::to_string),
             data,
             prev,
             hash: String::new(),
@@ -276,7 +289,8 @@ mod tests {
         let path = dir.path().join("audit/audit.jsonl");
         let log = AuditLog::open(&path).unwrap();
         for i in 0..n {
-            log.append("job.state", Some("01job"), serde_json::json!({"to": i}))
+            let job = JobId::parse("01jobjobjobjobjobjobjobjob").unwrap();
+            log.append(Some(&job), &Event::JobState(JobState::to(i.to_string())))
                 .unwrap();
         }
         (dir, path)
@@ -309,7 +323,7 @@ mod tests {
     fn an_edited_record_is_named() {
         let (_dir, path) = log_with(5);
         let mut all = lines(&path);
-        all[2] = all[2].replace("\"to\":2", "\"to\":7");
+        all[2] = all[2].replace("\"to\":\"2\"", "\"to\":\"7\"");
         write_lines(&path, &all);
         let broken = verify(&path).unwrap().broken.unwrap();
         assert_eq!((broken.line, broken.seq), (3, Some(3)));
@@ -358,7 +372,7 @@ mod tests {
             .unwrap();
         let log = AuditLog::open(&path).unwrap();
         assert!(matches!(
-            log.append("x", None, serde_json::Value::Null),
+            log.append(None, &Event::EscalationReopened { why: "x".into() }),
             Err(AuditError::Corrupt { .. })
         ));
     }

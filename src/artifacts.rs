@@ -1,0 +1,191 @@
+//! A job's artifacts folder, `<root>/<job id>/`: the one place its layout is written down, and
+//! the one way kiln writes there, every byte through the redactor.
+//!
+//! ```text
+//! <id>/report.json  gate.json  gate.sarif  repo.git/  escalation/
+//! <id>/attempt-N/job.json  generate.log  diff.patch  diff.json  test.log  review.json
+//!                <stage>.log (live, then whole)  <stage>.egress.json
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::model::{JobId, Stage};
+use crate::secrets::Redactor;
+
+/// One job's artifacts folder.
+#[derive(Clone, Debug)]
+pub struct Artifacts {
+    dir: PathBuf,
+    redactor: Redactor,
+}
+
+/// An artifact could not be written; kiln's own serialization failing is a bug, a full disk not.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serialize {path}: {source}")]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl Artifacts {
+    /// The folder of job `id` under `root`; nothing is made yet.
+    pub fn new(root: &Path, id: &JobId, redactor: Redactor) -> Artifacts {
+        Artifacts::at(root.join(id.as_str()), redactor)
+    }
+
+    /// The artifacts folder `dir` (of a job whose id is its last part).
+    pub fn at(dir: PathBuf, redactor: Redactor) -> Artifacts {
+        Artifacts { dir, redactor }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+
+    /// `attempt-N/`.
+    pub fn attempt(&self, n: u32) -> PathBuf {
+        self.dir.join(format!("attempt-{n}"))
+    }
+
+    /// A file of attempt `n`: `job.json`, `diff.patch`, `diff.json`, `review.json`...
+    pub fn attempt_file(&self, n: u32, name: &str) -> PathBuf {
+        self.attempt(n).join(name)
+    }
+
+    /// `attempt-N/<stage>.log`: the stage's output, live as it comes, then whole.
+    pub fn stage_log(&self, n: u32, stage: Stage) -> PathBuf {
+        self.attempt_file(n, &format!("{stage}.log"))
+    }
+
+    /// `attempt-N/<stage>.egress.json`: every request the stage made through the proxy.
+    pub fn egress_record(&self, n: u32, stage: Stage) -> PathBuf {
+        self.attempt_file(n, &format!("{stage}.egress.json"))
+    }
+
+    pub fn report(&self) -> PathBuf {
+        self.dir.join("report.json")
+    }
+
+    pub fn gate_json(&self) -> PathBuf {
+        self.dir.join("gate.json")
+    }
+
+    pub fn gate_sarif(&self) -> PathBuf {
+        self.dir.join("gate.sarif")
+    }
+
+    /// Where the work branch is published when `--out` is not given.
+    pub fn default_out(&self) -> PathBuf {
+        self.dir.join("repo.git")
+    }
+
+    /// `escalation/`: the bundle a human decides from.
+    pub fn escalation(&self) -> PathBuf {
+        self.dir.join(ESCALATION_DIR)
+    }
+
+    /// Makes the folder and `attempt-N/`.
+    pub fn create_attempt(&self, n: u32) -> Result<PathBuf, ArtifactError> {
+        let dir = self.attempt(n);
+        std::fs::create_dir_all(&dir).map_err(|source| ArtifactError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
+    /// Writes `bytes` to `path` (inside the folder) with every secret hidden. Blocking.
+    pub fn write(&self, path: &Path, bytes: &[u8]) -> Result<(), ArtifactError> {
+        std::fs::write(path, self.redactor.bytes(bytes)).map_err(|source| ArtifactError::Io {
+            path: path.into(),
+            source,
+        })
+    }
+
+    /// Writes `value` as pretty JSON with every secret hidden. Blocking.
+    pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), ArtifactError> {
+        let mut text = self.json_text(path, value)?;
+        text.push('\n');
+        self.write(path, text.as_bytes())
+    }
+
+    /// `value` as pretty JSON with every secret hidden.
+    fn json_text(&self, path: &Path, value: &impl Serialize) -> Result<String, ArtifactError> {
+        self.redactor
+            .json(value)
+            .map_err(|source| ArtifactError::Json {
+                path: path.into(),
+                source,
+            })
+    }
+
+    /// [`Artifacts::write`] off the async threads.
+    pub async fn write_async(&self, path: PathBuf, bytes: Bytes) -> Result<(), ArtifactError> {
+        let this = self.clone();
+        blocking(path.clone(), move || this.write(&path, &bytes)).await
+    }
+
+    /// [`Artifacts::write_json`] off the async threads.
+    pub async fn write_json_async(
+        &self,
+        path: PathBuf,
+        value: &impl Serialize,
+    ) -> Result<(), ArtifactError> {
+        let text = self.json_text(&path, value)? + "\n";
+        self.write_async(path, text.into()).await
+    }
+}
+
+/// The escalation folder's name inside a job's artifacts.
+pub const ESCALATION_DIR: &str = "escalation";
+
+async fn blocking(
+    path: PathBuf,
+    f: impl FnOnce() -> Result<(), ArtifactError> + Send + 'static,
+) -> Result<(), ArtifactError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ArtifactError::Io {
+            path,
+            source: std::io::Error::other(e),
+        })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lays_out_attempts_and_hides_secrets() {
+        let root = tempfile::tempdir().unwrap();
+        let id = JobId::new();
+        let redactor = Redactor::new(&[("K".into(), "sk-secret-0123456789".into())]);
+        let artifacts = Artifacts::new(root.path(), &id, redactor);
+        assert_eq!(
+            artifacts.stage_log(2, Stage::Test),
+            root.path().join(id.as_str()).join("attempt-2/test.log")
+        );
+        artifacts.create_attempt(1).unwrap();
+        let log = artifacts.stage_log(1, Stage::Generate);
+        artifacts
+            .write(&log, b"key sk-secret-0123456789\n")
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "key [REDACTED:K]\n");
+    }
+}

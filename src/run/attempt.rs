@@ -1,0 +1,376 @@
+//! The attempt loop and one attempt: generate on the previous tree, read the workspace back,
+//! diff it, stop if the attempts no longer converge, test the tree kiln diffed, and hand the
+//! next attempt its feedback.
+
+use std::sync::Arc;
+
+use git2::Oid;
+use tracing::{Instrument, info_span};
+
+use super::convergence::convergence;
+use super::input::{self, Feedback, JobInput};
+use super::outcome::AfterPass;
+use super::stage::{Ran, Stages, stage_report};
+use super::{End, RunOptions, Runner, Step, blocking, short};
+use crate::error::Error;
+use crate::model::{Diff, Stage, Status};
+use crate::report::{AttemptReport, FileSummary};
+use crate::sandbox::WORKSPACE_DIR;
+use crate::workspace::{BlobChange, Ingested, Skipped, Workspace};
+
+impl Runner<'_> {
+    pub(super) async fn execute(&mut self, opts: &RunOptions) -> Result<End, Error> {
+        let job = self.job;
+        let timer = self.progress.start(Step::Workspace);
+        let (id, repo, base, limit) = (
+            job.id.clone(),
+            job.repo.clone(),
+            job.base.clone(),
+            job.limits.workspace,
+        );
+        let ws = Arc::new(
+            blocking(move || Ok(Workspace::open(&id, &repo, base.as_deref(), limit)?)).await?,
+        );
+        self.context = {
+            let (ws, globs) = (ws.clone(), job.context_files.clone());
+            blocking(move || Ok(ws.context_files(&globs)?)).await?
+        };
+        let workspace_ms = timer
+            .done(&format!("base {}", short(ws.base_commit())))
+            .as_millis() as u64;
+
+        let base_commit = ws.base_commit();
+        let stamp = |ended: End| End {
+            workspace_ms,
+            base_commit: Some(base_commit),
+            ..ended
+        };
+
+        let mut trees = vec![ws.base_tree()];
+        let mut deltas: Vec<Vec<BlobChange>> = Vec::new();
+        let mut feedback: Option<Feedback> = None;
+        for n in 1..=job.max_attempts {
+            let span = info_span!("attempt", job_id = %job.id, attempt = n);
+            let step = self
+                .attempt(&ws, n, &trees, &deltas, feedback.as_ref())
+                .instrument(span)
+                .await?;
+            match step {
+                Attempted::Passed(passed) => match self.after_pass(&ws, n, *passed, opts).await? {
+                    AfterPass::End(ended) => return Ok(stamp(ended)),
+                    AfterPass::Retry(retry) => {
+                        trees.push(retry.tree);
+                        deltas.push(retry.delta);
+                        feedback = Some(retry.next);
+                    }
+                    AfterPass::Restart(next) => {
+                        trees = vec![ws.base_tree()];
+                        deltas.clear();
+                        feedback = Some(next);
+                    }
+                },
+                Attempted::NotConverging(reason) => {
+                    return Ok(stamp(End::new(Status::NotConverging, reason)));
+                }
+                Attempted::Failed(retry) => {
+                    trees.push(retry.tree);
+                    deltas.push(retry.delta);
+                    feedback = Some(retry.next);
+                }
+            }
+        }
+        let reason = format!("tests still fail after {} attempts", job.max_attempts);
+        Ok(stamp(End::new(Status::TestsFailed, reason)))
+    }
+
+    async fn attempt(
+        &mut self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        trees: &[Oid],
+        deltas: &[Vec<BlobChange>],
+        feedback: Option<&Feedback>,
+    ) -> Result<Attempted, Error> {
+        let job = self.job;
+        let artifacts = self.artifacts.clone();
+        let dir = blocking(move || Ok(artifacts.create_attempt(n)?)).await?;
+        let input = serde_json::to_vec_pretty(&JobInput {
+            schema: "kiln.job-input/v1",
+            job_id: job.id.as_str(),
+            attempt: n,
+            max_attempts: job.max_attempts,
+            prompt: &job.prompt,
+            test_requirements: job.test_requirements.as_deref(),
+            context_files: &self.context,
+            branch: job.branch.as_str(),
+            workspace: WORKSPACE_DIR,
+            previous: feedback,
+            agent_prompt: input::agent_prompt(
+                &job.prompt,
+                job.test_requirements.as_deref(),
+                &self.context,
+                feedback,
+            ),
+        })
+        .map_err(Error::Json)?;
+        self.artifacts
+            .write_async(dir.join("job.json"), input.clone().into())
+            .await?;
+
+        let timer = self.progress.start(self.step(n, Stage::Generate));
+        let previous_tree = *trees.last().expect("trees starts with the base tree");
+        let (generated, tree, ingested) = self.generate(ws, n, previous_tree, &input).await?;
+        let (diff, patch) = {
+            let (ws, base) = (ws.clone(), ws.base_tree());
+            blocking(move || Ok(ws.diff(base, tree)?)).await?
+        };
+        let delta = {
+            let ws = ws.clone();
+            blocking(move || Ok(ws.blob_changes(previous_tree, tree)?)).await?
+        };
+        timer.done(&format!("{}; {}", exit_note(&generated), diff_note(&diff)));
+        let files = &self.artifacts;
+        files
+            .write_async(dir.join("generate.log"), generated.output_bytes.clone())
+            .await?;
+        files
+            .write_async(dir.join("diff.patch"), patch.clone().into())
+            .await?;
+        files.write_json_async(dir.join("diff.json"), &diff).await?;
+
+        let whole = ingested.whole;
+        let mut attempt = AttemptReport {
+            attempt: n,
+            generate: stage_report(&job.generate, &generated),
+            ignored_paths: ingested.skipped,
+            secrets_redacted: ingested.redacted,
+            diff: diff.stats,
+            files: diff
+                .files
+                .iter()
+                .map(|f| FileSummary {
+                    path: f.path.clone(),
+                    status: f.status,
+                    additions: f.additions,
+                    deletions: f.deletions,
+                    binary: f.binary,
+                })
+                .collect(),
+            test: None,
+            review: None,
+            protected_reverted: Vec::new(),
+            passed: false,
+            artifacts: dir.display().to_string(),
+        };
+        if let Some(reason) = convergence(n, tree, &trees[1..], &delta, deltas) {
+            self.progress.line(&format!("  not converging: {reason}"));
+            self.attempts.push(attempt);
+            return Ok(Attempted::NotConverging(reason));
+        }
+        // A generator cut off mid-write, or a tree kiln could not read whole, is nothing to
+        // commit: the attempt fails untested.
+        if let Some(why) = cut_short(&generated, whole, tree == ws.base_tree()) {
+            self.progress.line(&format!(
+                "  attempt {n} failed untested: the generator {why}"
+            ));
+            self.attempts.push(attempt);
+            let next = Feedback::new(n, patch, &generated, Some(why), None, Vec::new());
+            return Ok(Attempted::Failed(Box::new(Retry { tree, delta, next })));
+        }
+
+        // The tests run with the base version of protected paths, whatever the generator did.
+        let (tested_tree, reverted) = {
+            let (ws, protect) = (ws.clone(), job.protect.clone());
+            blocking(move || Ok(ws.protected_tree(tree, &protect)?)).await?
+        };
+        if !reverted.is_empty() {
+            self.progress.line(&format!(
+                "  protected paths put back for the tests: {}",
+                reverted.join(", ")
+            ));
+        }
+        let timer = self.progress.start(self.step(n, Stage::Test));
+        let tested = self.test(ws, n, tested_tree, &input).await?;
+        let passed = tested.succeeded();
+        timer.done(&if passed {
+            "passed".to_string()
+        } else {
+            format!("failed ({})", exit_note(&tested))
+        });
+        self.artifacts
+            .write_async(dir.join("test.log"), tested.output_bytes.clone())
+            .await?;
+        attempt.test = Some(stage_report(&job.test, &tested));
+        attempt.protected_reverted = reverted.clone();
+        attempt.passed = passed;
+        self.attempts.push(attempt);
+        if passed {
+            // What is published is what was tested; the gate still judges the generator's diff.
+            let next = Feedback::new(n, patch.clone(), &generated, None, Some(&tested), reverted);
+            return Ok(Attempted::Passed(Box::new(Passed {
+                tree: tested_tree,
+                diff,
+                patch,
+                tested,
+                input,
+                retry: Retry { tree, delta, next },
+            })));
+        }
+        let next = Feedback::new(n, patch, &generated, None, Some(&tested), reverted);
+        Ok(Attempted::Failed(Box::new(Retry { tree, delta, next })))
+    }
+
+    /// The generator container: its workspace starts as `tree`; what it leaves is read back.
+    async fn generate(
+        &self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+    ) -> Result<(Ran, Oid, Ingested), Error> {
+        let stages = self.stages();
+        let volume = stages
+            .volume(&ws.repo_path(), tree, "job.json", input)
+            .await?;
+        let result = async {
+            let ran = stages
+                .container(&volume, None, Stage::Generate, n, &self.job.generate)
+                .await?;
+            // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
+            let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
+            let (tree, ingested) = match volume.download_workspace(cap).await? {
+                Ok(tar) => {
+                    let (ws, redactor) = (ws.clone(), self.ctx.redactor().clone());
+                    blocking(move || Ok(ws.ingest(&tar, &redactor)?)).await?
+                }
+                Err(cap) => {
+                    let skipped = Skipped {
+                        path: "workspace".into(),
+                        reason: "archive larger than twice the workspace limit",
+                    };
+                    tracing::warn!(
+                        "workspace archive over {cap} bytes; the attempt fails untested"
+                    );
+                    (
+                        tree,
+                        Ingested {
+                            files: 0,
+                            skipped: vec![skipped],
+                            whole: false,
+                            redacted: 0,
+                        },
+                    )
+                }
+            };
+            Ok((ran, tree, ingested))
+        }
+        .await;
+        volume.remove().await;
+        result
+    }
+
+    /// The test container, on exactly the tree kiln diffed.
+    async fn test(
+        &self,
+        ws: &Arc<Workspace>,
+        n: u32,
+        tree: Oid,
+        input: &[u8],
+    ) -> Result<Ran, Error> {
+        let repo = ws.repo_path();
+        self.stages()
+            .test(Stage::Test, &repo, n, tree, input, &self.job.test)
+            .await
+    }
+
+    /// The progress step of `stage` in attempt `n`.
+    pub(super) fn step(&self, n: u32, stage: Stage) -> Step {
+        Step::Attempt {
+            n,
+            of: self.job.max_attempts,
+            stage,
+        }
+    }
+
+    pub(super) fn stages(&self) -> Stages<'_> {
+        Stages {
+            sandbox: self.sandbox,
+            job: &self.job.id,
+            limits: &self.job.limits,
+            loosened: &self.job.loosened,
+            artifacts: Some(&self.artifacts),
+            ctx: self.ctx,
+        }
+    }
+}
+
+/// How one attempt ended.
+enum Attempted {
+    Passed(Box<Passed>),
+    NotConverging(String),
+    Failed(Box<Retry>),
+}
+
+/// An attempt whose tests passed.
+pub(super) struct Passed {
+    /// The tree the tests ran on: what is published.
+    pub(super) tree: Oid,
+    /// The generator's change against the base: what the reviewer and the gate judge.
+    pub(super) diff: Diff,
+    pub(super) patch: String,
+    pub(super) tested: Ran,
+    /// The attempt's `job.json`, which the merge queue's re-test gets too.
+    pub(super) input: Vec<u8>,
+    /// How the next attempt starts if the reviewer requests changes.
+    pub(super) retry: Retry,
+}
+
+/// What the next attempt builds on: the generator's tree, what it changed, and the feedback.
+pub(super) struct Retry {
+    pub(super) tree: Oid,
+    pub(super) delta: Vec<BlobChange>,
+    pub(super) next: Feedback,
+}
+
+/// Why an attempt's tree must not be tested or committed, if it must not: the generator was
+/// cut short, kiln could not read its tree whole, or it changed nothing (an unchanged tree that
+/// passes is not the work the job asked for).
+fn cut_short(generated: &Ran, whole: bool, unchanged: bool) -> Option<&'static str> {
+    if generated.timed_out {
+        Some("was killed at the timeout")
+    } else if generated.oom_killed {
+        Some("was killed: out of memory")
+    } else if !whole {
+        Some("left a workspace kiln could not read whole")
+    } else if unchanged {
+        Some("changed nothing")
+    } else {
+        None
+    }
+}
+
+fn exit_note(ran: &Ran) -> String {
+    let mut note = match (ran.timed_out, ran.exit_code) {
+        (true, _) => "killed at timeout".to_string(),
+        (false, Some(code)) => format!("exit {code}"),
+        (false, None) => "no exit code".to_string(),
+    };
+    if ran.oom_killed {
+        note.push_str(", out of memory");
+    }
+    if ran.output_dropped > 0 {
+        note.push_str(&format!(", {} output bytes dropped", ran.output_dropped));
+    }
+    note
+}
+
+fn diff_note(diff: &Diff) -> String {
+    let s = diff.stats;
+    format!(
+        "{} file{} changed +{} -{}",
+        s.files_changed,
+        if s.files_changed == 1 { "" } else { "s" },
+        s.additions,
+        s.deletions
+    )
+}

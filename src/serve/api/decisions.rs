@@ -1,0 +1,107 @@
+//! The routes where a human decides: the escalations waiting, approve and reject. A decision
+//! runs as a task of its own, which the request only waits for: a client that goes away cannot
+//! cut an approval in half (its publish, merge and re-test run to their end and are recorded).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path as UrlPath, State as Shared};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Answer, ApiError, row_of};
+use crate::error::Error;
+use crate::run::Progress;
+use crate::serve::Server;
+use crate::store::State;
+
+pub(super) async fn escalations(Shared(server): Shared<Arc<Server>>) -> Answer {
+    let root = server.artifacts();
+    let found = tokio::task::spawn_blocking(move || crate::escalation::list(&root))
+        .await
+        .map_err(Error::Join)?
+        .map_err(Error::from)?;
+    let rows: Vec<Value> = found
+        .iter()
+        .map(|f| {
+            json!({"id": f.escalation.id, "state": f.state(), "kind": f.escalation.kind,
+                   "reason": f.escalation.reason, "created_at": f.escalation.created_at})
+        })
+        .collect();
+    Ok(Json(json!({"escalations": rows})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    by: String,
+    note: Option<String>,
+}
+
+fn decision(body: &Bytes) -> Result<Decision, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+/// Runs `decide` as a task owned by the server, and waits for its answer.
+async fn owned<F>(decide: F) -> Answer
+where
+    F: Future<Output = Answer> + Send + 'static,
+{
+    tokio::spawn(decide).await.map_err(Error::Join)?
+}
+
+pub(super) async fn approve(
+    Shared(server): Shared<Arc<Server>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Answer {
+    let d = decision(&body)?;
+    row_of(&server, &id)?;
+    owned(async move {
+        let progress = Progress::observed(Arc::new(|_| {}));
+        let approved = crate::run::approve(
+            &server.artifacts(),
+            &id,
+            &d.by,
+            d.note,
+            &server.ctx,
+            &progress,
+        )
+        .await?;
+        let (state, reason) = match &approved.not_merged {
+            None => (State::Succeeded, format!("approved by {}", d.by.trim())),
+            Some(why) => (
+                State::Failed,
+                format!("approved by {}; not merged: {why}", d.by.trim()),
+            ),
+        };
+        let code = approved.exit_code as i64;
+        server.db(|s| s.decide(&id, state, code, &reason))?;
+        Ok(Json(
+            json!({"id": id, "state": state, "commit": approved.commit, "branch": approved.branch,
+                   "merged": approved.merged, "exit_code": code}),
+        )
+        .into_response())
+    })
+    .await
+}
+
+pub(super) async fn reject(
+    Shared(server): Shared<Arc<Server>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Answer {
+    let d = decision(&body)?;
+    row_of(&server, &id)?;
+    owned(async move {
+        let note = d.note.unwrap_or_default();
+        crate::run::reject(&server.artifacts(), &id, &d.by, &note, &server.ctx).await?;
+        let reason = format!("rejected by {}: {note}", d.by.trim());
+        server.db(|s| s.decide(&id, State::Rejected, 11, &reason))?;
+        Ok(Json(json!({"id": id, "state": "rejected", "exit_code": 11})).into_response())
+    })
+    .await
+}
