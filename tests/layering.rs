@@ -332,3 +332,45 @@ fn the_keeper_names_an_upward_import_and_a_cycle() {
         "{wrong:?}"
     );
 }
+
+#[test]
+fn architecture_md_names_every_source_file_and_only_files_that_exist() {
+    let architecture = std::fs::read_to_string(root().join("ARCHITECTURE.md")).unwrap();
+    let src = root().join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut missing = Vec::new();
+    for file in &files {
+        let relative = file.strip_prefix(&src).unwrap();
+        let parts: Vec<String> = relative
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        // A folder's mod.rs is named by the folder; a file inside a second-level folder by
+        // `folder/file.rs`; any other file by its name.
+        let named = match parts.as_slice() {
+            [file] => format!("src/{file}"),
+            [dir, m] if m == "mod.rs" => format!("src/{dir}/"),
+            [_, file] => file.clone(),
+            [.., dir, file] => format!("{dir}/{file}"),
+            [] => unreachable!("a file has a name"),
+        };
+        if !architecture.contains(&named) {
+            missing.push(format!("{} (as `{named}`)", relative.display()));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "ARCHITECTURE.md's map does not name: {}",
+        missing.join(", ")
+    );
+    let stale: Vec<&str> = architecture
+        .split(|c: char| c.is_whitespace() || "`(),".contains(c))
+        .filter(|word| word.starts_with("src/"))
+        .filter(|word| !root().join(word).exists())
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "ARCHITECTURE.md names paths src/ does not have: {stale:?}"
+    );
+}
