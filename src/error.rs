@@ -3,13 +3,15 @@
 use crate::artifacts::ArtifactError;
 use crate::audit::AuditError;
 use crate::config::ConfigError;
+use crate::egress::CaError;
 use crate::escalation::EscalationError;
 use crate::images::ImageError;
 use crate::job::JobError;
 use crate::model::ExitCode;
-use crate::policy::{AuthorError, BundleError};
+use crate::policy::{AuthorError, BundleError, EngineError};
 use crate::publish::PublishError;
 use crate::sandbox::SandboxError;
+use crate::secrets::SecretError;
 use crate::store::StoreError;
 use crate::workspace::WorkspaceError;
 
@@ -39,6 +41,22 @@ pub enum Error {
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Talking to a `kiln serve`: it could not be reached, or its answer could not be read.
+    #[error("{context}: {source}")]
+    Http {
+        context: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// A `kiln serve` answered with a failure of its own.
+    #[error("{0}")]
+    Server(String),
     /// kiln could not serialize its own value: a bug.
     #[error("cannot serialize: {0}")]
     Json(#[source] serde_json::Error),
@@ -64,9 +82,13 @@ impl Error {
 
     pub fn exit_code(&self) -> ExitCode {
         match self {
-            Error::Job(_) | Error::Config(_) | Error::Usage(_) | Error::Bundle(_) => {
-                ExitCode::Invalid
-            }
+            Error::Job(_)
+            | Error::Config(_)
+            | Error::Usage(_)
+            | Error::Bundle(_)
+            | Error::Secret(_)
+            | Error::Ca(CaError::Pem(_) | CaError::NoCertificate) => ExitCode::Invalid,
+            Error::Ca(_) => ExitCode::Internal,
             Error::Author(AuthorError::Cargo(_)) => ExitCode::Infrastructure,
             Error::Author(_) => ExitCode::Invalid,
             Error::Escalation(
@@ -77,7 +99,12 @@ impl Error {
             }
             Error::Escalation(_) => ExitCode::Invalid,
             Error::Publish(e) if e.is_bad_input() => ExitCode::Invalid,
-            Error::Publish(_) | Error::Audit(_) | Error::Store(_) => ExitCode::Infrastructure,
+            Error::Publish(_)
+            | Error::Audit(_)
+            | Error::Store(_)
+            | Error::Engine(_)
+            | Error::Http { .. }
+            | Error::Server(_) => ExitCode::Infrastructure,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {

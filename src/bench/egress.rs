@@ -80,11 +80,11 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
     .iter()
     .map(|target| crate::model::Allow::parse(target))
     .collect::<Result<Vec<_>, _>>()
-    .map_err(Error::Internal)?;
+    .map_err(|e| Error::Usage(e.to_string()))?;
     let mut rules = Rules::new(allow, &operator);
     rules.max_connections = 2 * requests + 1;
     rules.max_bytes = u64::MAX;
-    let job_ca = Arc::new(JobCa::new("bench", &["model.test".into()]).map_err(Error::Internal)?);
+    let job_ca = Arc::new(JobCa::new("bench", &["model.test".into()])?);
     rules.secrets = vec![Binding {
         name: "BENCH_KEY".into(),
         placeholder: PLACEHOLDER.into(),
@@ -94,17 +94,14 @@ pub async fn egress(requests: usize) -> Result<EgressFigures, Error> {
     }];
     rules.intercept = Some(Arc::new(Intercept {
         ca: job_ca.clone(),
-        upstream: crate::egress::upstream_client(Some(server_ca.as_bytes()))
-            .map_err(Error::Internal)?,
+        upstream: crate::egress::upstream_client(Some(server_ca.as_bytes()))?,
     }));
     let proxy = Proxy::start((loopback, 0).into(), rules)
         .await
         .map_err(Error::io("cannot start the proxy"))?;
     let trusting = |pem: &str| crate::egress::upstream_client(Some(pem.as_bytes()));
-    let direct_tls =
-        tokio_rustls::TlsConnector::from(trusting(&server_ca).map_err(Error::Internal)?);
-    let proxied_tls =
-        tokio_rustls::TlsConnector::from(trusting(job_ca.cert_pem()).map_err(Error::Internal)?);
+    let direct_tls = tokio_rustls::TlsConnector::from(trusting(&server_ca)?);
+    let proxied_tls = tokio_rustls::TlsConnector::from(trusting(job_ca.cert_pem())?);
 
     let mut figures = EgressFigures {
         plain: Pair::new("direct", "through the egress proxy"),
@@ -198,9 +195,8 @@ async fn answer(mut conn: impl AsyncRead + AsyncWrite + Unpin, check_key: bool) 
 
 /// A TLS config for `model.test` under a throwaway CA; the CA's PEM.
 fn server_tls() -> Result<(Arc<rustls::ServerConfig>, String), Error> {
-    let failed = |e: String| Error::Internal(format!("bench certificates: {e}"));
-    let ca = JobCa::new("bench-server", &["model.test".into()]).map_err(failed)?;
-    let config = ca.server_config("model.test").map_err(failed)?;
+    let ca = JobCa::new("bench-server", &["model.test".into()])?;
+    let config = ca.server_config("model.test")?;
     Ok((config, ca.cert_pem().to_string()))
 }
 

@@ -184,12 +184,10 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
         }],
         reviewer: None,
     };
-    let input_bytes = serde_json::to_vec(&input)
-        .map_err(|e| Error::Internal(e.to_string()))?
-        .len();
+    let input_bytes = serde_json::to_vec(&input).map_err(Error::Json)?.len();
     let cache = tempfile::tempdir().map_err(Error::io("cannot make a cache folder"))?;
     let engine = |cached: bool| {
-        PolicyEngine::new(cached.then(|| cache.path().join("policies"))).map_err(Error::Internal)
+        PolicyEngine::new(cached.then(|| cache.path().join("policies"))).map_err(Error::from)
     };
     let gate = Gate::new(engine(true)?, bundle.clone());
     let result = gate.evaluate(&input);

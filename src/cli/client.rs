@@ -89,7 +89,10 @@ impl Remote {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
-            .map_err(|e| Error::Internal(e.to_string()))?;
+            .map_err(|source| Error::Http {
+                context: "cannot make an HTTP client".into(),
+                source,
+            })?;
         Ok(Client { base, token, http })
     }
 }
@@ -116,7 +119,7 @@ impl Client {
         Err(match status.as_u16() {
             400 | 404 | 413 => Error::Usage(format!("the server refused: {message}")),
             401 => Error::Usage(format!("the server refused the token: {message}")),
-            _ => Error::Internal(format!("the server failed ({status}): {message}")),
+            _ => Error::Server(format!("the server failed ({status}): {message}")),
         })
     }
 
@@ -125,7 +128,10 @@ impl Client {
             .await?
             .json()
             .await
-            .map_err(|e| Error::Internal(format!("the server's answer is not JSON: {e}")))
+            .map_err(|source| Error::Http {
+                context: "the server's answer is not JSON".into(),
+                source,
+            })
     }
 
     fn url(&self, path: &str) -> String {
@@ -198,11 +204,10 @@ pub async fn exec(remote: &Remote, command: ClientCommand) -> Result<ExitCode, E
                 .timeout(Duration::from_secs(if follow { 48 * 3600 } else { 120 }));
             let mut response = client.call(request).await?;
             use std::io::Write;
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| Error::Internal(format!("reading the logs: {e}")))?
-            {
+            while let Some(chunk) = response.chunk().await.map_err(|source| Error::Http {
+                context: "reading the logs".into(),
+                source,
+            })? {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(&chunk);
                 let _ = out.flush();

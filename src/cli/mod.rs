@@ -29,8 +29,7 @@ pub fn load_gate(
         return Ok(None);
     };
     let bundle = kiln::policy::Bundle::load(path)?;
-    let engine = kiln::policy::PolicyEngine::new(kiln::policy::default_cache_dir())
-        .map_err(Error::Internal)?;
+    let engine = kiln::policy::PolicyEngine::new(kiln::policy::default_cache_dir())?;
     let gate = tokio::task::block_in_place(|| kiln::policy::Gate::new(engine, bundle));
     Ok(Some(std::sync::Arc::new(gate)))
 }

@@ -68,7 +68,7 @@ pub enum Format {
 }
 
 pub fn exec(command: PolicyCommand) -> Result<ExitCode, Error> {
-    let engine = PolicyEngine::new(kiln::policy::default_cache_dir()).map_err(Error::Internal)?;
+    let engine = PolicyEngine::new(kiln::policy::default_cache_dir())?;
     match command {
         PolicyCommand::New { name, dir } => {
             let made = author::new(&dir, &name)?;

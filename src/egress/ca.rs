@@ -13,6 +13,25 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
+/// Why a CA, a leaf certificate or the upstream TLS config could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("cannot make the job's CA: {0}")]
+    Ca(#[source] rcgen::Error),
+    #[error("cannot make a certificate for {host}: {source}")]
+    Leaf {
+        host: String,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[source] rustls::Error),
+    #[error("[egress] upstream_ca: {0}")]
+    Pem(#[source] rustls::pki_types::pem::Error),
+    #[error("[egress] upstream_ca holds no PEM certificate")]
+    NoCertificate,
+}
+
 /// The CA: its certificate, the key that signs leaf certificates, and the server configs made
 /// so far (one per host).
 pub struct JobCa {
@@ -26,8 +45,8 @@ pub struct JobCa {
 
 impl JobCa {
     /// A new CA for `job` that may vouch for `hosts` only (name constraints).
-    pub fn new(job: &str, hosts: &[String]) -> Result<JobCa, String> {
-        let failed = |e: rcgen::Error| format!("cannot make the job's CA: {e}");
+    pub fn new(job: &str, hosts: &[String]) -> Result<JobCa, CaError> {
+        let failed = CaError::Ca;
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, format!("kiln job {job} egress CA"));
@@ -63,28 +82,30 @@ impl JobCa {
 
     /// A TLS server config presenting a certificate for `host`, signed by this CA, speaking
     /// HTTP/1.1 only.
-    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    pub fn server_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, CaError> {
         let mut servers = self.servers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(config) = servers.get(host) {
             return Ok(config.clone());
         }
-        let failed = |e: String| format!("cannot make a certificate for {host}: {e}");
-        let mut params =
-            CertificateParams::new(vec![host.to_string()]).map_err(|e| failed(e.to_string()))?;
+        let failed = |source| CaError::Leaf {
+            host: host.to_string(),
+            source,
+        };
+        let mut params = CertificateParams::new(vec![host.to_string()]).map_err(failed)?;
         params.distinguished_name = DistinguishedName::new();
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::hours(1);
         params.not_after = now + Duration::days(7);
         let leaf = params
             .signed_by(&self.leaf_key, &self.issuer)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(failed)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.leaf_key.serialize_der()));
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| failed(e.to_string()))?
+            .map_err(CaError::Tls)?
             .with_no_client_auth()
             .with_single_cert(vec![leaf.der().clone(), self.cert_der.clone()], key)
-            .map_err(|e| failed(e.to_string()))?;
+            .map_err(CaError::Tls)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let config = Arc::new(config);
         servers.insert(host.to_string(), config.clone());
@@ -99,7 +120,7 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// How the proxy checks the real hosts it opens TLS to: the Mozilla roots, plus the operator's
 /// own CA (`[egress] upstream_ca`) when given.
-pub fn upstream_client(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn upstream_client(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::ClientConfig>, CaError> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -107,17 +128,17 @@ pub fn upstream_client(extra_ca_pem: Option<&[u8]>) -> Result<Arc<rustls::Client
     if let Some(pem) = extra_ca_pem {
         let mut added = 0;
         for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| format!("upstream_ca: {e}"))?;
-            roots.add(cert).map_err(|e| format!("upstream_ca: {e}"))?;
+            let cert = cert.map_err(CaError::Pem)?;
+            roots.add(cert).map_err(CaError::Tls)?;
             added += 1;
         }
         if added == 0 {
-            return Err("upstream_ca holds no PEM certificate".into());
+            return Err(CaError::NoCertificate);
         }
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(CaError::Tls)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

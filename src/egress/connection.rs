@@ -87,7 +87,7 @@ async fn handle(
             shared.rules.max_connections
         ));
     }
-    let allow = Allow::parse(&request.authority)?;
+    let allow = Allow::parse(&request.authority).map_err(|e| e.0)?;
     let address = resolve(&allow, &shared.rules).await?;
     record.address = Some(address.to_string());
     let mut upstream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(address))

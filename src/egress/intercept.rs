@@ -86,7 +86,12 @@ pub(super) async fn serve(
         shared,
         activity: &activity,
     };
-    let acceptor = tokio_rustls::TlsAcceptor::from(intercept.ca.server_config(host)?);
+    let acceptor = tokio_rustls::TlsAcceptor::from(
+        intercept
+            .ca
+            .server_config(host)
+            .map_err(|e| e.to_string())?,
+    );
     let exchanges = std::sync::Mutex::new(Vec::new());
     let outcome = async {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted))

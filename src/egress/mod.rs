@@ -27,7 +27,7 @@ use tokio::task::JoinSet;
 use crate::config::EgressConfig;
 use crate::model::Allow;
 
-pub use ca::{JobCa, upstream_client};
+pub use ca::{CaError, JobCa, upstream_client};
 pub use intercept::{Exchange, Intercept};
 pub use network::StageNetwork;
 pub use policy::non_public;

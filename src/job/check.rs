@@ -64,11 +64,11 @@ impl JobFile {
         if prompt.trim().is_empty() {
             return Err(("prompt", "is empty".into()));
         }
-        let context_files = Globs::new(self.context_files).map_err(|m| ("context_files", m))?;
+        let context_files = Globs::new(self.context_files).map_err(|m| ("context_files", m.0))?;
         let touches = if self.touches.is_empty() {
             context_files.clone()
         } else {
-            Globs::new(self.touches).map_err(|m| ("touches", m))?
+            Globs::new(self.touches).map_err(|m| ("touches", m.0))?
         };
         let priority = self
             .priority
@@ -88,7 +88,7 @@ impl JobFile {
                 "belongs in [test]: it names what the tests run with".into(),
             ));
         }
-        let protect = Globs::new(test.protect.clone()).map_err(|m| ("test.protect", m))?;
+        let protect = Globs::new(test.protect.clone()).map_err(|m| ("test.protect", m.0))?;
         for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
             check_network(spec, config, secrets).map_err(|m| (field, m))?;
         }
@@ -118,7 +118,7 @@ impl JobFile {
             ));
         }
         let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
-        limits.check().map_err(|m| ("limits", m))?;
+        limits.check().map_err(|m| ("limits", m.0))?;
         let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
         if max_attempts == 0 || max_attempts > config.max_attempts {
             return Err((
@@ -245,7 +245,7 @@ fn check_network(
             .secrets
             .get(name)
             .ok_or_else(|| format!("secret `{name}` is not in the operator config's [secrets]"))?;
-        secrets.readable(name)?;
+        secrets.readable(name).map_err(|e| e.to_string())?;
         let reachable = network
             .allow
             .iter()

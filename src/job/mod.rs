@@ -64,7 +64,7 @@ impl Format {
 /// starts, answers; the job check itself reads nothing.
 pub trait SecretCheck {
     /// Why secret `name` cannot be used now, if it cannot (not configured, not readable).
-    fn readable(&self, name: &str) -> Result<(), String>;
+    fn readable(&self, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>>;
     /// The name of a configured secret whose value `text` holds, if any.
     fn found_in(&self, text: &str) -> Option<String>;
 }

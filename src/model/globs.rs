@@ -4,6 +4,8 @@
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::Invalid;
+
 /// The patterns as written, and the set they compile to.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(try_from = "Vec<String>", into = "Vec<String>")]
@@ -14,12 +16,12 @@ pub struct Globs {
 
 impl Globs {
     /// Compiles `patterns`; the error names the first one that is not a glob.
-    pub fn new(patterns: Vec<String>) -> Result<Globs, String> {
+    pub fn new(patterns: Vec<String>) -> Result<Globs, Invalid> {
         let mut set = GlobSetBuilder::new();
         for g in &patterns {
-            set.add(Glob::new(g).map_err(|e| format!("glob `{g}` is invalid: {e}"))?);
+            set.add(Glob::new(g).map_err(|e| Invalid(format!("glob `{g}` is invalid: {e}")))?);
         }
-        let set = set.build().map_err(|e| e.to_string())?;
+        let set = set.build().map_err(|e| Invalid(e.to_string()))?;
         Ok(Globs { patterns, set })
     }
 
@@ -44,8 +46,8 @@ impl PartialEq for Globs {
 }
 
 impl TryFrom<Vec<String>> for Globs {
-    type Error = String;
-    fn try_from(patterns: Vec<String>) -> Result<Self, String> {
+    type Error = Invalid;
+    fn try_from(patterns: Vec<String>) -> Result<Self, Invalid> {
         Globs::new(patterns)
     }
 }
@@ -66,6 +68,6 @@ mod tests {
         assert!(globs.is_match("src/a/b.rs"));
         assert!(!globs.is_match("tests/b.rs"));
         let err = Globs::new(vec!["ok".into(), "src/[".into()]).unwrap_err();
-        assert!(err.contains("src/["), "{err}");
+        assert!(err.to_string().contains("src/["), "{err}");
     }
 }

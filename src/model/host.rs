@@ -6,6 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
+use super::Invalid;
+
 /// One `host:port` a job's stage may reach: a DNS name, or an IP literal (refused unless the
 /// operator lists that address).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
@@ -40,29 +42,29 @@ impl fmt::Display for Allow {
 
 impl Allow {
     /// Parses `host:port` (`[v6]:port` for an IPv6 literal); the error says what is wrong.
-    pub fn parse(text: &str) -> Result<Allow, String> {
+    pub fn parse(text: &str) -> Result<Allow, Invalid> {
         let (host, port) = text
             .rsplit_once(':')
-            .ok_or_else(|| format!("`{text}` is not host:port"))?;
+            .ok_or_else(|| Invalid(format!("`{text}` is not host:port")))?;
         let port: u16 = port
             .parse()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("`{text}`: `{port}` is not a port (1-65535)"))?;
+            .ok_or_else(|| Invalid(format!("`{text}`: `{port}` is not a port (1-65535)")))?;
         Ok(Allow {
-            host: Host::parse(host).map_err(|why| format!("`{text}`: {why}"))?,
+            host: Host::parse(host).map_err(|why| Invalid(format!("`{text}`: {why}")))?,
             port,
         })
     }
 }
 
 impl Host {
-    pub fn parse(text: &str) -> Result<Host, String> {
+    pub fn parse(text: &str) -> Result<Host, Invalid> {
         if let Some(v6) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
             return v6
                 .parse::<Ipv6Addr>()
                 .map(|ip| Host::Ip(IpAddr::V6(ip)))
-                .map_err(|_| format!("`{v6}` is not an IPv6 address"));
+                .map_err(|_| Invalid(format!("`{v6}` is not an IPv6 address")));
         }
         if let Ok(ip) = text.parse::<Ipv4Addr>() {
             return Ok(Host::Ip(IpAddr::V4(ip)));
@@ -76,22 +78,22 @@ impl Host {
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(format!("`{text}` is not a host name"));
+            return Err(Invalid(format!("`{text}` is not a host name")));
         }
         // All-numeric names (`2130706433`, `0x7f.1`) are addresses in disguise to some resolvers.
         if name
             .split('.')
             .all(|l| l.bytes().all(|b| b.is_ascii_digit()) || l.starts_with("0x"))
         {
-            return Err(format!("`{text}` is a number, not a host name"));
+            return Err(Invalid(format!("`{text}` is a number, not a host name")));
         }
         Ok(Host::Name(name))
     }
 }
 
 impl TryFrom<String> for Allow {
-    type Error = String;
-    fn try_from(text: String) -> Result<Self, String> {
+    type Error = Invalid;
+    fn try_from(text: String) -> Result<Self, Invalid> {
         Allow::parse(&text)
     }
 }
@@ -104,11 +106,11 @@ impl From<Allow> for String {
 
 /// A host name as the operator must write it in the config: a name (not an address), already
 /// lowercase and without a trailing dot, so what is written is what is matched.
-pub fn written_host_name(text: &str) -> Result<String, String> {
+pub fn written_host_name(text: &str) -> Result<String, Invalid> {
     match Host::parse(text)? {
         Host::Name(normal) if normal == text => Ok(normal),
-        Host::Name(normal) => Err(format!("write `{text}` as `{normal}`")),
-        Host::Ip(_) => Err(format!("`{text}` is an address, not a host name")),
+        Host::Name(normal) => Err(Invalid(format!("write `{text}` as `{normal}`"))),
+        Host::Ip(_) => Err(Invalid(format!("`{text}` is an address, not a host name"))),
     }
 }
 
@@ -151,11 +153,13 @@ mod tests {
         assert!(
             written_host_name("API.example.com")
                 .unwrap_err()
+                .0
                 .contains("write")
         );
         assert!(
             written_host_name("10.0.0.1")
                 .unwrap_err()
+                .0
                 .contains("address")
         );
     }

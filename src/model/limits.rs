@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::ByteSize;
+use super::{ByteSize, Invalid};
 
 /// Resource limits applied to every container of a job.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -36,7 +36,7 @@ impl Default for Limits {
 }
 
 impl Limits {
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), Invalid> {
         let checks = [
             (
                 self.memory >= ByteSize::mib(8),
@@ -66,7 +66,7 @@ impl Limits {
             ),
         ];
         match checks.iter().find(|(ok, _)| !ok) {
-            Some((_, message)) => Err((*message).into()),
+            Some((_, message)) => Err(Invalid((*message).into())),
             None => Ok(()),
         }
     }

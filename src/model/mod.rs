@@ -17,6 +17,12 @@ pub mod time;
 
 pub use diff::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
 pub use globs::Globs;
+
+/// A value of the vocabulary that does not parse or does not hold; the message says what is
+/// wrong and, where it can, what to write instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
 pub use host::{Allow, Host};
 pub use ids::{JobId, Phase, Stage};
 pub use limits::Limits;

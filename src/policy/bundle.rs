@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::host::sha256_hex;
+use crate::model::fs::read_capped;
 
 /// The largest bundle file kiln reads.
 const MAX_BUNDLE_BYTES: u64 = 1 << 20;
@@ -205,16 +206,4 @@ impl Bundle {
             policies,
         })
     }
-}
-
-fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    use std::io::Read;
-    let mut text = String::new();
-    std::fs::File::open(path)?
-        .take(cap + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > cap {
-        return Err(std::io::Error::other("larger than 1 MiB"));
-    }
-    Ok(text)
 }

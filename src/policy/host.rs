@@ -11,6 +11,7 @@ use wasmtime::{
 };
 
 use super::{ABI_VERSION, Verdict};
+use crate::model::fs::create_private_dir;
 
 /// The largest module file kiln loads.
 const MAX_MODULE_BYTES: usize = 16 << 20;
@@ -33,6 +34,19 @@ impl Default for Limits {
             memory_bytes: 64 << 20,
         }
     }
+}
+
+/// Why the policy engine could not start: the machine's fault (exit 3).
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot start the wasm engine: {0:#}")]
+    Engine(wasmtime::Error),
+    #[error("cannot make the policy cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Why a module gave no verdict. Each becomes a `deny` finding.
@@ -131,12 +145,15 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 impl PolicyEngine {
     /// `cache_dir`: where precompiled modules are kept (made 0700); `None` compiles every time.
-    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, String> {
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self, EngineError> {
         let mut config = Config::new();
         config.consume_fuel(true);
-        let engine = Engine::new(&config).map_err(|e| e.to_string())?;
+        let engine = Engine::new(&config).map_err(EngineError::Engine)?;
         if let Some(dir) = &cache_dir {
-            create_private_dir(dir).map_err(|e| format!("policy cache {}: {e}", dir.display()))?;
+            create_private_dir(dir).map_err(|source| EngineError::Cache {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(PolicyEngine { engine, cache_dir })
     }
@@ -373,12 +390,4 @@ fn types(types: impl Iterator<Item = ValType>) -> Vec<&'static str> {
             _ => "other",
         })
         .collect()
-}
-
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
 }

@@ -14,7 +14,8 @@ pub use author::{AuthorError, Built, CaseResult, WASM_TARGET};
 pub use bundle::{Bundle, BundleError, BundledPolicy, Condition, Mode};
 pub use gate::{Gate, GateInput, GateResult, JobInfo, PolicyResult, TestInfo};
 pub use host::{
-    Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, Reads, sha256_hex,
+    EngineError, Limits as PolicyLimits, Metadata, Policy, PolicyEngine, PolicyFailure, Reads,
+    sha256_hex,
 };
 pub use sarif::{empty_sarif, to_sarif};
 

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Destination, PublishError, callbacks, copy_objects, guard, push};
 use crate::config::{CommitIdentity, Config};
+use crate::model::fs::create_private_dir;
 
 /// Where a target's tip is fetched to in the private repository.
 const TIP_NS: &str = "refs/kiln/target";
@@ -30,19 +31,19 @@ impl QueueLock {
         wait: Duration,
     ) -> Result<QueueLock, PublishError> {
         let dir = crate::config::cache_dir()
-            .ok_or_else(|| git2::Error::from_str("no cache folder: set HOME or KILN_CACHE_DIR"))?
+            .ok_or_else(|| PublishError::Destination {
+                dest: dest.to_string(),
+                message: "no cache folder for the merge queue's lock: set HOME or KILN_CACHE_DIR"
+                    .into(),
+            })?
             .join("merge-queue");
-        let io = |e: std::io::Error| git2::Error::from_str(&format!("merge queue lock: {e}"));
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&dir)
-                .map_err(io)?;
-        }
+        create_private_dir(&dir).map_err(PublishError::io(format!(
+            "merge queue lock folder {}",
+            dir.display()
+        )))?;
         let key = format!("{:x}", Sha256::digest(format!("{}\0{target}", dest.key())));
         let path = dir.join(format!("{key}.lock"));
+        let io = |e| PublishError::io(format!("merge queue lock {}", path.display()))(e);
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let file = File::options()
@@ -64,7 +65,7 @@ impl QueueLock {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err((_, errno)) => return Err(io(std::io::Error::from(errno)).into()),
+                Err((_, errno)) => return Err(io(std::io::Error::from(errno))),
             }
         }
     }

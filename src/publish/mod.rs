@@ -85,9 +85,20 @@ pub enum PublishError {
     },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl PublishError {
+    pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> PublishError {
+        let context = context.into();
+        move |source| PublishError::Io { context, source }
+    }
+
     /// True when the job or request is at fault (exit 2), false for the machine or remote (exit 3).
     pub fn is_bad_input(&self) -> bool {
         matches!(
@@ -189,7 +200,8 @@ pub fn remote_heads(
             Ok(heads)
         }
         Destination::Url(url) => {
-            let scratch = tempfile::tempdir().map_err(|e| git2::Error::from_str(&e.to_string()))?;
+            let scratch = tempfile::tempdir()
+                .map_err(PublishError::io("cannot make a scratch repository"))?;
             let repo = Repository::init_bare(scratch.path())?;
             let mut remote = repo.remote_anonymous(url)?;
             let connection = remote
@@ -342,7 +354,7 @@ fn copy_objects(source: &Path, commit: Oid, target: &Repository) -> Result<(), P
     let odb = target.odb()?;
     let mut writer = odb.packwriter()?;
     std::io::Write::write_all(&mut writer, &buf)
-        .map_err(|e| git2::Error::from_str(&e.to_string()))?;
+        .map_err(PublishError::io("writing the pack into the destination"))?;
     writer.commit()?;
     Ok(())
 }

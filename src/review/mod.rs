@@ -117,36 +117,50 @@ fn clip(text: &str) -> String {
         .collect()
 }
 
+/// Why the reviewer's output file could not be taken; each makes the verdict `escalate`.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("the reviewer's output is not a readable archive: {0}")]
+    Archive(#[source] std::io::Error),
+    #[error("{0} is not a regular file")]
+    NotRegular(String),
+    #[error("{name} is {size} bytes, over the {cap}-byte limit")]
+    TooLarge { name: String, size: u64, cap: u64 },
+    #[error("no {0} was written")]
+    Missing(String),
+}
+
 /// The one regular file `name` in `tar` (what the Docker archive API gives for a single path),
 /// read up to `cap` bytes. A link, a folder or anything else is refused: the reviewer's output is
 /// never followed anywhere.
-pub fn single_file_from_tar(tar: &[u8], name: &str, cap: u64) -> Result<Vec<u8>, String> {
+pub fn single_file_from_tar(tar: &[u8], name: &str, cap: u64) -> Result<Vec<u8>, OutputError> {
     use std::io::Read;
     let mut archive = tar::Archive::new(tar);
-    let entries = archive.entries().map_err(|e| e.to_string())?;
+    let entries = archive.entries().map_err(OutputError::Archive)?;
     for entry in entries {
-        let entry = entry.map_err(|e| e.to_string())?;
-        let path = entry.path().map_err(|e| e.to_string())?.into_owned();
+        let entry = entry.map_err(OutputError::Archive)?;
+        let path = entry.path().map_err(OutputError::Archive)?.into_owned();
         if path.as_os_str() != name {
             continue;
         }
         if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(format!("{name} is not a regular file"));
+            return Err(OutputError::NotRegular(name.into()));
         }
         if entry.size() > cap {
-            return Err(format!(
-                "{name} is {} bytes, over the {cap}-byte limit",
-                entry.size()
-            ));
+            return Err(OutputError::TooLarge {
+                name: name.into(),
+                size: entry.size(),
+                cap,
+            });
         }
         let mut bytes = Vec::new();
         entry
             .take(cap)
             .read_to_end(&mut bytes)
-            .map_err(|e| e.to_string())?;
+            .map_err(OutputError::Archive)?;
         return Ok(bytes);
     }
-    Err(format!("no {name} was written"))
+    Err(OutputError::Missing(name.into()))
 }
 
 #[cfg(test)]
@@ -208,6 +222,7 @@ mod tests {
         assert!(
             single_file_from_tar(&link, "verdict.json", 10)
                 .unwrap_err()
+                .to_string()
                 .contains("not a regular file")
         );
     }

@@ -144,7 +144,7 @@ impl Runner<'_> {
                     Ok(tar) => {
                         match single_file_from_tar(&tar, "kiln/verdict.json", MAX_VERDICT_BYTES) {
                             Ok(bytes) => ReviewVerdict::parse(&bytes),
-                            Err(why) => ReviewVerdict::escalate(why),
+                            Err(why) => ReviewVerdict::escalate(why.to_string()),
                         }
                     }
                     Err(_) => ReviewVerdict::escalate("the reviewer's output is too large"),

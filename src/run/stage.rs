@@ -209,12 +209,11 @@ impl Stages<'_> {
                 .secrets
                 .iter()
                 .map(|name| self.ctx.secrets.bind(name))
-                .collect::<Result<Vec<_>, String>>()
-                .map_err(Error::Usage)?;
+                .collect::<Result<Vec<_>, _>>()?;
             let mut hosts: Vec<String> = bindings.iter().flat_map(|b| b.hosts.clone()).collect();
             hosts.sort();
             hosts.dedup();
-            let ca = JobCa::new(self.job.as_str(), &hosts).map_err(Error::Internal)?;
+            let ca = JobCa::new(self.job.as_str(), &hosts)?;
             let upstream_ca = match &config.egress.upstream_ca {
                 Some(path) => Some(tokio::fs::read(path).await.map_err(Error::io(format!(
                     "cannot read [egress] upstream_ca {}",
@@ -222,8 +221,7 @@ impl Stages<'_> {
                 )))?),
                 None => None,
             };
-            let upstream = egress::upstream_client(upstream_ca.as_deref())
-                .map_err(|e| Error::Usage(format!("[egress] {e}")))?;
+            let upstream = egress::upstream_client(upstream_ca.as_deref())?;
             volume.upload(ca_tar(ca.cert_pem()).await?).await?;
             let ca_path = format!("{KILN_DIR}/{CA_FILE}");
             env.extend(CA_VARIABLES.map(|var| (var.to_string(), ca_path.clone())));
@@ -315,7 +313,7 @@ async fn ca_tar(ca_pem: &str) -> Result<Vec<u8>, Error> {
     builder
         .append_data(&mut header, CA_FILE, bundle.as_slice())
         .and_then(|()| builder.into_inner())
-        .map_err(|e| Error::Internal(format!("cannot pack the CA file: {e}")))
+        .map_err(Error::io("cannot pack the CA file"))
 }
 
 /// A finished container with its output turned into bytes.

@@ -5,6 +5,7 @@
 mod redact;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use redact::{Redactor, StreamRedactor};
@@ -17,37 +18,67 @@ pub const MIN_SECRET_LEN: usize = 8;
 /// The longest secret read from a file or the environment.
 const MAX_SECRET_LEN: usize = 16 << 10;
 
+/// Why a secret cannot be used; every one is the operator's to fix (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret `{0}` is not in the operator config's [secrets]")]
+    Unknown(String),
+    #[error("secret {name}: environment variable `{var}` is not set (or not UTF-8)")]
+    Unset { name: String, var: String },
+    #[error("secret {name}: cannot read {path}: {source}")]
+    Read {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret {name}: {path} is over 16 KiB, or not UTF-8")]
+    Unreadable { name: String, path: PathBuf },
+    #[error("secret {name}: no `env` or `file`")]
+    NoSource { name: String },
+    #[error("secret {0}: the value must be {MIN_SECRET_LEN} bytes to 16 KiB long")]
+    Length(String),
+    #[error(
+        "secret {0}: the value must be printable ASCII without spaces (it goes into an HTTP header)"
+    )]
+    NotHeaderSafe(String),
+}
+
 /// Reads secret `name`'s value on the host. It must be one line of printable ASCII (it goes
 /// into an HTTP header) of at least [`MIN_SECRET_LEN`] bytes.
-pub fn read_value(name: &str, source: &SecretSource) -> Result<String, String> {
+pub fn read_value(name: &str, source: &SecretSource) -> Result<String, SecretError> {
+    let name_ = || name.to_string();
     let value = match (&source.env, &source.file) {
-        (Some(var), _) => std::env::var(var).map_err(|_| {
-            format!("secret {name}: environment variable `{var}` is not set (or not UTF-8)")
+        (Some(var), _) => std::env::var(var).map_err(|_| SecretError::Unset {
+            name: name_(),
+            var: var.clone(),
         })?,
         (None, Some(file)) => {
-            let text = std::fs::read(file)
-                .map_err(|e| format!("secret {name}: cannot read {}: {e}", file.display()))?;
+            let text = std::fs::read(file).map_err(|source| SecretError::Read {
+                name: name_(),
+                path: file.clone(),
+                source,
+            })?;
+            let unreadable = || SecretError::Unreadable {
+                name: name_(),
+                path: file.clone(),
+            };
             if text.len() > MAX_SECRET_LEN {
-                return Err(format!("secret {name}: {} is over 16 KiB", file.display()));
+                return Err(unreadable());
             }
-            let text = String::from_utf8(text)
-                .map_err(|_| format!("secret {name}: {} is not UTF-8", file.display()))?;
+            let text = String::from_utf8(text).map_err(|_| unreadable())?;
             text.strip_suffix('\n')
                 .map(|t| t.strip_suffix('\r').unwrap_or(t))
                 .unwrap_or(&text)
                 .to_string()
         }
-        (None, None) => return Err(format!("secret {name}: no `env` or `file`")),
+        (None, None) => return Err(SecretError::NoSource { name: name_() }),
     };
     if value.len() < MIN_SECRET_LEN || value.len() > MAX_SECRET_LEN {
-        return Err(format!(
-            "secret {name}: the value must be {MIN_SECRET_LEN} bytes to 16 KiB long"
-        ));
+        return Err(SecretError::Length(name_()));
     }
     if !value.bytes().all(|b| (0x21..0x7f).contains(&b)) {
-        return Err(format!(
-            "secret {name}: the value must be printable ASCII without spaces (it goes into an HTTP header)"
-        ));
+        return Err(SecretError::NotHeaderSafe(name_()));
     }
     Ok(value)
 }
@@ -76,10 +107,10 @@ impl std::fmt::Debug for Binding {
 
 impl Binding {
     /// Reads `name` from `secrets` and makes a fresh placeholder for it.
-    fn new(name: &str, secrets: &BTreeMap<String, SecretSource>) -> Result<Binding, String> {
+    fn new(name: &str, secrets: &BTreeMap<String, SecretSource>) -> Result<Binding, SecretError> {
         let source = secrets
             .get(name)
-            .ok_or_else(|| format!("secret {name} is not in the operator config's [secrets]"))?;
+            .ok_or_else(|| SecretError::Unknown(name.into()))?;
         Ok(Binding {
             name: name.to_string(),
             placeholder: format!(
@@ -125,18 +156,18 @@ impl Secrets {
     }
 
     /// Reads `name` afresh and makes a new placeholder for it, for one stage run.
-    pub fn bind(&self, name: &str) -> Result<Binding, String> {
+    pub fn bind(&self, name: &str) -> Result<Binding, SecretError> {
         Binding::new(name, &self.sources)
     }
 }
 
 impl SecretCheck for Secrets {
-    fn readable(&self, name: &str) -> Result<(), String> {
-        let source = self
-            .sources
-            .get(name)
-            .ok_or_else(|| format!("secret `{name}` is not in the operator config's [secrets]"))?;
-        read_value(name, source).map(drop)
+    fn readable(&self, name: &str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        match self.sources.get(name) {
+            Some(source) => read_value(name, source).map(drop)?,
+            None => return Err(SecretError::Unknown(name.into()).into()),
+        }
+        Ok(())
     }
 
     fn found_in(&self, text: &str) -> Option<String> {
@@ -173,6 +204,7 @@ mod tests {
         assert!(
             read_value("K", &unset)
                 .unwrap_err()
+                .to_string()
                 .contains("KILN_TEST_SURELY_UNSET_VAR")
         );
     }

@@ -41,6 +41,13 @@ pub enum WorkspaceError {
     Out { path: PathBuf, message: String },
     #[error("workspace: {0}")]
     Io(#[from] std::io::Error),
+    /// A tar for or from a container: kiln's own building, or the engine's stream.
+    #[error("{what}: {source}")]
+    Tar {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("git: {0}")]
     Git(#[from] git2::Error),
 }
@@ -48,7 +55,10 @@ pub enum WorkspaceError {
 impl WorkspaceError {
     /// True when the user's input is at fault (exit 2), false for the machine (exit 3).
     pub fn is_bad_input(&self) -> bool {
-        !matches!(self, WorkspaceError::Io(_) | WorkspaceError::Git(_))
+        !matches!(
+            self,
+            WorkspaceError::Io(_) | WorkspaceError::Tar { .. } | WorkspaceError::Git(_)
+        )
     }
 }
 
@@ -124,12 +134,7 @@ impl Workspace {
         input_name: &str,
         input: &[u8],
     ) -> Result<Vec<u8>, WorkspaceError> {
-        Ok(tree_tar::tar_of_tree(
-            &self.repo()?,
-            tree,
-            input_name,
-            input,
-        )?)
+        tree_tar::tar_of_tree(&self.repo()?, tree, input_name, input)
     }
 
     /// Reads back the workspace tar a container left; see [`tree_tar`] for what is refused.
@@ -138,7 +143,7 @@ impl Workspace {
         tar: &[u8],
         redactor: &crate::secrets::Redactor,
     ) -> Result<(Oid, Ingested), WorkspaceError> {
-        Ok(tree_tar::tree_from_tar(&self.repo()?, tar, redactor)?)
+        tree_tar::tree_from_tar(&self.repo()?, tar, redactor)
     }
 
     pub fn diff(&self, old: Oid, new: Oid) -> Result<(Diff, String), WorkspaceError> {
@@ -257,7 +262,7 @@ pub fn tar_of_tree_at(
     input: &[u8],
 ) -> Result<Vec<u8>, WorkspaceError> {
     let repo = Repository::open_bare(repo)?;
-    Ok(tree_tar::tar_of_tree(&repo, tree, input_name, input)?)
+    tree_tar::tar_of_tree(&repo, tree, input_name, input)
 }
 
 /// The commit `source_ref` names in the repository at `source`.

@@ -11,6 +11,7 @@ use std::io::Read;
 use git2::{IndexEntry, IndexTime, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::Serialize;
 
+use super::WorkspaceError;
 use crate::secrets::Redactor;
 
 /// Owner of everything in the workspace: the sandbox user.
@@ -46,9 +47,12 @@ pub fn tar_of_tree(
     tree: Oid,
     input_name: &str,
     input: &[u8],
-) -> Result<Vec<u8>, git2::Error> {
+) -> Result<Vec<u8>, WorkspaceError> {
     let mut builder = tar::Builder::new(Vec::new());
-    let io = |e: std::io::Error| git2::Error::from_str(&format!("building the workspace tar: {e}"));
+    let io = |e: std::io::Error| WorkspaceError::Tar {
+        what: "building the workspace tar",
+        source: e,
+    };
     append_dir(&mut builder, "workspace").map_err(io)?;
     // The mount point of a reviewer's output volume, inside its read-only workspace.
     append_dir(&mut builder, "out").map_err(io)?;
@@ -138,7 +142,7 @@ pub fn tree_from_tar(
     repo: &Repository,
     tar_bytes: &[u8],
     redactor: &Redactor,
-) -> Result<(Oid, Ingested), git2::Error> {
+) -> Result<(Oid, Ingested), WorkspaceError> {
     let mut index = git2::Index::new()?;
     let mut report = Ingested {
         whole: true,
@@ -146,9 +150,10 @@ pub fn tree_from_tar(
     };
     let mut seen: HashMap<Vec<u8>, (Oid, u32)> = HashMap::new();
     let mut archive = tar::Archive::new(tar_bytes);
-    let entries = archive
-        .entries()
-        .map_err(|e| git2::Error::from_str(&format!("workspace tar: {e}")))?;
+    let entries = archive.entries().map_err(|e| WorkspaceError::Tar {
+        what: "reading the workspace tar",
+        source: e,
+    })?;
     for (count, entry) in entries.enumerate() {
         let mut entry = match entry {
             Ok(entry) => entry,
