@@ -144,3 +144,18 @@ fn the_debian_image_runs_a_job_with_git_and_a_shell() {
         "{patch}"
     );
 }
+
+#[test]
+fn a_leftover_check_fails_when_docker_itself_fails() {
+    let unreachable = std::panic::catch_unwind(|| {
+        common::docker_ids(
+            Command::new("docker")
+                .env("DOCKER_HOST", "unix:///nonexistent/kiln-test.sock")
+                .args(["ps", "-a", "-q"]),
+        )
+    });
+    assert!(
+        unreachable.is_err(),
+        "an unreachable engine read as nothing left"
+    );
+}

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Fixture, HELLO_FILES, kiln, leftovers, require_busybox};
+use common::{Fixture, HELLO_FILES, kiln, left_by, leftovers, require_busybox};
 
 #[test]
 fn example_job_passes_on_attempt_two_with_feedback() {
@@ -80,6 +80,7 @@ fn example_job_passes_on_attempt_two_with_feedback() {
         .unwrap();
     assert!(String::from_utf8_lossy(blob.as_blob().unwrap().content()).contains("Hello, kiln!"));
     assert!(leftovers(&ran.job_id()).is_empty());
+    assert!(left_by(ran.pid).is_empty(), "{:?}", left_by(ran.pid));
 }
 
 #[test]
@@ -106,6 +107,7 @@ fn tests_failing_after_the_last_attempt_exit_12_with_every_attempt_kept() {
         );
     }
     assert!(leftovers(&ran.job_id()).is_empty());
+    assert!(left_by(ran.pid).is_empty(), "{:?}", left_by(ran.pid));
 }
 
 #[test]
@@ -377,9 +379,11 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
+    let pid = child.id();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
     assert!(leftovers(&job_id).is_empty(), "{:?}", leftovers(&job_id));
+    assert!(left_by(pid).is_empty(), "{:?}", left_by(pid));
     let workspaces = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter(|e| {

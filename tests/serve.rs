@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BUSYBOX, HELLO_FILES, kiln, leftovers, require_busybox};
+use common::{BUSYBOX, HELLO_FILES, kiln, left_by, leftovers, require_busybox};
 use serde_json::Value;
 
 /// A running `kiln serve`, killed when dropped.
@@ -137,8 +137,24 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        // The stage is recorded as it starts; give its container a moment to exist.
-        std::thread::sleep(Duration::from_millis(500));
+        // The stage is recorded as it starts; its container exists a moment later.
+        let label = format!("label=kiln.job={id}");
+        while common::docker_ids(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &label,
+            "--filter",
+            "label=kiln.stage=generate",
+        ]))
+        .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the generator's container never ran"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait(&self, id: &str) -> i32 {
@@ -227,24 +243,6 @@ impl Jobs {
         std::fs::write(&path, text).unwrap();
         path
     }
-}
-
-/// Containers and volumes a kiln process `pid` made.
-fn of_pid(pid: u32) -> Vec<String> {
-    let label = format!("label=kiln.pid={pid}");
-    let mut found = Vec::new();
-    for args in [
-        vec!["ps", "-a", "-q", "--filter", &label],
-        vec!["volume", "ls", "-q", "--filter", &label],
-    ] {
-        let out = Command::new("docker").args(&args).output().unwrap();
-        found.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(String::from),
-        );
-    }
-    found
 }
 
 /// The times a job ran, from its record.
@@ -529,12 +527,12 @@ fn a_server_killed_mid_job_loses_nothing_and_leaves_no_container() {
     let dead = server.child.id();
     server.kill(); // SIGKILL: no cleanup runs
     assert!(
-        !of_pid(dead).is_empty(),
+        !left_by(dead).is_empty(),
         "the dead server left its containers"
     );
     let server = Server::start(&jobs.state(), &[]);
     // The restart reaped them before it took requests.
-    assert!(of_pid(dead).is_empty(), "{:?}", of_pid(dead));
+    assert!(left_by(dead).is_empty(), "{:?}", left_by(dead));
     assert_eq!(server.wait(&id), 0);
     let job = server.job(&id);
     assert_eq!(job["state"], "succeeded");
@@ -599,6 +597,8 @@ fn a_low_priority_job_is_not_starved_by_newer_urgent_ones() {
     server.wait_until_generating(&blocker);
     let low = server.submit(&jobs.write("low", 0, "priority = 9"));
     // Ten seconds on, the low job has aged nine levels and more: it now outranks fresh urgent work.
+    // (Not a wait for something to happen: the scheduler's aging is what is tested, and it
+    // counts the time a job has waited.)
     std::thread::sleep(Duration::from_secs(10));
     let urgent = server.submit(&jobs.write("urgent", 0, "priority = 0"));
     assert_eq!(

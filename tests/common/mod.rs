@@ -27,6 +27,8 @@ pub struct Fixture {
 
 pub struct Ran {
     pub code: i32,
+    /// The kiln process's id: what it made is labelled `kiln.pid=<pid>`.
+    pub pid: u32,
     pub stderr: String,
     pub report: Option<Value>,
     pub artifacts: Option<PathBuf>,
@@ -140,14 +142,18 @@ impl Fixture {
     pub fn run_with(&self, cmd: &mut Command, extra: &[&str]) -> Ran {
         let report = self.path("report.json");
         let _ = std::fs::remove_file(&report);
-        let out: Output = cmd
+        let child = cmd
             .arg("--artifacts")
             .arg(self.artifacts_root())
             .arg("--report")
             .arg(&report)
             .args(extra)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("kiln binary runs");
+        let pid = child.id();
+        let out: Output = child.wait_with_output().expect("kiln binary runs");
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let report: Option<Value> = std::fs::read(&report)
             .ok()
@@ -158,6 +164,7 @@ impl Fixture {
             .map(PathBuf::from);
         Ran {
             code: out.status.code().unwrap_or(-1),
+            pid,
             stderr,
             report,
             artifacts,
@@ -165,26 +172,48 @@ impl Fixture {
     }
 }
 
-/// Containers and volumes still labelled with `job`.
-pub fn leftovers(job: &str) -> Vec<String> {
-    let label = format!("label=kiln.job={job}");
+/// The ids `cmd` (a `docker ... -q` listing) prints. A docker that fails is a failed check, never
+/// "nothing left": an unreachable engine would otherwise pass every leftover check.
+pub fn docker_ids(cmd: &mut Command) -> Vec<String> {
+    let out = cmd.output().expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker failed, so nothing can be said of what is left: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Containers, volumes and networks labelled `label` (`kiln.job=<id>`, `kiln.pid=<pid>`).
+pub fn labelled(label: &str) -> Vec<String> {
+    let filter = format!("label={label}");
     let mut found = Vec::new();
-    for args in [
-        vec!["ps", "-a", "-q", "--filter", &label],
-        vec!["volume", "ls", "-q", "--filter", &label],
-        vec!["network", "ls", "-q", "--filter", &label],
+    for list in [
+        &["ps", "-a", "-q"][..],
+        &["volume", "ls", "-q"][..],
+        &["network", "ls", "-q"][..],
     ] {
-        let out = Command::new("docker")
-            .args(&args)
-            .output()
-            .expect("docker CLI runs");
-        found.extend(
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .map(String::from),
-        );
+        found.extend(docker_ids(
+            Command::new("docker")
+                .args(list)
+                .args(["--filter", &filter]),
+        ));
     }
     found
+}
+
+/// Containers, volumes and networks still labelled with `job`.
+pub fn leftovers(job: &str) -> Vec<String> {
+    labelled(&format!("kiln.job={job}"))
+}
+
+/// What the kiln process `pid` left once it ended: everything labelled with its pid, pooled
+/// volume holders (`kiln.job=shared`) included.
+pub fn left_by(pid: u32) -> Vec<String> {
+    labelled(&format!("kiln.pid={pid}"))
 }
 
 /// The greeting example's repository, shared by several tests.
