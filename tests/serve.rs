@@ -430,6 +430,23 @@ fn a_submitted_job_runs_and_wait_exits_as_kiln_run_would() {
     }
     let path = format!("/jobs/{id}/artifacts/report.json");
     assert_eq!(server.http("GET", &path, Some(&token), None, false).0, 200);
+    // A link among the artifacts is not followed, and a file over the cap is refused unread.
+    let dir = jobs.state().join("jobs").join(&id);
+    std::os::unix::fs::symlink(jobs.state().join("token"), dir.join("link")).unwrap();
+    let path = format!("/jobs/{id}/artifacts/link");
+    let (code, body) = server.http("GET", &path, Some(&token), None, false);
+    assert_eq!(code, 404, "{body}");
+    assert!(!body.contains(&token));
+    // Sparse: over 1 GiB long, no disk used.
+    let huge = std::fs::File::create(dir.join("huge.bin")).unwrap();
+    huge.set_len((1 << 30) + 1).unwrap();
+    let path = format!("/jobs/{id}/artifacts/huge.bin");
+    let (code, body) = server.http("GET", &path, Some(&token), None, false);
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        body.contains("read it from the server's state folder"),
+        "{body}"
+    );
     let logs = server.client().args(["logs", &id]).output().unwrap();
     assert!(String::from_utf8_lossy(&logs.stdout).contains("==> attempt 1 test.log <=="));
     // A job whose tests never pass ends as kiln run would: exit 12.
@@ -713,4 +730,63 @@ fn the_operator_chooses_where_every_job_publishes() {
             .unwrap()
             .contains("exists already")
     );
+}
+
+#[test]
+fn an_approval_runs_to_its_end_when_the_client_goes_away() {
+    require_busybox();
+    let jobs = Jobs::new();
+    // The jobs' repository is a git one, and the operator's remote holds its `main`.
+    let repo = git2::Repository::init(jobs.dir.path().join("repo")).unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let who = git2::Signature::now("t", "t@localhost").unwrap();
+    repo.commit(Some("refs/heads/main"), &who, &who, "base", &tree, &[])
+        .unwrap();
+    repo.set_head("refs/heads/main").unwrap();
+    let remote = jobs.dir.path().join("remote.git");
+    git2::build::RepoBuilder::new()
+        .bare(true)
+        .clone(jobs.dir.path().join("repo").to_str().unwrap(), &remote)
+        .unwrap();
+    let base = git2::Repository::open_bare(&remote)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap();
+    let server = Server::start(&jobs.state(), &["--out", remote.to_str().unwrap()]);
+    // With no bundle to judge it, a [merge] waits for a human; the merge queue's re-test of the
+    // approved change takes a few seconds.
+    let job = jobs.write("held", 0, "[merge]\ntarget = \"main\"");
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "command = [\"sh\", \"test.sh\"]",
+        "command = [\"sh\", \"-c\", \"[ \\\"$KILN_STAGE\\\" = merge-test ] && sleep 4; sh test.sh\"]",
+    );
+    std::fs::write(&job, text).unwrap();
+    let id = server.submit(&job);
+    assert_eq!(server.wait(&id), 13);
+    // The client gives up after a second, long before the re-test ends.
+    let gave_up = Command::new("curl")
+        .args(["-s", "--max-time", "1", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {}", server.token)])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["--data-binary", "{\"by\": \"alice\"}"])
+        .arg(format!("{}/jobs/{id}/approve", server.url))
+        .status()
+        .unwrap();
+    assert_eq!(gave_up.code(), Some(28), "curl timed out, as meant");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.job(&id)["state"] == "awaiting_review" {
+        assert!(Instant::now() < deadline, "the approval never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let job = server.job(&id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let landed = git2::Repository::open_bare(&remote)
+        .unwrap()
+        .refname_to_id("refs/heads/main")
+        .unwrap();
+    assert_ne!(landed, base, "the approved change was merged into main");
 }
