@@ -39,8 +39,12 @@ pub enum WorkspaceError {
     FolderTooLarge { path: PathBuf, limit: ByteSize },
     #[error("output repository {path}: {message}")]
     Out { path: PathBuf, message: String },
-    #[error("workspace: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("workspace: {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A tar for or from a container: kiln's own building, or the engine's stream.
     #[error("{what}: {source}")]
     Tar {
@@ -57,7 +61,7 @@ impl WorkspaceError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(
             self,
-            WorkspaceError::Io(_) | WorkspaceError::Tar { .. } | WorkspaceError::Git(_)
+            WorkspaceError::Io { .. } | WorkspaceError::Tar { .. } | WorkspaceError::Git(_)
         )
     }
 }
@@ -80,8 +84,10 @@ impl Workspace {
     ) -> Result<Self, WorkspaceError> {
         let dir = tempfile::Builder::new()
             .prefix(&format!("{WORKSPACE_PREFIX}{job}-"))
-            .tempdir()?;
-        std::fs::write(dir.path().join(OWNER_FILE), std::process::id().to_string())?;
+            .tempdir()
+            .map_err(io(&std::env::temp_dir()))?;
+        let owner = dir.path().join(OWNER_FILE);
+        std::fs::write(&owner, std::process::id().to_string()).map_err(io(&owner))?;
         let repo = Repository::init_bare(dir.path().join("repo.git"))?;
         let base_commit = match source {
             RepoSource::Git(path) => {
@@ -352,6 +358,14 @@ fn resolve_base(repo: &Repository, base: Option<&str>) -> Result<Oid, WorkspaceE
     Err(WorkspaceError::UnknownBase(base.into()))
 }
 
+/// An io error at `path`, for `map_err`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
+    move |source| WorkspaceError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
 /// Commits a plain folder as it is (links kept as links, never followed) as the base commit.
 fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oid, WorkspaceError> {
     use std::os::unix::ffi::OsStrExt;
@@ -360,9 +374,10 @@ fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oi
     let mut total = 0u64;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let meta = entry.path().symlink_metadata()?;
+        for entry in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            let meta = path.symlink_metadata().map_err(io(&path))?;
             let rel = entry
                 .path()
                 .strip_prefix(root)
@@ -376,7 +391,8 @@ fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oi
                 continue;
             } else if meta.file_type().is_symlink() {
                 (
-                    std::fs::read_link(entry.path())?
+                    std::fs::read_link(&path)
+                        .map_err(io(&path))?
                         .as_os_str()
                         .as_bytes()
                         .to_vec(),
@@ -392,7 +408,7 @@ fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oi
                 }
                 let exec = meta.permissions().mode() & 0o100 != 0;
                 (
-                    std::fs::read(entry.path())?,
+                    std::fs::read(&path).map_err(io(&path))?,
                     if exec { 0o100755 } else { 0o100644 },
                 )
             } else {
