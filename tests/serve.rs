@@ -737,16 +737,7 @@ fn an_approval_runs_to_its_end_when_the_client_goes_away() {
     require_busybox();
     let jobs = Jobs::new();
     // The jobs' repository is a git one, and the operator's remote holds its `main`.
-    let repo = git2::Repository::init(jobs.dir.path().join("repo")).unwrap();
-    let mut index = repo.index().unwrap();
-    index
-        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-        .unwrap();
-    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-    let who = git2::Signature::now("t", "t@localhost").unwrap();
-    repo.commit(Some("refs/heads/main"), &who, &who, "base", &tree, &[])
-        .unwrap();
-    repo.set_head("refs/heads/main").unwrap();
+    common::commit_folder(&jobs.dir.path().join("repo"));
     let remote = jobs.dir.path().join("remote.git");
     git2::build::RepoBuilder::new()
         .bare(true)

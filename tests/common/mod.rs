@@ -82,21 +82,7 @@ impl Fixture {
     /// A fixture whose repository is a real git repository with `files` committed on `main`.
     pub fn with_git(files: &[(&str, &str)]) -> Self {
         let fixture = Self::with_files(files);
-        let repo_path = fixture.path("repo");
-        let repo = git2::Repository::init_opts(
-            &repo_path,
-            git2::RepositoryInitOptions::new().initial_head("main"),
-        )
-        .unwrap();
-        let mut index = repo.index().unwrap();
-        index
-            .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("test", "test@localhost").unwrap();
-        let commit = repo
-            .commit(Some("HEAD"), &sig, &sig, "base", &tree, &[])
-            .unwrap();
+        let (repo, commit) = commit_folder(&fixture.path("repo"));
         repo.tag_lightweight("v1", &repo.find_object(commit, None).unwrap(), false)
             .unwrap();
         fixture
@@ -214,6 +200,24 @@ pub fn leftovers(job: &str) -> Vec<String> {
 /// volume holders (`kiln.job=shared`) included.
 pub fn left_by(pid: u32) -> Vec<String> {
     labelled(&format!("kiln.pid={pid}"))
+}
+
+/// Makes the folder `dir` a git repository with everything in it committed on `main`.
+pub fn commit_folder(dir: &Path) -> (git2::Repository, git2::Oid) {
+    let repo =
+        git2::Repository::init_opts(dir, git2::RepositoryInitOptions::new().initial_head("main"))
+            .unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("test", "test@localhost").unwrap();
+    let commit = repo
+        .commit(Some("HEAD"), &sig, &sig, "base", &tree, &[])
+        .unwrap();
+    drop(tree);
+    (repo, commit)
 }
 
 /// The greeting example's repository, shared by several tests.
