@@ -137,7 +137,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Run(args) => cli::run::exec(&config, args).await,
         Command::Gc(args) => cli::gc::exec(args).await,
         Command::Image { command } => cli::image::exec(command).await,
-        Command::Policy { command } => tokio::task::block_in_place(|| cli::policy::exec(command)),
+        Command::Policy { command } => {
+            tokio::task::block_in_place(|| cli::policy::exec(&config, command))
+        }
         Command::Escalations { command } => cli::escalations::exec(&config, command),
         Command::Approve(args) => cli::escalations::approve(&config, args).await,
         Command::Reject(args) => cli::escalations::reject(&config, args).await,

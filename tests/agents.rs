@@ -43,7 +43,8 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
     std::fs::write(
         &config,
         format!(
-            "[egress]\npermit = [\"api.anthropic.com:443\"]\n\
+            "[limits]\nmemory = \"1GiB\"\n\n\
+             [egress]\npermit = [\"api.anthropic.com:443\"]\n\
              allow_addresses = [\"127.0.0.2\"]\nhosts = {{ \"api.anthropic.com\" = \"127.0.0.2\" }}\n\
              upstream_ca = {ca:?}\n\n\
              [secrets.ANTHROPIC_API_KEY]\nfile = {file:?}\nhosts = [\"api.anthropic.com\"]\n",

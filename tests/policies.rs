@@ -506,3 +506,105 @@ fn run_refuses_a_bundle_with_a_bad_pin_before_anything_runs() {
     );
     assert!(!fixture.artifacts_root().exists());
 }
+
+/// A bundle in `dir` holding `wat` as the module of policy `name`, with `extra` lines in its
+/// `[[policy]]` table.
+fn hostile_bundle(dir: &Path, name: &str, wat: &str, extra: &str) -> PathBuf {
+    let bytes = wat::parse_str(wat).unwrap();
+    std::fs::write(dir.join(format!("{name}.wasm")), &bytes).unwrap();
+    let pin = kiln::policy::sha256_hex(&bytes);
+    let bundle = dir.join("bundle.toml");
+    std::fs::write(
+        &bundle,
+        format!("[[policy]]\nname = \"{name}\"\nmodule = \"{name}.wasm\"\nsha256 = \"{pin}\"\n{extra}\n"),
+    )
+    .unwrap();
+    bundle
+}
+
+/// A module whose evaluation allows, with `metadata` as its `kiln_metadata` body.
+fn allowing(metadata: &str) -> String {
+    format!(
+        r#"(module (memory (export "memory") 1)
+            (data (i32.const 0) "{{\"decision\":\"allow\",\"findings\":[]}}")
+            (func (export "kiln_abi_version") (result i32) (i32.const 1))
+            (func (export "kiln_alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const 34))
+            (func (export "kiln_metadata") (result i64) {metadata}))"#
+    )
+}
+
+#[test]
+fn a_module_whose_metadata_fails_is_denied_by_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    for (what, metadata) in [
+        ("traps", "(unreachable)"),
+        ("loops", "(loop $l (br $l)) (i64.const 0)"),
+    ] {
+        let bundle = hostile_bundle(dir.path(), "meta", &allowing(metadata), "");
+        let out = eval(
+            &bundle,
+            "escalation-patterns/cases/clean.patch",
+            &["--format", "json"],
+        );
+        assert_eq!(out.status.code(), Some(11), "{what}: {}", text(&out));
+        let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(result["policies"][0]["failed"], true, "{what}: {result}");
+        let inspected = kiln()
+            .args(["policy", "inspect"])
+            .arg(dir.path().join("meta.wasm"))
+            .output()
+            .unwrap();
+        assert!(!inspected.status.success(), "{what}: {}", text(&inspected));
+    }
+}
+
+#[test]
+fn a_failing_module_denies_in_warn_mode_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let trapping = allowing("(i64.const 0)").replace(
+        "(result i64) (i64.const 34)",
+        "(result i64) (unreachable)",
+    );
+    let bundle = hostile_bundle(dir.path(), "trap", &trapping, "mode = \"warn\"");
+    let out = eval(&bundle, "escalation-patterns/cases/clean.patch", &[]);
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+}
+
+#[test]
+fn bundles_that_would_make_evaluation_unbounded_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let patch = "escalation-patterns/cases/clean.patch";
+    // No policy: nothing would judge.
+    let empty = dir.path().join("empty.toml");
+    std::fs::write(&empty, "auto_merge_allowed = false\n").unwrap();
+    let out = eval(&empty, patch, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("names no policy"), "{}", text(&out));
+    // More fuel than the operator's ceiling.
+    let greedy = hostile_bundle(
+        dir.path(),
+        "greedy",
+        &allowing("(i64.const 0)"),
+        "fuel = 18446744073709551615",
+    );
+    let out = eval(&greedy, patch, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("max_fuel"), "{}", text(&out));
+    // A module that is not a regular file is refused before it is read: no endless read, no
+    // wait on a FIFO.
+    nix::unistd::mkfifo(&dir.path().join("fifo.wasm"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for module in ["/dev/zero", "fifo.wasm"] {
+        let bundle = dir.path().join("special.toml");
+        std::fs::write(
+            &bundle,
+            format!("[[policy]]\nname = \"special\"\nmodule = \"{module}\"\nsha256 = \"{}\"\n", "0".repeat(64)),
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        let out = eval(&bundle, patch, &[]);
+        assert_eq!(out.status.code(), Some(2), "{module}: {}", text(&out));
+        assert!(text(&out).contains("not a regular file"), "{module}: {}", text(&out));
+        assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    }
+}

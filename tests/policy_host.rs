@@ -67,10 +67,19 @@ fn an_infinite_loop_runs_out_of_fuel_quickly() {
 
 #[test]
 fn a_memory_grow_bomb_hits_the_limit() {
-    // Grows until refused, then claims 100 MB of output it could not allocate.
+    // Grows until refused, then would claim 100 MB of output: the refused grow traps first.
     let body = "(block $done (loop $l (br_if $done (i32.eq (memory.grow (i32.const 16)) (i32.const -1))) (br $l))) (i64.const 104857600)";
     let failure = evaluate(&module("", body)).unwrap_err();
-    assert_eq!(failure, PolicyFailure::OutputTooLarge(104_857_600));
+    assert!(matches!(failure, PolicyFailure::Trap(_)), "{failure:?}");
+}
+
+#[test]
+fn a_module_that_ignores_a_failed_grow_and_allows_is_denied() {
+    // Asks for far more than the 64 MiB limit, drops the answer, and says allow.
+    let failure = evaluate(&module("", "(drop (memory.grow (i32.const 60000))) (i64.const 34)"))
+        .unwrap_err();
+    assert!(matches!(failure, PolicyFailure::Trap(_)), "{failure:?}");
+    assert_eq!(Verdict::failed("grow", &failure).decision, Decision::Deny);
 }
 
 #[test]

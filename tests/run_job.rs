@@ -229,6 +229,10 @@ fn refused_branches_exit_2_before_anything_runs() {
         "factory/x.lock",
         "factory/a\u{1}b",
         "release",
+        &format!("factory/{}", "x".repeat(300)),
+        &format!("factory/{}", "x".repeat(5000)),
+        "factory/fix\u{202E}nigol",
+        "factory/a\u{200B}b",
     ] {
         let quoted = toml::Value::String(branch.into()).to_string();
         let job = fixture.job(
@@ -395,4 +399,87 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
         })
         .count();
     assert_eq!(workspaces, 0, "the job's workspace folder survived");
+}
+
+#[test]
+fn a_job_cannot_ask_for_more_than_the_operators_limits() {
+    let fixture = Fixture::with_files(HELLO_FILES);
+    let config = fixture.path("kiln.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nmemory = \"128MiB\"\npids = 64\nworkspace = \"16MiB\"\n",
+    )
+    .unwrap();
+    for (asked, field, ceiling) in [
+        ("memory = \"100GiB\"", "limits.memory", "128MiB"),
+        ("pids = 1000000", "limits.pids", "64"),
+        ("workspace = \"16GiB\"", "limits.workspace", "16MiB"),
+        ("tmp = \"1000GiB\"", "limits.tmp", "64MiB"),
+        ("cpus = 64.0", "limits.cpus", "1"),
+    ] {
+        let job = fixture.job(
+            "branch = \"factory/greedy\"\nprompt = \"p\"",
+            "true",
+            "true",
+            &format!("[limits]\n{asked}"),
+        );
+        let ran = fixture.run_configured(&config, &job);
+        assert_eq!(ran.code, 2, "{asked}: {}", ran.stderr);
+        assert!(
+            ran.stderr.contains(field) && ran.stderr.contains(ceiling),
+            "{asked}: {}",
+            ran.stderr
+        );
+        assert!(!fixture.artifacts_root().exists(), "{asked} ran");
+    }
+    // At or under the ceiling, the job runs with what it asked.
+    require_busybox();
+    let job = fixture.job(
+        "branch = \"factory/modest\"\nprompt = \"p\"",
+        "echo 'echo \"Hello, kiln!\"' > greet.sh",
+        "sh test.sh",
+        "[limits]\nmemory = \"64MiB\"\npids = 64",
+    );
+    let ran = fixture.run_configured(&config, &job);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.report()["sandbox"]["limits"]["memory"], 64 << 20);
+}
+
+#[test]
+fn a_fifo_as_prompt_file_is_refused_without_hanging() {
+    let fixture = Fixture::with_files(HELLO_FILES);
+    nix::unistd::mkfifo(&fixture.path("prompt.fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let job = fixture.job(
+        "branch = \"factory/fifo\"\nprompt_file = \"prompt.fifo\"",
+        "true",
+        "true",
+        "",
+    );
+    let mut child = kiln()
+        .arg("run")
+        .arg(&job)
+        .arg("--artifacts")
+        .arg(fixture.artifacts_root())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln hung on a FIFO prompt_file");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("prompt_file") && stderr.contains("not a regular file"),
+        "{stderr}"
+    );
+    assert!(!fixture.artifacts_root().exists());
 }

@@ -165,7 +165,7 @@ pub fn synthetic_diff(files: usize, lines: usize) -> crate::model::Diff {
 /// compiling from scratch against loading the precompiled cache, interleaved.
 pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyFigures, Error> {
     use crate::policy::{Bundle, Gate, GateInput, JobInfo, PolicyEngine, TestInfo};
-    let bundle = Bundle::load(bundle_path)?;
+    let bundle = Bundle::load(bundle_path, crate::config::PolicyConfig::default().max_fuel)?;
     let diff = synthetic_diff(200, 50);
     let input = GateInput {
         job: JobInfo {

@@ -24,11 +24,12 @@ pub fn print_json(value: &impl serde::Serialize) -> Result<(), Error> {
 /// anything runs.
 pub fn load_gate(
     bundle: Option<&std::path::Path>,
+    config: &kiln::config::Config,
 ) -> Result<Option<std::sync::Arc<kiln::policy::Gate>>, Error> {
     let Some(path) = bundle else {
         return Ok(None);
     };
-    let bundle = kiln::policy::Bundle::load(path)?;
+    let bundle = kiln::policy::Bundle::load(path, config.policy.max_fuel)?;
     let engine = kiln::policy::PolicyEngine::new(kiln::policy::default_cache_dir())?;
     let gate = tokio::task::block_in_place(|| kiln::policy::Gate::new(engine, bundle));
     Ok(Some(std::sync::Arc::new(gate)))

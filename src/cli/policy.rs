@@ -6,6 +6,7 @@ use clap::{Subcommand, ValueEnum};
 use kiln::policy::{
     Bundle, Decision, Gate, GateInput, GateResult, JobInfo, Mode, PolicyEngine, author,
 };
+use kiln::config::Config;
 use kiln::{Error, ExitCode};
 
 #[derive(Subcommand)]
@@ -67,7 +68,7 @@ pub enum Format {
     Sarif,
 }
 
-pub fn exec(command: PolicyCommand) -> Result<ExitCode, Error> {
+pub fn exec(config: &Config, command: PolicyCommand) -> Result<ExitCode, Error> {
     let engine = PolicyEngine::new(kiln::policy::default_cache_dir())?;
     match command {
         PolicyCommand::New { name, dir } => {
@@ -119,7 +120,7 @@ pub fn exec(command: PolicyCommand) -> Result<ExitCode, Error> {
                 tests_fixed,
                 protect,
             };
-            eval(&bundle, source, job, format, engine)
+            eval(&bundle, config, source, job, format, engine)
         }
         PolicyCommand::Inspect { module, json } => inspect(&module, json, &engine),
     }
@@ -136,12 +137,13 @@ enum Source {
 
 fn eval(
     bundle: &Path,
+    config: &Config,
     source: Source,
     mut job: JobInfo,
     format: Format,
     engine: PolicyEngine,
 ) -> Result<ExitCode, Error> {
-    let bundle = Bundle::load(bundle)?;
+    let bundle = Bundle::load(bundle, config.policy.max_fuel)?;
     let (diff, repo) = match &source {
         Source::Patch(path) => {
             let bytes = std::fs::read(path)

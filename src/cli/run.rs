@@ -49,7 +49,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     let ctx = Context::open(config.clone())?;
     let job = Job::load(&job_path, config, &ctx.secrets)?;
     // The bundle and its pins are checked, and its modules compiled, before anything runs.
-    let gate = super::load_gate(policies.as_deref())?;
+    let gate = super::load_gate(policies.as_deref(), config)?;
     let progress = Progress::default();
     progress.line(&format!("job {}", job.id));
     let opts = RunOptions {

@@ -60,7 +60,7 @@ pub async fn exec(
             "--concurrency and --per-repo must be at least 1".into(),
         ));
     }
-    let gate = super::load_gate(args.policies.as_deref())?;
+    let gate = super::load_gate(args.policies.as_deref(), config)?;
     let repos = args
         .repos
         .iter()

@@ -18,7 +18,11 @@ pub use notify::NotifyConfig;
 pub use publish::PublishConfig;
 pub use secrets::SecretSource;
 
+use crate::model::fs::read_capped;
 use crate::model::{Limits, StageSpec};
+
+/// The largest operator config kiln reads.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 /// A sandbox default a job may loosen, if the operator permits it here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
@@ -60,10 +64,29 @@ pub struct Config {
     /// What a stage with an allowlist may reach beyond it: only the operator opens addresses
     /// that are not public, and sets the egress proxy's caps.
     pub egress: EgressConfig,
+    /// `[policy]`: ceilings on what a policy bundle may ask.
+    pub policy: PolicyConfig,
     /// `[secrets.NAME]`: credentials read on the host, which a stage's `[x.network] secrets`
     /// may use through the egress proxy without ever holding them. Every value is redacted from
     /// everything kiln writes. Default: none.
     pub secrets: std::collections::BTreeMap<String, SecretSource>,
+}
+
+/// `[policy]`: what a bundle may ask of the policy engine, at most.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The most fuel one evaluation of one policy may be given (`fuel` in a bundle). Default
+    /// 10,000,000,000: ten times the default, some seconds of work.
+    pub max_fuel: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            max_fuel: 10_000_000_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -115,6 +138,7 @@ impl Default for Config {
             audit_log: None,
             egress: EgressConfig::default(),
             secrets: std::collections::BTreeMap::new(),
+            policy: PolicyConfig::default(),
         }
     }
 }
@@ -143,7 +167,7 @@ pub enum ConfigError {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = read_capped(path, MAX_CONFIG_BYTES).map_err(|source| ConfigError::Read {
             path: path.into(),
             source,
         })?;
@@ -170,6 +194,9 @@ impl Config {
                 "max_attempts is {}; it must be between 1 and 10",
                 self.max_attempts
             ));
+        }
+        if self.policy.max_fuel == 0 {
+            return Err("[policy] max_fuel must be at least 1".into());
         }
         self.notify.check()?;
         self.publish.check()?;

@@ -25,11 +25,49 @@ pub enum BranchError {
     ControlCharacter(String),
     #[error("branch `{0}` is not a valid git branch name")]
     InvalidRef(String),
+    #[error(
+        "branch `{name}…` is {len} bytes long; at most {MAX_BRANCH_BYTES} (git writes each part as a file, plus `.lock`)"
+    )]
+    TooLong { name: String, len: usize },
+    #[error(
+        "branch `{0}` contains an invisible or direction-changing character, which makes it look like another name"
+    )]
+    Invisible(String),
+}
+
+/// The longest branch name kiln accepts, in bytes: git writes a ref's every part as a file
+/// (`<part>.lock` while it updates it), which filesystems cap at 255 bytes, and hosting
+/// services cap whole refs near that.
+pub const MAX_BRANCH_BYTES: usize = 240;
+
+/// Characters that show nothing or turn the text's direction: zero-width spaces and joiners,
+/// bidirectional marks, embeddings, overrides and isolates, the word joiner, the byte-order mark.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 impl BranchName {
     /// `prefix` must end in `/` (the operator config checks that); `protected` are full names.
     pub fn parse(name: &str, prefix: &str, protected: &[String]) -> Result<Self, BranchError> {
+        if name.len() > MAX_BRANCH_BYTES {
+            let shown: String = name.chars().take(40).collect();
+            return Err(BranchError::TooLong {
+                name: shown.escape_debug().to_string(),
+                len: name.len(),
+            });
+        }
+        if name.chars().any(is_invisible) {
+            return Err(BranchError::Invisible(name.escape_unicode().to_string()));
+        }
         for part in ["..", "@{", "//"] {
             if name.contains(part) {
                 return Err(BranchError::Forbidden {
@@ -153,6 +191,20 @@ mod tests {
             "factory/a.",
         ] {
             assert!(parse(name).is_err(), "{name:?} accepted");
+        }
+    }
+
+    #[test]
+    fn refuses_overlong_and_invisible_names() {
+        let long = format!("factory/{}", "x".repeat(MAX_BRANCH_BYTES));
+        assert!(matches!(parse(&long), Err(BranchError::TooLong { .. })));
+        let at_limit = format!("factory/{}", "x".repeat(MAX_BRANCH_BYTES - 8));
+        assert!(parse(&at_limit).is_ok());
+        for sneaky in ["factory/fix\u{202E}nigol", "factory/a\u{200B}b", "factory/\u{FEFF}x"] {
+            assert!(
+                matches!(parse(sneaky), Err(BranchError::Invisible(_))),
+                "{sneaky:?}"
+            );
         }
     }
 }

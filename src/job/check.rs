@@ -117,7 +117,7 @@ impl JobFile {
                 ),
             ));
         }
-        let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits);
+        let limits = merge_limits(self.limits.unwrap_or_default(), &config.limits)?;
         limits.check().map_err(|m| ("limits", m.0))?;
         let max_attempts = self.retry.max_attempts.unwrap_or(config.max_attempts);
         if max_attempts == 0 || max_attempts > config.max_attempts {
@@ -194,15 +194,33 @@ fn stage(
     Ok(spec)
 }
 
-fn merge_limits(file: LimitsFile, default: &Limits) -> Limits {
-    Limits {
-        memory: file.memory.unwrap_or(default.memory),
-        cpus: file.cpus.unwrap_or(default.cpus),
-        pids: file.pids.unwrap_or(default.pids),
-        workspace: file.workspace.unwrap_or(default.workspace),
-        tmp: file.tmp.unwrap_or(default.tmp),
-        output: file.output.unwrap_or(default.output),
+/// The job's limits: each one it sets, if at most the operator's (the operator's `[limits]` are
+/// both the defaults and the ceilings), else the operator's.
+fn merge_limits(file: LimitsFile, ceiling: &Limits) -> Result<Limits, FieldError> {
+    fn capped<T: PartialOrd + std::fmt::Display + Copy>(
+        field: &'static str,
+        asked: Option<T>,
+        ceiling: T,
+    ) -> Result<T, FieldError> {
+        match asked {
+            Some(asked) if asked > ceiling => Err((
+                field,
+                format!(
+                    "is {asked}, over the operator's ceiling of {ceiling} ([limits] in the operator config)"
+                ),
+            )),
+            Some(asked) => Ok(asked),
+            None => Ok(ceiling),
+        }
     }
+    Ok(Limits {
+        memory: capped("limits.memory", file.memory, ceiling.memory)?,
+        cpus: capped("limits.cpus", file.cpus, ceiling.cpus)?,
+        pids: capped("limits.pids", file.pids, ceiling.pids)?,
+        workspace: capped("limits.workspace", file.workspace, ceiling.workspace)?,
+        tmp: capped("limits.tmp", file.tmp, ceiling.tmp)?,
+        output: capped("limits.output", file.output, ceiling.output)?,
+    })
 }
 
 fn loosenings(sandbox: &SandboxFile) -> Vec<Loosening> {

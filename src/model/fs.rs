@@ -6,19 +6,44 @@ use std::path::Path;
 
 use super::ByteSize;
 
-/// `path` as text, refused when it holds more than `cap` bytes (only `cap + 1` are ever read).
-pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    let mut text = String::new();
-    std::fs::File::open(path)?
+/// Opens `path` for reading if it is a regular file (a link to one is followed), refusing a
+/// FIFO, socket or device without blocking on it: it is opened non-blocking, then checked.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// The regular file at `path`, refused when it holds more than `cap` bytes (only `cap + 1` are
+/// ever read).
+pub fn read_bytes_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    open_regular(path)?
         .take(cap + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > cap {
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > cap {
         return Err(std::io::Error::other(format!(
             "larger than {}",
             ByteSize(cap)
         )));
     }
-    Ok(text)
+    Ok(bytes)
+}
+
+/// [`read_bytes_capped`], as UTF-8 text.
+pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
+    String::from_utf8(read_bytes_capped(path, cap)?).map_err(|_| {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
+    })
 }
 
 /// Makes `dir` and its parents; the folders made are `0700`.
@@ -56,6 +81,17 @@ mod tests {
         assert_eq!(read_capped(&path, 5).unwrap(), "12345");
         let err = read_capped(&path, 4).unwrap_err();
         assert!(err.to_string().contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn only_regular_files_are_read_and_a_fifo_does_not_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let err = read_capped(&fifo, 10).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(read_capped(dir.path(), 10).is_err());
+        assert!(read_capped(Path::new("/dev/zero"), 10).is_err());
     }
 
     #[test]

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::host::sha256_hex;
-use crate::model::fs::read_capped;
+use crate::model::fs::{read_bytes_capped, read_capped};
 
+/// The largest module a bundle may pin (the policy host refuses larger ones too).
+const MAX_MODULE_BYTES: u64 = 16 << 20;
 /// The largest bundle file kiln reads.
 const MAX_BUNDLE_BYTES: u64 = 1 << 20;
 
@@ -83,7 +85,7 @@ struct PolicyEntry {
     mode: Mode,
     #[serde(default = "empty_config")]
     config: toml::Value,
-    /// Fuel for one evaluation; default 1,000,000,000.
+    /// Fuel for one evaluation; default 1,000,000,000, at most the operator's `max_fuel`.
     fuel: Option<u64>,
 }
 
@@ -138,7 +140,9 @@ pub enum BundleError {
 }
 
 impl Bundle {
-    pub fn load(path: &Path) -> Result<Bundle, BundleError> {
+    /// Reads the bundle at `path`, every module's pin checked. `max_fuel` is the operator's
+    /// ceiling on any policy's `fuel`.
+    pub fn load(path: &Path, max_fuel: u64) -> Result<Bundle, BundleError> {
         let read = |message: String| BundleError::Read {
             path: path.into(),
             message,
@@ -149,6 +153,12 @@ impl Bundle {
         };
         let text = read_capped(path, MAX_BUNDLE_BYTES).map_err(|e| read(e.to_string()))?;
         let file: BundleFile = toml::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        if file.policies.is_empty() {
+            return Err(invalid(
+                "it names no policy; a gate with no policy judges nothing (add a [[policy]])"
+                    .into(),
+            ));
+        }
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut policies = Vec::new();
         for entry in file.policies {
@@ -165,11 +175,19 @@ impl Bundle {
                     entry.name
                 )));
             }
+            if let Some(fuel) = entry.fuel.filter(|f| *f == 0 || *f > max_fuel) {
+                return Err(invalid(format!(
+                    "policy `{}`: fuel is {fuel}; it must be 1 to {max_fuel} (the operator's [policy] max_fuel)",
+                    entry.name
+                )));
+            }
             let module_path = dir.join(&entry.module);
-            let bytes = std::fs::read(&module_path).map_err(|e| BundleError::Module {
-                policy: entry.name.clone(),
-                module: module_path.clone(),
-                message: e.to_string(),
+            let bytes = read_bytes_capped(&module_path, MAX_MODULE_BYTES).map_err(|e| {
+                BundleError::Module {
+                    policy: entry.name.clone(),
+                    module: module_path.clone(),
+                    message: e.to_string(),
+                }
             })?;
             let actual = sha256_hex(&bytes);
             if actual != pinned {

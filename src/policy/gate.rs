@@ -56,6 +56,10 @@ pub struct PolicyResult {
     pub sha256: String,
     pub mode: Mode,
     pub decision: Decision,
+    /// The module gave no verdict (it failed to load, trapped, ran out of fuel or memory, or
+    /// answered nonsense): its `deny` counts whatever its mode.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub failed: bool,
     pub findings: Vec<Finding>,
     pub duration_us: u64,
     /// What the module wrote to `kiln.log` (capped at 64 KiB).
@@ -164,11 +168,10 @@ impl Gate {
             .iter()
             .map(|p| {
                 let policy = engine.load(&p.bytes)?;
-                // A module whose metadata cannot be read gets everything; its evaluation decides.
-                let reads = engine
-                    .metadata(&policy)
-                    .map(|m| m.reads)
-                    .unwrap_or_default();
+                // Every export the gate calls is the module's word: a metadata export that
+                // traps, loops or answers nonsense is a failure, and denies, as it would in
+                // `kiln policy inspect`.
+                let reads = engine.metadata(&policy)?.reads;
                 Ok((policy, reads))
             })
             .collect();
@@ -225,6 +228,7 @@ impl Gate {
                             sha256: policy.sha256.clone(),
                             mode: policy.mode,
                             decision: verdict.decision,
+                            failed: true,
                             findings: verdict.findings,
                             duration_us: 0,
                             log: String::new(),
@@ -233,9 +237,11 @@ impl Gate {
                 })
                 .collect()
         });
+        // A warning policy's decision does not count, but its failure does: a module that
+        // cannot answer is no warning.
         let decision = results
             .iter()
-            .filter(|r| r.mode == Mode::Enforce)
+            .filter(|r| r.mode == Mode::Enforce || r.failed)
             .map(|r| r.decision)
             .max()
             .unwrap_or(Decision::Allow);
@@ -274,6 +280,7 @@ impl Gate {
     ) -> PolicyResult {
         let started = Instant::now();
         let mut log = String::new();
+        let mut failed = true;
         let verdict = match loaded {
             Ok((module, _)) => {
                 let mut bytes = common.to_vec();
@@ -288,6 +295,7 @@ impl Gate {
                 };
                 let (verdict, written) = self.engine.evaluate_logged(module, &bytes, limits);
                 log = written;
+                failed = verdict.is_err();
                 verdict.unwrap_or_else(|failure| Verdict::failed(&policy.name, &failure))
             }
             Err(failure) => Verdict::failed(&policy.name, failure),
@@ -297,6 +305,7 @@ impl Gate {
             sha256: policy.sha256.clone(),
             mode: policy.mode,
             decision: verdict.decision,
+            failed,
             findings: verdict.findings,
             duration_us: started.elapsed().as_micros() as u64,
             log,

@@ -281,6 +281,9 @@ impl PolicyEngine {
                 .memories(1)
                 .tables(4)
                 .table_elements(100_000)
+                // A grow past the limit traps instead of returning -1: a module cannot ignore
+                // the limit and answer anyway.
+                .trap_on_grow_failure(true)
                 .build(),
             log: Vec::new(),
         };
