@@ -211,10 +211,11 @@ fn a_failing_module_in_a_bundle_denies() {
     let dir = tempfile::tempdir().unwrap();
     let looping = wat::parse_str(
         r#"(module (memory (export "memory") 1)
+            (data (i32.const 64) "{\"name\":\"t\",\"version\":\"1\"}")
             (func (export "kiln_abi_version") (result i32) (i32.const 1))
             (func (export "kiln_alloc") (param i32) (result i32) (i32.const 1024))
             (func (export "kiln_evaluate") (param i32 i32) (result i64) (loop $l (br $l)) (i64.const 0))
-            (func (export "kiln_metadata") (result i64) (i64.const 0)))"#,
+            (func (export "kiln_metadata") (result i64) (i64.const 274877906970)))"#,
     )
     .unwrap();
     std::fs::write(dir.path().join("loop.wasm"), &looping).unwrap();
@@ -516,17 +517,23 @@ fn hostile_bundle(dir: &Path, name: &str, wat: &str, extra: &str) -> PathBuf {
     let bundle = dir.join("bundle.toml");
     std::fs::write(
         &bundle,
-        format!("[[policy]]\nname = \"{name}\"\nmodule = \"{name}.wasm\"\nsha256 = \"{pin}\"\n{extra}\n"),
+        format!(
+            "[[policy]]\nname = \"{name}\"\nmodule = \"{name}.wasm\"\nsha256 = \"{pin}\"\n{extra}\n"
+        ),
     )
     .unwrap();
     bundle
 }
+
+/// Good metadata for [`allowing`]: the JSON at 64, 26 bytes long.
+const METADATA: &str = "(i64.const 274877906970)";
 
 /// A module whose evaluation allows, with `metadata` as its `kiln_metadata` body.
 fn allowing(metadata: &str) -> String {
     format!(
         r#"(module (memory (export "memory") 1)
             (data (i32.const 0) "{{\"decision\":\"allow\",\"findings\":[]}}")
+            (data (i32.const 64) "{{\"name\":\"t\",\"version\":\"1\"}}")
             (func (export "kiln_abi_version") (result i32) (i32.const 1))
             (func (export "kiln_alloc") (param i32) (result i32) (i32.const 1024))
             (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const 34))
@@ -537,8 +544,12 @@ fn allowing(metadata: &str) -> String {
 #[test]
 fn a_module_whose_metadata_fails_is_denied_by_every_command() {
     let dir = tempfile::tempdir().unwrap();
+    let fine = hostile_bundle(dir.path(), "meta", &allowing(METADATA), "");
+    let out = eval(&fine, "escalation-patterns/cases/clean.patch", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     for (what, metadata) in [
         ("traps", "(unreachable)"),
+        ("answers nothing", "(i64.const 0)"),
         ("loops", "(loop $l (br $l)) (i64.const 0)"),
     ] {
         let bundle = hostile_bundle(dir.path(), "meta", &allowing(metadata), "");
@@ -562,10 +573,12 @@ fn a_module_whose_metadata_fails_is_denied_by_every_command() {
 #[test]
 fn a_failing_module_denies_in_warn_mode_too() {
     let dir = tempfile::tempdir().unwrap();
-    let trapping = allowing("(i64.const 0)").replace(
-        "(result i64) (i64.const 34)",
-        "(result i64) (unreachable)",
-    );
+    // The module allows when it does not trap: in warn mode, only its trap can deny.
+    let allows = hostile_bundle(dir.path(), "fine", &allowing(METADATA), "mode = \"warn\"");
+    let out = eval(&allows, "escalation-patterns/cases/clean.patch", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let trapping =
+        allowing(METADATA).replace("(result i64) (i64.const 34)", "(result i64) (unreachable)");
     let bundle = hostile_bundle(dir.path(), "trap", &trapping, "mode = \"warn\"");
     let out = eval(&bundle, "escalation-patterns/cases/clean.patch", &[]);
     assert_eq!(out.status.code(), Some(11), "{}", text(&out));
@@ -585,7 +598,7 @@ fn bundles_that_would_make_evaluation_unbounded_are_refused_at_load() {
     let greedy = hostile_bundle(
         dir.path(),
         "greedy",
-        &allowing("(i64.const 0)"),
+        &allowing(METADATA),
         "fuel = 18446744073709551615",
     );
     let out = eval(&greedy, patch, &[]);
@@ -598,13 +611,20 @@ fn bundles_that_would_make_evaluation_unbounded_are_refused_at_load() {
         let bundle = dir.path().join("special.toml");
         std::fs::write(
             &bundle,
-            format!("[[policy]]\nname = \"special\"\nmodule = \"{module}\"\nsha256 = \"{}\"\n", "0".repeat(64)),
+            format!(
+                "[[policy]]\nname = \"special\"\nmodule = \"{module}\"\nsha256 = \"{}\"\n",
+                "0".repeat(64)
+            ),
         )
         .unwrap();
         let started = std::time::Instant::now();
         let out = eval(&bundle, patch, &[]);
         assert_eq!(out.status.code(), Some(2), "{module}: {}", text(&out));
-        assert!(text(&out).contains("not a regular file"), "{module}: {}", text(&out));
+        assert!(
+            text(&out).contains("not a regular file"),
+            "{module}: {}",
+            text(&out)
+        );
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }

@@ -76,8 +76,11 @@ fn a_memory_grow_bomb_hits_the_limit() {
 #[test]
 fn a_module_that_ignores_a_failed_grow_and_allows_is_denied() {
     // Asks for far more than the 64 MiB limit, drops the answer, and says allow.
-    let failure = evaluate(&module("", "(drop (memory.grow (i32.const 60000))) (i64.const 34)"))
-        .unwrap_err();
+    let failure = evaluate(&module(
+        "",
+        "(drop (memory.grow (i32.const 60000))) (i64.const 34)",
+    ))
+    .unwrap_err();
     assert!(matches!(failure, PolicyFailure::Trap(_)), "{failure:?}");
     assert_eq!(Verdict::failed("grow", &failure).decision, Decision::Deny);
 }

@@ -3,10 +3,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Subcommand, ValueEnum};
+use kiln::config::Config;
 use kiln::policy::{
     Bundle, Decision, Gate, GateInput, GateResult, JobInfo, Mode, PolicyEngine, author,
 };
-use kiln::config::Config;
 use kiln::{Error, ExitCode};
 
 #[derive(Subcommand)]

@@ -200,7 +200,11 @@ mod tests {
         assert!(matches!(parse(&long), Err(BranchError::TooLong { .. })));
         let at_limit = format!("factory/{}", "x".repeat(MAX_BRANCH_BYTES - 8));
         assert!(parse(&at_limit).is_ok());
-        for sneaky in ["factory/fix\u{202E}nigol", "factory/a\u{200B}b", "factory/\u{FEFF}x"] {
+        for sneaky in [
+            "factory/fix\u{202E}nigol",
+            "factory/a\u{200B}b",
+            "factory/\u{FEFF}x",
+        ] {
             assert!(
                 matches!(parse(sneaky), Err(BranchError::Invisible(_))),
                 "{sneaky:?}"

@@ -27,9 +27,7 @@ pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
 /// ever read).
 pub fn read_bytes_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    open_regular(path)?
-        .take(cap + 1)
-        .read_to_end(&mut bytes)?;
+    open_regular(path)?.take(cap + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > cap {
         return Err(std::io::Error::other(format!(
             "larger than {}",
@@ -41,9 +39,8 @@ pub fn read_bytes_capped(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
 
 /// [`read_bytes_capped`], as UTF-8 text.
 pub fn read_capped(path: &Path, cap: u64) -> std::io::Result<String> {
-    String::from_utf8(read_bytes_capped(path, cap)?).map_err(|_| {
-        std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")
-    })
+    String::from_utf8(read_bytes_capped(path, cap)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Makes `dir` and its parents; the folders made are `0700`.
