@@ -151,3 +151,26 @@ fn a_sparse_file_far_larger_than_the_workspace_is_not_taken() {
     assert!(ran.report()["attempts"][0]["test"].is_null());
     assert!(ran.report()["commit"].is_null());
 }
+
+#[test]
+fn a_link_climbing_above_the_workspace_is_dropped_not_an_infrastructure_error() {
+    require_busybox();
+    // The repository itself holds such a link: the generator's copy leaves it out.
+    let fixture = Fixture::with_files(common::HELLO_FILES);
+    std::os::unix::fs::symlink("../../../../outside", fixture.path("repo/climbs")).unwrap();
+    let job = fixture.job(
+        "branch = \"factory/climb\"\nprompt = \"p\"",
+        "ln -s ../../../../../../x leak && echo 'echo \"Hello, kiln!\"' > greet.sh",
+        "sh test.sh",
+        "",
+    );
+    let ran = fixture.run(&job, &[]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let attempts = ran.report()["attempts"].as_array().unwrap().clone();
+    assert_eq!(attempts.len(), 1);
+    let ignored = attempts[0]["ignored_paths"].to_string();
+    assert!(
+        ignored.contains("leak") && ignored.contains("symlink pointing above the workspace"),
+        "{ignored}"
+    );
+}

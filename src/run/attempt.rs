@@ -139,7 +139,7 @@ impl Runner<'_> {
         files.write_json_async(dir.join("diff.json"), &diff).await?;
 
         let whole = ingested.whole;
-        let mut attempt = AttemptReport {
+        let attempt = AttemptReport {
             attempt: n,
             generate: stage_report(&job.generate, &generated),
             ignored_paths: ingested.skipped,
@@ -162,9 +162,11 @@ impl Runner<'_> {
             passed: false,
             artifacts: dir.display().to_string(),
         };
+        // In the report from here on, whatever happens next: an attempt that ends in an error
+        // is still there, with what it got to.
+        self.attempts.push(attempt);
         if let Some(reason) = convergence(n, tree, &trees[1..], &delta, deltas) {
             self.progress.line(&format!("  not converging: {reason}"));
-            self.attempts.push(attempt);
             return Ok(Attempted::NotConverging(reason));
         }
         // A generator cut off mid-write, or a tree kiln could not read whole, is nothing to
@@ -173,7 +175,6 @@ impl Runner<'_> {
             self.progress.line(&format!(
                 "  attempt {n} failed untested: the generator {why}"
             ));
-            self.attempts.push(attempt);
             let next = Feedback::new(n, patch, &generated, Some(why), None, Vec::new());
             return Ok(Attempted::Failed(Box::new(Retry { tree, delta, next })));
         }
@@ -200,10 +201,11 @@ impl Runner<'_> {
         self.artifacts
             .write_async(dir.join("test.log"), tested.output_bytes.clone())
             .await?;
-        attempt.test = Some(stage_report(&job.test, &tested));
-        attempt.protected_reverted = reverted.clone();
-        attempt.passed = passed;
-        self.attempts.push(attempt);
+        if let Some(attempt) = self.attempts.last_mut() {
+            attempt.test = Some(stage_report(&job.test, &tested));
+            attempt.protected_reverted = reverted.clone();
+            attempt.passed = passed;
+        }
         if passed {
             // What is published is what was tested; the gate still judges the generator's diff.
             let next = Feedback::new(n, patch.clone(), &generated, None, Some(&tested), reverted);

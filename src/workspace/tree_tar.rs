@@ -106,6 +106,28 @@ fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
     header
 }
 
+/// Whether the relative link at `path` (inside the workspace) to `target` climbs above the
+/// workspace's root, read as text (nothing is followed). An absolute target does not climb.
+fn link_escapes(path: &[u8], target: &[u8]) -> bool {
+    if target.starts_with(b"/") {
+        return false;
+    }
+    let mut depth = path.split(|b| *b == b'/').filter(|c| !c.is_empty()).count() as i64 - 1;
+    for part in target.split(|b| *b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return true;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    false
+}
+
 fn append_dir(
     builder: &mut tar::Builder<Vec<u8>>,
     path: impl AsRef<std::path::Path>,
@@ -123,6 +145,20 @@ fn append_blob(
 ) -> std::io::Result<()> {
     if mode == MODE_LINK {
         use std::os::unix::ffi::OsStrExt;
+        // The engine refuses a whole archive holding a relative link that climbs out of it; such
+        // a link (a repository's own) is left out of what the container gets.
+        let inside = path
+            .as_os_str()
+            .as_bytes()
+            .strip_prefix(b"workspace/")
+            .is_some_and(|p| !link_escapes(p, content));
+        if !inside {
+            tracing::warn!(
+                path = %path.display(),
+                "a link pointing above the workspace is left out of the container's copy"
+            );
+            return Ok(());
+        }
         let mut h = header(tar::EntryType::Symlink, 0o777);
         h.set_size(0);
         return builder.append_link(&mut h, path, std::ffi::OsStr::from_bytes(content));
@@ -216,6 +252,13 @@ pub fn tree_from_tar(
                 (content, if exec { MODE_EXEC } else { MODE_FILE })
             }
             tar::EntryType::Symlink => match entry.link_name_bytes() {
+                Some(target) if link_escapes(&path, &target) => {
+                    report.skipped.push(Skipped {
+                        path: shown,
+                        reason: "symlink pointing above the workspace",
+                    });
+                    continue;
+                }
                 Some(target) if !target.is_empty() => (target.into_owned(), MODE_LINK),
                 _ => {
                     report.skipped.push(Skipped {
@@ -406,5 +449,16 @@ mod tests {
             "{:?}",
             report.skipped
         );
+    }
+
+    #[test]
+    fn links_climbing_above_the_workspace_are_told_apart() {
+        assert!(link_escapes(b"leak", b"../../../../../../x"));
+        assert!(link_escapes(b"a/leak", b"../../x"));
+        assert!(link_escapes(b"leak", b".."));
+        assert!(!link_escapes(b"a/ok", b"../b.txt"));
+        assert!(!link_escapes(b"a/b/ok", b"./../../c"));
+        assert!(!link_escapes(b"abs", b"/etc/passwd"));
+        assert!(!link_escapes(b"a/ok", b"x/../../y"));
     }
 }
