@@ -257,3 +257,63 @@ fn the_log_is_kept_and_capped_at_64_kib() {
     assert_eq!(verdict.unwrap().decision, Decision::Allow);
     assert!(log.is_empty());
 }
+
+#[test]
+fn a_cache_other_users_could_write_is_refused_and_a_planted_file_not_loaded() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let refused = PolicyEngine::new(Some(open.clone()))
+        .err()
+        .expect("refused");
+    assert!(
+        refused.to_string().contains("open to other users"),
+        "{refused}"
+    );
+    // A link to a folder is refused too, whatever it points at.
+    let private = dir.path().join("private");
+    std::fs::create_dir(&private).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&private, &link).unwrap();
+    let refused = PolicyEngine::new(Some(link)).err().expect("refused");
+    assert!(refused.to_string().contains("is a link"), "{refused}");
+    // In a private cache, a cached file others could have written is compiled afresh: another
+    // module's compiled code planted under this module's name is never loaded.
+    let allows = module("", "(i64.const 34)");
+    let engine = PolicyEngine::new(Some(private.clone())).unwrap();
+    engine.load(&allows).unwrap();
+    let cached = std::fs::read_dir(&private)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let elsewhere = dir.path().join("elsewhere");
+    let traps = module("", "(unreachable)");
+    PolicyEngine::new(Some(elsewhere.clone()))
+        .unwrap()
+        .load(&traps)
+        .unwrap();
+    let planted = std::fs::read_dir(&elsewhere)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    std::fs::copy(&planted, &cached).unwrap();
+    let judge = |engine: &PolicyEngine| {
+        let policy = engine.load(&allows).unwrap();
+        engine.evaluate(&policy, INPUT, PolicyLimits::default())
+    };
+    // Planted with kiln's own mode, the file is kiln's word (the folder is kiln's alone).
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(judge(&PolicyEngine::new(Some(private.clone())).unwrap()).is_err());
+    // Writable by others, it is not trusted: the module is compiled from its bytes again.
+    std::fs::copy(&planted, &cached).unwrap();
+    std::fs::set_permissions(&cached, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let verdict = judge(&PolicyEngine::new(Some(private)).unwrap()).unwrap();
+    assert_eq!(verdict.decision, Decision::Allow);
+}

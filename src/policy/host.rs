@@ -47,6 +47,11 @@ pub enum EngineError {
         #[source]
         source: std::io::Error,
     },
+    /// kiln loads native code from the cache: only a folder kiln's user alone controls will do.
+    #[error(
+        "the policy cache {path} {why}; kiln loads compiled code from it, so it must be a folder of kiln's user that no other user can write (KILN_CACHE_DIR chooses another)"
+    )]
+    UnsafeCache { path: PathBuf, why: String },
 }
 
 /// Why a module gave no verdict. Each becomes a `deny` finding.
@@ -154,6 +159,12 @@ impl PolicyEngine {
                 path: dir.clone(),
                 source,
             })?;
+            if let Some(why) = unsafe_for_native_code(dir, true) {
+                return Err(EngineError::UnsafeCache {
+                    path: dir.clone(),
+                    why,
+                });
+            }
         }
         Ok(PolicyEngine { engine, cache_dir })
     }
@@ -173,7 +184,11 @@ impl PolicyEngine {
                 .hash(&mut hasher);
             dir.join(format!("{sha256}-{:016x}.cwasm", hasher.finish()))
         });
-        let module = match cached.as_deref().filter(|p| p.is_file()) {
+        // A cached file anyone but kiln's user could have written is compiled afresh instead.
+        let module = match cached
+            .as_deref()
+            .filter(|p| p.is_file() && unsafe_for_native_code(p, false).is_none())
+        {
             // SAFETY: the cache folder is kiln's own (0700) and its files are written only by
             // `Module::serialize` below, keyed by the source's sha256 and the engine's config.
             Some(path) => match unsafe { Module::deserialize_file(&self.engine, path) } {
@@ -190,8 +205,16 @@ impl PolicyEngine {
         let module = Module::new(&self.engine, bytes)
             .map_err(|e| PolicyFailure::Invalid(format!("{e:#}")))?;
         if let (Some(path), Ok(artifact)) = (cache, module.serialize()) {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
             let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            if std::fs::write(&tmp, artifact).is_ok() && std::fs::rename(&tmp, path).is_err() {
+            let written = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut file| file.write_all(&artifact));
+            if written.is_err() || std::fs::rename(&tmp, path).is_err() {
                 let _ = std::fs::remove_file(&tmp);
             }
         }
@@ -327,6 +350,36 @@ impl PolicyEngine {
             return Err(PolicyFailure::AbiMismatch(version));
         }
         Ok((store, instance))
+    }
+}
+
+/// Why `path` (a folder, or with `folder` false a file) is no place to load native code from:
+/// a link, not kiln's user's own, or writable (for a folder: usable at all) by other users.
+fn unsafe_for_native_code(path: &Path, folder: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot be checked: {e}")),
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let open_to_others = if folder { 0o077 } else { 0o022 };
+    if meta.file_type().is_symlink() {
+        Some("is a link".into())
+    } else if folder != meta.is_dir() {
+        Some(format!(
+            "is not a {}",
+            if folder { "folder" } else { "file" }
+        ))
+    } else if meta.uid() != uid {
+        Some(format!("belongs to uid {}, not kiln's ({uid})", meta.uid()))
+    } else if meta.mode() & open_to_others != 0 {
+        Some(format!(
+            "is open to other users (mode {:o}); make it {}",
+            meta.mode() & 0o777,
+            if folder { "0700" } else { "0600" }
+        ))
+    } else {
+        None
     }
 }
 
