@@ -241,6 +241,24 @@ fn an_approved_change_is_merged_by_the_queue() {
         .as_str()
         .unwrap()
         .to_string();
+    // Under an operator config tightened since the job ran, the re-test the record asks for is
+    // refused before anything is published or decided.
+    let tight = fixture.path("tight.toml");
+    std::fs::write(&tight, "[limits]\nmemory = \"64MiB\"\n").unwrap();
+    let refused = kiln()
+        .arg("--config")
+        .arg(&tight)
+        .args(["approve", &id, "--by", "mallory", "--artifacts"])
+        .arg(fixture.artifacts_root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("limits.memory") && stderr.contains("64MiB"),
+        "{stderr}"
+    );
+    assert_eq!(file_on_main(&out, "a.txt"), "a\n");
     let approve = kiln()
         .args(["approve", &id, "--by", "alice", "--artifacts"])
         .arg(fixture.artifacts_root())

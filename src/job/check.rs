@@ -9,7 +9,7 @@ use super::source::{repo_source, resolve};
 use super::{Agent, BranchName, Job, MAX_PROMPT_BYTES, SecretCheck, SeedFields, agent};
 use crate::config::{Config, Loosening};
 use crate::model::fs::read_capped;
-use crate::model::{Globs, Host, JobId, Limits, StageSpec};
+use crate::model::{Globs, Host, Invalid, JobId, Limits, StageSpec};
 
 type FieldError = (&'static str, String);
 
@@ -192,6 +192,37 @@ fn stage(
         return Err((name, "timeout must be more than 0 and at most 24h".into()));
     }
     Ok(spec)
+}
+
+/// Checks a stage, limits and loosenings kept from an earlier check (an escalation's merge re-test)
+/// against the operator config as it is now: the config may have tightened since.
+pub fn recheck_stage(
+    config: &Config,
+    spec: &StageSpec,
+    limits: &Limits,
+    loosened: &[Loosening],
+    secrets: &dyn SecretCheck,
+) -> Result<(), Invalid> {
+    let fail = |(field, message): FieldError| Invalid(format!("`{field}` {message}"));
+    let asked = LimitsFile {
+        memory: Some(limits.memory),
+        cpus: Some(limits.cpus),
+        pids: Some(limits.pids),
+        workspace: Some(limits.workspace),
+        tmp: Some(limits.tmp),
+        output: Some(limits.output),
+    };
+    merge_limits(asked, &config.limits).map_err(fail)?;
+    if let Some(denied) = loosened
+        .iter()
+        .find(|l| !config.permit_loosening.contains(l))
+    {
+        return Err(Invalid(format!(
+            "`sandbox` loosens `{denied:?}`, which the operator config no longer permits"
+        )));
+    }
+    stage(Some(spec.clone()), &None, "test").map_err(fail)?;
+    check_network(spec, config, secrets).map_err(|m| fail(("test.network", m)))
 }
 
 /// The job's limits: each one it sets, if at most the operator's (the operator's `[limits]` are

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 pub use branch::{BranchError, BranchName};
+pub use check::recheck_stage;
 pub use file::{MergeSpec, NetworkMode, SandboxFile};
 pub use source::RepoSource;
 

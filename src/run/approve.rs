@@ -81,6 +81,26 @@ pub async fn approve(
         .into());
     }
     let dest = Destination::parse(&e.publish.out);
+    if let Some(merge) = &e.merge {
+        // The record was written under the operator config of its day: what the re-test would
+        // run with is checked against today's.
+        let stale = |why: String| EscalationError::Invalid(format!("escalation {id}: {why}"));
+        if !config.publish.merge_targets.contains(&merge.target) {
+            return Err(stale(format!(
+                "merge target `{}` is not in the operator config's [publish] merge_targets",
+                merge.target
+            ))
+            .into());
+        }
+        crate::job::recheck_stage(
+            config,
+            &merge.test,
+            &merge.limits,
+            &merge.loosened,
+            &ctx.secrets,
+        )
+        .map_err(|e| stale(e.to_string()))?;
+    }
     let sandbox = match &e.merge {
         Some(merge) => {
             let sandbox = Sandbox::connect().await?;
