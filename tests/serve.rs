@@ -781,3 +781,38 @@ fn an_approval_runs_to_its_end_when_the_client_goes_away() {
         .unwrap();
     assert_ne!(landed, base, "the approved change was merged into main");
 }
+
+#[test]
+fn a_server_told_to_stop_hands_its_jobs_back_and_leaves_nothing() {
+    require_busybox();
+    let jobs = Jobs::new();
+    let mut server = Server::start(&jobs.state(), &["--grace", "1s"]);
+    let id = server.submit(&jobs.write("long", 60, ""));
+    server.wait_until_generating(&id);
+    let pid = server.child.id();
+    assert!(!left_by(pid).is_empty(), "the job's containers run");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0));
+    assert!(left_by(pid).is_empty(), "{:?}", left_by(pid));
+    assert!(leftovers(&id).is_empty(), "{:?}", leftovers(&id));
+    // The job waits in the queue for the next start, its run counted.
+    let db = rusqlite::Connection::open(jobs.state().join("kiln.db")).unwrap();
+    let (state, runs): (String, i64) = db
+        .query_row("SELECT state, runs FROM jobs WHERE id = ?1", [&id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .unwrap();
+    assert_eq!((state.as_str(), runs), ("queued", 1));
+}

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// more. A job naming anything else is refused with 403; with none, every job is.
     #[arg(long = "repos", value_name = "ROOT")]
     repos: Vec<PathBuf>,
+    /// On SIGTERM or SIGINT: how long running jobs get to end before they are stopped and handed
+    /// back to the queue (they run again at the next start). Everything the server made in
+    /// Docker is removed before it exits.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    grace: Duration,
 }
 
 /// The state folder a server uses when none is given.
@@ -82,6 +87,7 @@ pub async fn exec(
         },
         out: args.out.as_deref().map(kiln::publish::Destination::parse),
         repos,
+        grace: args.grace,
     };
     kiln::serve::serve(options, config.clone(), gate).await?;
     Ok(ExitCode::Success)

@@ -353,6 +353,13 @@ impl Sandbox {
         self.reap(&format!("{LABEL_JOB}={job}"), |_| true).await
     }
 
+    /// Removes every container, volume and network this kiln process made (a stopping server's
+    /// pooled holders among them).
+    pub async fn reap_own(&self) -> Result<usize, SandboxError> {
+        self.reap(&format!("{LABEL_PID}={}", std::process::id()), |_| true)
+            .await
+    }
+
     /// Removes kiln-labelled containers and volumes whose owning kiln process is gone
     /// (or all of them with `all`). Returns how many objects were removed.
     pub async fn gc(&self, all: bool) -> Result<usize, SandboxError> {

@@ -6,11 +6,14 @@
 mod api;
 mod metrics;
 mod schedule;
+mod shutdown;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -37,6 +40,9 @@ pub struct ServeOptions {
     pub out: Option<Destination>,
     /// The folders (canonical) whose repositories jobs may name; none: no job is accepted.
     pub repos: Vec<PathBuf>,
+    /// On SIGTERM or SIGINT, how long running jobs get to end before they are stopped and
+    /// handed back to the queue.
+    pub grace: Duration,
 }
 
 /// What every request handler and job task shares.
@@ -53,6 +59,8 @@ pub(crate) struct Server {
     repos: Vec<PathBuf>,
     /// The tasks of running jobs, to abort on cancel.
     running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// Set once the server is told to stop: no job starts after it.
+    stopping: AtomicBool,
     wake: Notify,
     metrics: metrics::Metrics,
 }
@@ -149,6 +157,7 @@ pub async fn serve(
         out: options.out.clone(),
         repos: options.repos.clone(),
         running: Mutex::new(HashMap::new()),
+        stopping: AtomicBool::new(false),
         wake: Notify::new(),
         metrics: metrics::Metrics::default(),
     });
@@ -170,9 +179,28 @@ pub async fn serve(
         recovered.len()
     );
     tokio::spawn(schedule::schedule(server.clone()));
-    axum::serve(listener, api::router(server))
-        .await
-        .map_err(Error::io("the server stopped"))
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut until_stopped = stopped.clone();
+    let http =
+        axum::serve(listener, api::router(server.clone())).with_graceful_shutdown(async move {
+            let _ = until_stopped.wait_for(|stop| *stop).await;
+        });
+    let mut http = tokio::spawn(std::future::IntoFuture::into_future(http));
+    tokio::select! {
+        () = shutdown::signalled() => {}
+        ended = &mut http => {
+            return match ended {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::io("the server stopped")(e)),
+                Err(e) => Err(Error::Join(e)),
+            };
+        }
+    }
+    // No new connection from here; requests under way get the grace period with the jobs.
+    let _ = stop.send(true);
+    shutdown::stop(&server, options.grace).await;
+    http.abort();
+    Ok(())
 }
 
 /// The bearer token at `path`, made (32 random bytes, hex, mode 0600) if absent.

@@ -18,6 +18,9 @@ use crate::store::State;
 /// the limits and the queue allow.
 pub(super) async fn schedule(server: Arc<Server>) {
     loop {
+        if server.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = start_ready(&server) {
             tracing::error!("scheduler: {e}");
         }
