@@ -317,3 +317,48 @@ fn a_cache_other_users_could_write_is_refused_and_a_planted_file_not_loaded() {
     let verdict = judge(&PolicyEngine::new(Some(private)).unwrap()).unwrap();
     assert_eq!(verdict.decision, Decision::Allow);
 }
+
+mod any_output {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `text` as WAT data: every byte escaped.
+    fn wat_bytes(text: &[u8]) -> String {
+        text.iter().map(|b| format!("\\{b:02x}")).collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever a module answers with, kiln takes exactly the well-formed verdicts and refuses
+        /// the rest (a refusal is a denial); it never panics.
+        #[test]
+        fn a_module_answer_is_a_verdict_only_when_well_formed(
+            text in prop_oneof![
+                "\\{\"decision\": *\"(allow|deny|review|escalate|maybe)\"(, *\"findings\": *\\[.{0,60}\\])?\\}",
+                ".{0,80}",
+            ],
+        ) {
+            let bytes = text.as_bytes();
+            let wat = format!(
+                r#"(module (memory (export "memory") 1)
+                    (data (i32.const 0) "{data}")
+                    (data (i32.const 4096) "{{\"name\":\"t\",\"version\":\"1\"}}")
+                    (func (export "kiln_abi_version") (result i32) (i32.const 1))
+                    (func (export "kiln_alloc") (param i32) (result i32) (i32.const 8192))
+                    (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const {len}))
+                    (func (export "kiln_metadata") (result i64) (i64.const {meta})))"#,
+                data = wat_bytes(bytes),
+                len = bytes.len(),
+                meta = (4096i64 << 32) | 26,
+            );
+            let module = wat::parse_str(&wat).unwrap();
+            let answer = evaluate(&module);
+            let well_formed = serde_json::from_slice::<Verdict>(bytes).is_ok();
+            prop_assert_eq!(answer.is_ok(), well_formed, "{:?} -> {:?}", text, answer);
+            if let Err(failure) = answer {
+                prop_assert_eq!(Verdict::failed("any", &failure).decision, Decision::Deny);
+            }
+        }
+    }
+}

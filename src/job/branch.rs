@@ -211,4 +211,25 @@ mod tests {
             );
         }
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// A name that passes is one git accepts, under the prefix, short enough for any
+        /// filesystem, with nothing invisible in it.
+        #[test]
+        fn a_name_that_passes_is_safe_to_write(
+            name in prop_oneof!["factory/[a-zA-Z0-9._/@{}~^:?*\\[\\\\-]{0,30}", "factory/.{0,300}", ".{0,40}"],
+        ) {
+            if let Ok(branch) = parse(&name) {
+                prop_assert!(branch.as_str().starts_with("factory/"));
+                prop_assert!(branch.as_str().len() <= MAX_BRANCH_BYTES);
+                prop_assert!(git2::Reference::is_valid_name(&branch.refname()));
+                prop_assert!(!branch.as_str().chars().any(|c| is_invisible(c) || c.is_control()));
+                prop_assert!(!branch.as_str().contains(".."));
+            }
+        }
+    }
 }

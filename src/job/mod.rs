@@ -307,4 +307,68 @@ mod tests {
         let err = load(&job("repo = 'repo'\nbranch = 'factory/x'")).unwrap_err();
         assert!(err.to_string().contains("prompt"), "{err}");
     }
+
+    use proptest::prelude::*;
+
+    /// A TOML string of `text`.
+    fn quoted(text: &str) -> String {
+        toml::Value::String(text.into()).to_string()
+    }
+
+    /// A job file whose every value a hostile submitter chose, near enough to the schema to
+    /// reach the checks behind the parser.
+    fn hostile_job() -> impl Strategy<Value = String> {
+        let text = || prop_oneof!["factory/[a-z/.@{}-]{0,20}", ".{0,30}", "[a-z]{0,300}"];
+        (
+            text(),
+            text(),
+            proptest::collection::vec(text(), 0..4),
+            "[0-9]{0,12}[kmgKMGiB]{0,3}|-?[0-9]{1,20}",
+            "[a-z0-9.:\\[\\]-]{0,30}",
+            any::<i64>(),
+        )
+            .prop_map(|(branch, prompt, globs, size, allow, priority)| {
+                let globs: Vec<String> = globs.iter().map(|g| quoted(g)).collect();
+                format!(
+                    "repo = '/'\nbranch = {}\nprompt = {}\ncontext_files = [{}]\npriority = {priority}\n\
+                     [generate]\nimage = 'i'\ncommand = ['true']\n[generate.network]\nallow = [{}]\n\
+                     [test]\nimage = 'i'\ncommand = ['true']\n[limits]\nmemory = {}\n",
+                    quoted(&branch),
+                    quoted(&prompt),
+                    globs.join(", "),
+                    quoted(&allow),
+                    quoted(&size),
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any job text, TOML or the seed article's JSON, is a checked job or an error naming
+        /// what is wrong; never a panic.
+        #[test]
+        fn any_job_text_is_a_job_or_a_clear_error(
+            text in prop_oneof![hostile_job(), ".{0,200}"],
+            json in any::<bool>(),
+        ) {
+            let format = if json { Format::Json } else { Format::Toml };
+            let parsed = Job::parse(
+                &text,
+                format,
+                None,
+                Path::new("request"),
+                &Config::default(),
+                &crate::secrets::Secrets::default(),
+            );
+            match parsed {
+                Ok(job) => {
+                    prop_assert!(job.branch.as_str().starts_with("factory/"));
+                    prop_assert!(job.limits.memory <= Config::default().limits.memory);
+                    prop_assert!((0..=9).contains(&job.priority));
+                }
+                Err(e) => prop_assert!(e.to_string().starts_with("job file request")),
+            }
+        }
+    }
 }

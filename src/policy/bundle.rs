@@ -225,3 +225,36 @@ impl Bundle {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any bundle text loads or is refused with an error naming the bundle; never a panic,
+        /// and a module path is never read unless it is a regular file.
+        #[test]
+        fn any_bundle_text_loads_or_is_refused_by_name(
+            name in "[a-z]{0,8}",
+            module in prop_oneof!["[a-z./]{0,20}", Just("/dev/zero".to_string()), Just("/".to_string())],
+            sha in "[0-9a-f]{0,64}",
+            fuel in any::<u64>(),
+            extra in "[a-z_ =\"\\[\\]0-9\n]{0,60}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("bundle.toml");
+            let text = format!(
+                "{extra}\n[[policy]]\nname = {:?}\nmodule = {:?}\nsha256 = {:?}\nfuel = {fuel}\n",
+                name, module, sha
+            );
+            std::fs::write(&path, text).unwrap();
+            if let Err(e) = Bundle::load(&path, 1_000_000) {
+                let text = e.to_string();
+                prop_assert!(text.contains("bundle") || text.contains("policy `"), "{text}");
+            }
+        }
+    }
+}

@@ -447,3 +447,28 @@ fn types(types: impl Iterator<Item = ValType>) -> Vec<&'static str> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever a module returns as its output's place, kiln reads inside its memory and
+        /// within the cap, or refuses.
+        #[test]
+        fn any_packed_output_is_read_in_bounds_or_refused(
+            packed in any::<i64>(),
+            memory in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            if let Ok(bytes) = read_packed(&memory, packed) {
+                prop_assert!(bytes.len() <= MAX_OUTPUT_BYTES);
+                let start = bytes.as_ptr() as usize - memory.as_ptr() as usize;
+                prop_assert!(start + bytes.len() <= memory.len());
+            }
+        }
+
+    }
+}

@@ -226,4 +226,29 @@ mod tests {
                 .contains("not a regular file")
         );
     }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any bytes a reviewer leaves give a verdict: usable, or `escalate` saying why; only a
+        /// well-formed approval approves.
+        #[test]
+        fn any_bytes_give_a_verdict_and_only_a_clean_approval_approves(
+            bytes in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..512),
+                "\\{\"verdict\": *\"(approve|escalate|request_changes|x)\"(, *\"summary\": *\".{0,20}\")?(, *\"comments\": *\\[.{0,40}\\])?\\}"
+                    .prop_map(String::into_bytes),
+            ],
+        ) {
+            let verdict = ReviewVerdict::parse(&bytes);
+            if verdict.invalid.is_some() {
+                prop_assert_eq!(verdict.verdict, VerdictKind::Escalate);
+            }
+            prop_assert!(verdict.comments.len() <= MAX_COMMENTS);
+            prop_assert!(verdict.summary.chars().count() <= MAX_TEXT_CHARS);
+            prop_assert!(!verdict.summary.chars().any(|c| c.is_control() && c != '\n' && c != '\t'));
+        }
+    }
 }

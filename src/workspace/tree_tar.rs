@@ -461,4 +461,103 @@ mod tests {
         assert!(!link_escapes(b"abs", b"/etc/passwd"));
         assert!(!link_escapes(b"a/ok", b"x/../../y"));
     }
+
+    use proptest::prelude::*;
+
+    /// A tar a container could have made: any paths (climbing, absolute, `.git`, odd bytes), any
+    /// entry types, any contents and link targets.
+    fn hostile_tar() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![
+            Just(tar::EntryType::Regular),
+            Just(tar::EntryType::Directory),
+            Just(tar::EntryType::Symlink),
+            Just(tar::EntryType::Link),
+            Just(tar::EntryType::Fifo),
+            Just(tar::EntryType::Char),
+        ];
+        let path = prop_oneof![
+            "workspace/[a-z.]{1,8}(/[a-zA-Z0-9._-]{1,8}){0,3}",
+            "workspace/(\\.\\./)*[a-z]{1,4}",
+            "(workspace/)?\\.git(/[a-z]{1,4})?",
+            "/[a-z]{1,8}",
+            ".{1,40}",
+        ];
+        let entry = (
+            path,
+            kind,
+            proptest::collection::vec(any::<u8>(), 0..64),
+            "[./a-z]{0,40}",
+        );
+        proptest::collection::vec(entry, 0..24).prop_map(|entries| {
+            let mut b = tar::Builder::new(Vec::new());
+            for (path, kind, data, target) in entries {
+                let mut h = tar::Header::new_gnu();
+                h.set_entry_type(kind);
+                h.set_mode(0o644);
+                // A path the tar crate refuses to write (`..`, absolute) goes into the header's
+                // name field as raw bytes: a container's engine could send it.
+                if h.set_path(&path).is_err() {
+                    let raw = path.as_bytes();
+                    let name = &mut h.as_old_mut().name;
+                    let len = raw.len().min(name.len());
+                    name[..len].copy_from_slice(&raw[..len]);
+                }
+                let _ = match kind {
+                    tar::EntryType::Symlink | tar::EntryType::Link => {
+                        h.set_size(0);
+                        h.set_link_name(&target)
+                            .and_then(|()| b.append(&h, std::io::empty()))
+                    }
+                    _ => {
+                        h.set_size(data.len() as u64);
+                        h.set_cksum();
+                        b.append(&h, data.as_slice())
+                    }
+                };
+            }
+            b.into_inner().unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever the archive, the tree kiln takes holds only paths inside the workspace, no
+        /// `.git`, no link climbing out; truncated or garbled archives are a failed read, never
+        /// a panic.
+        #[test]
+        fn any_archive_gives_a_tree_inside_the_workspace_or_a_clear_error(
+            tar in hostile_tar(),
+            cut in any::<prop::sample::Index>(),
+            garble in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let repo = Repository::init_bare(dir.path()).unwrap();
+            let mut bytes = tar.clone();
+            if garble && !bytes.is_empty() {
+                let at = cut.index(bytes.len());
+                bytes.truncate(at);
+            }
+            let Ok((tree, _)) = tree_from_tar(&repo, &bytes, &Redactor::default()) else {
+                return Ok(());
+            };
+            let tree = repo.find_tree(tree).unwrap();
+            let mut bad = Vec::new();
+            tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+                let path = format!("{dir}{}", entry.name().unwrap_or("?"));
+                if path.split('/').any(|c| c.eq_ignore_ascii_case(".git") || c == "..") {
+                    bad.push(path.clone());
+                }
+                if entry.filemode() == MODE_LINK as i32 {
+                    let blob = repo.find_blob(entry.id()).unwrap();
+                    if link_escapes(path.as_bytes(), blob.content()) {
+                        bad.push(path);
+                    }
+                }
+                TreeWalkResult::Ok
+            })
+            .unwrap();
+            prop_assert!(bad.is_empty(), "{bad:?}");
+        }
+    }
 }
