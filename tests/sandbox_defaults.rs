@@ -347,3 +347,87 @@ fn no_docker_socket_and_no_host_path_is_mounted() {
         "{mounts}"
     );
 }
+
+const DEBIAN: &str = "kiln/debian:bookworm";
+
+/// Runs `script` as the generator in kiln/debian (the tests: `test`), one attempt; the fixture
+/// holds the artifacts the run left.
+fn in_debian(script: &str, test: &str) -> (Fixture, Ran) {
+    common::require_image(DEBIAN, "debian");
+    let fixture = Fixture::with_files(&[("README", "x\n")]);
+    let job = fixture.job(
+        "branch = \"factory/seccomp\"\nprompt = \"p\"",
+        script,
+        test,
+        "[retry]\nmax_attempts = 1",
+    );
+    fixture.edit_job(&job, common::BUSYBOX, DEBIAN);
+    let ran = fixture.run(&job, &[]);
+    (fixture, ran)
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn each_call_the_seccomp_profile_refuses_fails_inside_the_container() {
+    // x86_64 numbers; each call's errno is written down (1 is EPERM).
+    let calls = [
+        ("ptrace", "101, 0, 0, 0, 0"),
+        ("bpf", "321, 0, 0, 0"),
+        ("keyctl", "250, 0, 0, 0, 0, 0"),
+        ("userfaultfd", "323, 0"),
+        ("perf_event_open", "298, 0, 0, -1, -1, 0"),
+        ("unshare", "272, 0x10000000"),
+        ("setns", "308, 0, 0"),
+        ("mount", "165, 0, 0, 0, 0, 0"),
+        ("fsopen", "430, 0, 0"),
+        ("fsmount", "432, 0, 0, 0"),
+        ("move_mount", "429, 0, 0, 0, 0, 0"),
+        ("open_tree", "428, 0, 0, 0"),
+        ("io_uring_setup", "425, 1, 0"),
+        ("io_uring_enter", "426, 0, 0, 0, 0, 0, 0"),
+        ("clone_newuser", "56, 0x10000011, 0, 0, 0, 0"),
+    ];
+    let perl: String = calls
+        .iter()
+        .map(|(name, args)| format!("syscall({args}); print \"{name}=\", $!+0, \"\\n\";"))
+        .collect();
+    let script = format!("perl -e '{perl}' | tee refused.txt");
+    let (_fixture, ran) = in_debian(&script, "true");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let log = ran.attempt_file(1, "generate.log");
+    for (name, _) in calls {
+        assert!(
+            log.contains(&format!("{name}=1\n")),
+            "{name} was not refused:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn a_build_and_test_workload_runs_under_the_profile() {
+    let script = r#"set -e
+cat > sum.c <<'C'
+#include <pthread.h>
+#include <stdio.h>
+static long total;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static void *add(void *arg) { pthread_mutex_lock(&lock); total += (long)arg; pthread_mutex_unlock(&lock); return 0; }
+int main(void) {
+  pthread_t t[4];
+  for (long i = 0; i < 4; i++) pthread_create(&t[i], 0, add, (void *)(i + 1));
+  for (int i = 0; i < 4; i++) pthread_join(t[i], 0);
+  printf("%ld\n", total);
+  return total == 10 ? 0 : 1;
+}
+C
+printf 'test: sum\n\t./sum\nsum: sum.c\n\tcc -O2 -pthread -o sum sum.c\n' > Makefile
+git init -q /tmp/history && git -C /tmp/history -c user.name=k -c user.email=k@k commit -q --allow-empty -m start
+git -C /tmp/history log --oneline
+"#;
+    let (_fixture, ran) = in_debian(script, "make -s test && rm -f sum && echo BUILT_AND_TESTED");
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert!(
+        ran.attempt_file(1, "test.log")
+            .contains("10\nBUILT_AND_TESTED")
+    );
+}

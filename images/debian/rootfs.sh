@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then
   echo "debootstrap needs root to build kiln/debian" >&2
   exit 1
 fi
-debootstrap --variant=minbase --include=git,ca-certificates,curl bookworm "$out" "$mirror" >&2
+debootstrap --variant=minbase --include=git,ca-certificates,curl,gcc,libc6-dev,make bookworm "$out" "$mirror" >&2
 # Nothing of the build host stays: no device nodes, package caches or machine identity.
 rm -rf "$out"/dev/* "$out"/var/cache/apt/archives/*.deb "$out"/var/lib/apt/lists/* "$out"/etc/machine-id
 echo 'kiln:x:1000:1000:kiln:/tmp:/bin/sh' >>"$out/etc/passwd"

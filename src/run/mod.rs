@@ -51,8 +51,8 @@ pub struct RunOptions {
     pub out: Option<Destination>,
 }
 
-/// Checks what must hold before anything runs: the images exist and `--out` can take the branch.
-/// A missing image's error says how to build it.
+/// Checks what must hold before anything runs: the engine applies seccomp profiles, the images
+/// exist (a missing one's error says how to build it) and `--out` can take the branch.
 pub async fn preflight(
     job: &Job,
     ctx: &Context,
@@ -63,6 +63,7 @@ pub async fn preflight(
         let (out, branch, config) = (out.clone(), job.branch.clone(), ctx.config.clone());
         blocking(move || Ok(check_destination(&out, &branch, &config)?)).await?;
     }
+    sandbox.require_seccomp().await?;
     let review = job.review.as_ref().map(|r| r.image.as_str());
     for image in [
         job.generate.image.as_str(),

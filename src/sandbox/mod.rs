@@ -3,6 +3,7 @@
 //! works on, and reaping what a crashed run left behind.
 
 mod output;
+pub mod seccomp;
 mod spec;
 mod volume;
 
@@ -52,6 +53,10 @@ pub enum SandboxError {
     ImageMissing(String),
     #[error("Docker refused to {op}: {message}")]
     Docker { op: &'static str, message: String },
+    #[error(
+        "the Docker engine reports no seccomp support; kiln runs no container without its seccomp profile"
+    )]
+    NoSeccomp,
     #[error("the Docker engine did not finish `{0}` in time")]
     Stuck(&'static str),
 }
@@ -158,6 +163,23 @@ impl Sandbox {
 
     pub fn docker(&self) -> &Docker {
         &self.docker
+    }
+
+    /// Fails unless the engine applies seccomp profiles: kiln's confinement relies on its own.
+    pub async fn require_seccomp(&self) -> Result<(), SandboxError> {
+        let info = bounded("read the engine's info", self.docker.info())
+            .await?
+            .map_err(docker_err("read the engine's info"))?;
+        let seccomp = info
+            .security_options
+            .unwrap_or_default()
+            .iter()
+            .any(|o| o.split(',').any(|part| part == "name=seccomp"));
+        if seccomp {
+            Ok(())
+        } else {
+            Err(SandboxError::NoSeccomp)
+        }
     }
 
     /// Fails with [`SandboxError::ImageMissing`] when `image` is not on this machine.

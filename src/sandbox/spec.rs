@@ -70,7 +70,10 @@ impl ContainerSpec {
                 None => "none".into(),
             }),
             cap_drop: Some(vec!["ALL".into()]),
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            security_opt: Some(vec![
+                "no-new-privileges:true".into(),
+                format!("seccomp={}", super::seccomp::PROFILE),
+            ]),
             readonly_rootfs: Some(!loosened(Loosening::WritableRootfs)),
             tmpfs: Some(HashMap::from([("/tmp".to_string(), tmp)])),
             memory: Some(memory),
