@@ -167,7 +167,7 @@ mod tests {
         let mut index = git2::Index::new().unwrap();
         for (path, content, mode) in files {
             let oid = repo.blob(content.as_bytes()).unwrap();
-            super::super::tree_tar::add_entry(&mut index, path.as_bytes(), oid, *mode).unwrap();
+            crate::workspace::tree_tar::add_entry(&mut index, path.as_bytes(), oid, *mode).unwrap();
         }
         index.write_tree_to(repo).unwrap()
     }

@@ -1,27 +1,21 @@
-//! Trees to tar and back. A tree goes into a container as a tar stream made from git's object
-//! database; what comes back is a tar stream made by the Docker engine from a directory the
-//! container controlled, so it is parsed as hostile: no path leaves the tree, nothing under any
-//! `.git` is taken, links are stored as links (their targets are text, never followed), devices
-//! and fifos are dropped, and every count is capped. Nothing is ever written to the host's disk.
+//! A container's workspace back into a tree: the tar the engine made of a folder the container
+//! controlled, read as hostile. No path leaves the tree, nothing under any `.git` is taken,
+//! links are kept as text (one climbing above the workspace is dropped), devices and fifos are
+//! dropped, every count is capped, every secret hidden.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Read;
 
-use git2::{IndexEntry, IndexTime, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{Oid, Repository};
 use serde::Serialize;
 
-use super::WorkspaceError;
+use super::{MODE_EXEC, MODE_FILE, MODE_LINK, add_entry, link_escapes};
 use crate::secrets::Redactor;
+use crate::workspace::WorkspaceError;
 
-/// Owner of everything in the workspace: the sandbox user.
-const SANDBOX_UID: u64 = 1000;
 /// The most entries kiln reads back from a container's workspace.
 const MAX_ENTRIES: usize = 200_000;
-
-const MODE_FILE: u32 = 0o100644;
-const MODE_EXEC: u32 = 0o100755;
-const MODE_LINK: u32 = 0o120000;
 
 /// What kiln left out when it read a tree back, each with the path and why.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -38,137 +32,6 @@ pub struct Ingested {
 pub struct Skipped {
     pub path: String,
     pub reason: &'static str,
-}
-
-/// A tar of `tree` under `workspace/`, owned by the sandbox user, with `job.json` beside it
-/// owned by root and read-only. Submodule entries (gitlinks) become empty folders.
-pub fn tar_of_tree(
-    repo: &Repository,
-    tree: Oid,
-    input_name: &str,
-    input: &[u8],
-) -> Result<Vec<u8>, WorkspaceError> {
-    let mut builder = tar::Builder::new(Vec::new());
-    let io = |e: std::io::Error| WorkspaceError::Tar {
-        what: "building the workspace tar",
-        source: e,
-    };
-    append_dir(&mut builder, "workspace").map_err(io)?;
-    // The mount point of a reviewer's output volume, inside its read-only workspace.
-    append_dir(&mut builder, "out").map_err(io)?;
-    let mut header = tar::Header::new_gnu();
-    header.set_mode(0o444);
-    header.set_size(input.len() as u64);
-    header.set_entry_type(tar::EntryType::Regular);
-    builder
-        .append_data(&mut header, input_name, input)
-        .map_err(io)?;
-
-    let tree = repo.find_tree(tree)?;
-    let mut failure = None;
-    tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
-        use std::os::unix::ffi::OsStrExt;
-        let mut raw = format!("workspace/{dir}").into_bytes();
-        raw.extend_from_slice(entry.name_bytes());
-        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&raw));
-        let result = match entry.kind() {
-            Some(ObjectType::Tree) => append_dir(&mut builder, path),
-            Some(ObjectType::Blob) => repo
-                .find_blob(entry.id())
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|blob| {
-                    append_blob(&mut builder, path, entry.filemode() as u32, blob.content())
-                }),
-            Some(ObjectType::Commit) => append_dir(&mut builder, path),
-            _ => Ok(()),
-        };
-        match result {
-            Ok(()) => TreeWalkResult::Ok,
-            Err(e) => {
-                failure = Some(e);
-                TreeWalkResult::Abort
-            }
-        }
-    })?;
-    if let Some(e) = failure {
-        return Err(io(e));
-    }
-    builder.into_inner().map_err(io)
-}
-
-fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_mode(mode);
-    header.set_uid(SANDBOX_UID);
-    header.set_gid(SANDBOX_UID);
-    header.set_mtime(0);
-    header
-}
-
-/// Whether the relative link at `path` (inside the workspace) to `target` climbs above the
-/// workspace's root, read as text (nothing is followed). An absolute target does not climb.
-fn link_escapes(path: &[u8], target: &[u8]) -> bool {
-    if target.starts_with(b"/") {
-        return false;
-    }
-    let mut depth = path.split(|b| *b == b'/').filter(|c| !c.is_empty()).count() as i64 - 1;
-    for part in target.split(|b| *b == b'/') {
-        match part {
-            b"" | b"." => {}
-            b".." => {
-                depth -= 1;
-                if depth < 0 {
-                    return true;
-                }
-            }
-            _ => depth += 1,
-        }
-    }
-    false
-}
-
-fn append_dir(
-    builder: &mut tar::Builder<Vec<u8>>,
-    path: impl AsRef<std::path::Path>,
-) -> std::io::Result<()> {
-    let mut h = header(tar::EntryType::Directory, 0o755);
-    h.set_size(0);
-    builder.append_data(&mut h, path, std::io::empty())
-}
-
-fn append_blob(
-    builder: &mut tar::Builder<Vec<u8>>,
-    path: &std::path::Path,
-    mode: u32,
-    content: &[u8],
-) -> std::io::Result<()> {
-    if mode == MODE_LINK {
-        use std::os::unix::ffi::OsStrExt;
-        // The engine refuses a whole archive holding a relative link that climbs out of it; such
-        // a link (a repository's own) is left out of what the container gets.
-        let inside = path
-            .as_os_str()
-            .as_bytes()
-            .strip_prefix(b"workspace/")
-            .is_some_and(|p| !link_escapes(p, content));
-        if !inside {
-            tracing::warn!(
-                path = %path.display(),
-                "a link pointing above the workspace is left out of the container's copy"
-            );
-            return Ok(());
-        }
-        let mut h = header(tar::EntryType::Symlink, 0o777);
-        h.set_size(0);
-        return builder.append_link(&mut h, path, std::ffi::OsStr::from_bytes(content));
-    }
-    let mut h = header(
-        tar::EntryType::Regular,
-        if mode == MODE_EXEC { 0o755 } else { 0o644 },
-    );
-    h.set_size(content.len() as u64);
-    builder.append_data(&mut h, path, content)
 }
 
 /// Reads the tar of `/kiln/workspace` a container left and writes it as a tree into `repo`.
@@ -324,32 +187,12 @@ fn workspace_path(raw: &[u8]) -> Option<Vec<u8>> {
     ok.then(|| rest.to_vec())
 }
 
-pub(super) fn add_entry(
-    index: &mut git2::Index,
-    path: &[u8],
-    id: Oid,
-    mode: u32,
-) -> Result<(), git2::Error> {
-    let entry = IndexEntry {
-        ctime: IndexTime::new(0, 0),
-        mtime: IndexTime::new(0, 0),
-        dev: 0,
-        ino: 0,
-        mode,
-        uid: 0,
-        gid: 0,
-        file_size: 0,
-        id,
-        flags: path.len().min(0xfff) as u16,
-        flags_extended: 0,
-        path: path.to_vec(),
-    };
-    index.add(&entry)
-}
-
 #[cfg(test)]
 mod tests {
+    use git2::{TreeWalkMode, TreeWalkResult};
+
     use super::*;
+    use crate::workspace::tree_tar::tar_of_tree;
 
     fn tar_of(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -449,17 +292,6 @@ mod tests {
             "{:?}",
             report.skipped
         );
-    }
-
-    #[test]
-    fn links_climbing_above_the_workspace_are_told_apart() {
-        assert!(link_escapes(b"leak", b"../../../../../../x"));
-        assert!(link_escapes(b"a/leak", b"../../x"));
-        assert!(link_escapes(b"leak", b".."));
-        assert!(!link_escapes(b"a/ok", b"../b.txt"));
-        assert!(!link_escapes(b"a/b/ok", b"./../../c"));
-        assert!(!link_escapes(b"abs", b"/etc/passwd"));
-        assert!(!link_escapes(b"a/ok", b"x/../../y"));
     }
 
     use proptest::prelude::*;
