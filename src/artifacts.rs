@@ -9,7 +9,6 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use serde::Serialize;
 
 use crate::model::{JobId, Stage};
@@ -135,10 +134,20 @@ impl Artifacts {
             })
     }
 
-    /// [`Artifacts::write`] off the async threads.
-    pub async fn write_async(&self, path: PathBuf, bytes: Bytes) -> Result<(), ArtifactError> {
+    /// [`Artifacts::write`] off the async threads; `data` is moved there and handed back, so
+    /// writing a large artifact never copies it.
+    pub async fn write_async<T>(&self, path: PathBuf, data: T) -> Result<T, ArtifactError>
+    where
+        T: AsRef<[u8]> + Send + 'static,
+    {
         let this = self.clone();
-        blocking(path.clone(), move || this.write(&path, &bytes)).await
+        let error_path = path.clone();
+        tokio::task::spawn_blocking(move || this.write(&path, data.as_ref()).map(|()| data))
+            .await
+            .map_err(|e| ArtifactError::Io {
+                path: error_path,
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// [`Artifacts::write_json`] off the async threads.
@@ -148,24 +157,12 @@ impl Artifacts {
         value: &impl Serialize,
     ) -> Result<(), ArtifactError> {
         let text = self.json_text(&path, value)? + "\n";
-        self.write_async(path, text.into()).await
+        self.write_async(path, text).await.map(drop)
     }
 }
 
 /// The escalation folder's name inside a job's artifacts.
 pub const ESCALATION_DIR: &str = "escalation";
-
-async fn blocking(
-    path: PathBuf,
-    f: impl FnOnce() -> Result<(), ArtifactError> + Send + 'static,
-) -> Result<(), ArtifactError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ArtifactError::Io {
-            path,
-            source: std::io::Error::other(e),
-        })?
-}
 
 #[cfg(test)]
 mod tests {

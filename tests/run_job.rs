@@ -426,7 +426,7 @@ fn a_job_cannot_ask_for_more_than_the_operators_limits() {
         let ran = fixture.run_configured(&config, &job);
         assert_eq!(ran.code, 2, "{asked}: {}", ran.stderr);
         assert!(
-            ran.stderr.contains(field) && ran.stderr.contains(ceiling),
+            ran.stderr.contains(field) && ran.stderr.contains(&format!("ceiling of {ceiling} ")),
             "{asked}: {}",
             ran.stderr
         );

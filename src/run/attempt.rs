@@ -113,8 +113,9 @@ impl Runner<'_> {
             ),
         })
         .map_err(Error::Json)?;
-        self.artifacts
-            .write_async(dir.join("job.json"), input.clone().into())
+        let input = self
+            .artifacts
+            .write_async(dir.join("job.json"), input)
             .await?;
 
         let timer = self.progress.start(self.step(n, Stage::Generate));
@@ -133,9 +134,7 @@ impl Runner<'_> {
         files
             .write_async(dir.join("generate.log"), generated.output_bytes.clone())
             .await?;
-        files
-            .write_async(dir.join("diff.patch"), patch.clone().into())
-            .await?;
+        let patch = files.write_async(dir.join("diff.patch"), patch).await?;
         files.write_json_async(dir.join("diff.json"), &diff).await?;
 
         let whole = ingested.whole;

@@ -79,8 +79,9 @@ impl Runner<'_> {
             test_output_tail: tail_text(&tested.output_bytes, REVIEW_TEST_BYTES),
         })
         .map_err(Error::Json)?;
-        self.artifacts
-            .write_async(dir.join("review.json"), input.clone().into())
+        let input = self
+            .artifacts
+            .write_async(dir.join("review.json"), input)
             .await?;
 
         let timer = self.progress.start(self.step(n, Stage::Review));
