@@ -119,6 +119,8 @@ impl RunOutcome {
 pub struct Sandbox {
     docker: Docker,
     volumes: Arc<VolumePool>,
+    /// Set once the engine was seen to apply seccomp profiles: asked once, not per job.
+    seccomp: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Sandbox {
@@ -136,6 +138,7 @@ impl Sandbox {
         Ok(Sandbox {
             docker,
             volumes: Arc::new(VolumePool::new(2)),
+            seccomp: Arc::default(),
         })
     }
 
@@ -167,19 +170,22 @@ impl Sandbox {
 
     /// Fails unless the engine applies seccomp profiles: kiln's confinement relies on its own.
     pub async fn require_seccomp(&self) -> Result<(), SandboxError> {
-        let info = bounded("read the engine's info", self.docker.info())
-            .await?
-            .map_err(docker_err("read the engine's info"))?;
-        let seccomp = info
-            .security_options
-            .unwrap_or_default()
-            .iter()
-            .any(|o| o.split(',').any(|part| part == "name=seccomp"));
-        if seccomp {
-            Ok(())
-        } else {
-            Err(SandboxError::NoSeccomp)
-        }
+        let ask = || async {
+            let info = bounded("read the engine's info", self.docker.info())
+                .await?
+                .map_err(docker_err("read the engine's info"))?;
+            let seccomp = info
+                .security_options
+                .unwrap_or_default()
+                .iter()
+                .any(|o| o.split(',').any(|part| part == "name=seccomp"));
+            if seccomp {
+                Ok(())
+            } else {
+                Err(SandboxError::NoSeccomp)
+            }
+        };
+        self.seccomp.get_or_try_init(ask).await.copied()
     }
 
     /// Fails with [`SandboxError::ImageMissing`] when `image` is not on this machine.
