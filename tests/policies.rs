@@ -628,3 +628,52 @@ fn bundles_that_would_make_evaluation_unbounded_are_refused_at_load() {
         assert!(started.elapsed() < std::time::Duration::from_secs(30));
     }
 }
+
+#[test]
+fn a_change_larger_than_the_gate_reads_is_denied_whatever_the_policies_say() {
+    let fixture = common::Fixture::with_git(&[("src/app.rs", "fn main() {}\n")]);
+    let repo = git2::Repository::open(fixture.path("repo")).unwrap();
+    // 100 KB of text: over a 64 KiB `max_diff`, under the default 4 MiB.
+    std::fs::write(fixture.path("repo/data.txt"), "row\n".repeat(25_000)).unwrap();
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"], git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let sig = git2::Signature::now("t", "t@localhost").unwrap();
+    let parent = repo.head().unwrap().peel_to_commit().unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "data", &tree, &[&parent])
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Memory for the whole input: this module allows whatever it reads.
+    let roomy = allowing(METADATA).replace("\"memory\") 1)", "\"memory\") 32)");
+    let allows = hostile_bundle(dir.path(), "fine", &roomy, "");
+    let eval = |config: &str| {
+        let cfg = dir.path().join("kiln.toml");
+        std::fs::write(&cfg, config).unwrap();
+        kiln()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["policy", "eval", "--format", "json", "--bundle"])
+            .arg(&allows)
+            .arg("--repo")
+            .arg(fixture.path("repo"))
+            .args(["--base", "v1", "--head", "main"])
+            .output()
+            .unwrap()
+    };
+    let out = eval("");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = eval("[policy]\nmax_diff = \"64KiB\"\n");
+    assert_eq!(out.status.code(), Some(11), "{}", text(&out));
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kiln_own = &result["policies"][1];
+    assert_eq!(kiln_own["name"], "kiln.diff-budget", "{result}");
+    assert_eq!(kiln_own["decision"], "deny", "{result}");
+    assert_eq!(kiln_own["findings"][0]["path"], "data.txt", "{result}");
+    // The allowing module still gave its word; it just cannot outvote what it never saw.
+    assert_eq!(result["policies"][0]["decision"], "allow", "{result}");
+    let out = eval("[policy]\nmax_diff = \"1KiB\"\n");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("max_diff"), "{}", text(&out));
+}

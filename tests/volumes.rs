@@ -84,17 +84,20 @@ fn pooled_volumes_are_separate_and_leave_nothing_behind() {
         a.upload(tar_with("a.txt", "a")).await.expect("upload");
         b.upload(tar_with("b.txt", "b")).await.expect("upload");
         let in_a = a
-            .download_workspace(1 << 20)
+            .read_workspace(1 << 20, read_all)
             .await
             .expect("download")
             .expect("small");
         let in_b = b
-            .download_workspace(1 << 20)
+            .read_workspace(1 << 20, read_all)
             .await
             .expect("download")
             .expect("small");
         assert_eq!(names_in(&in_a), ["workspace/a.txt"]);
         assert_eq!(names_in(&in_b), ["workspace/b.txt"]);
+        // Read as it streams, an archive past the cap is refused, not gathered.
+        let over = a.read_workspace(1024, read_all).await.expect("download");
+        assert_eq!(over.map(|_| ()), Err(1024));
 
         // Another size is another batch.
         let other = sandbox
@@ -126,4 +129,10 @@ fn pooled_volumes_are_separate_and_leave_nothing_behind() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     });
+}
+
+fn read_all(mut tar: impl std::io::Read) -> Vec<u8> {
+    let mut all = Vec::new();
+    tar.read_to_end(&mut all).expect("a pipe reads to its end");
+    all
 }

@@ -149,6 +149,7 @@ pub fn synthetic_diff(files: usize, lines: usize) -> crate::model::Diff {
                     })
                     .collect(),
             }],
+            omitted: None,
         })
         .collect();
     Diff {

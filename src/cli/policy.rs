@@ -146,7 +146,8 @@ fn eval(
     let bundle = Bundle::load(bundle, config.policy.max_fuel)?;
     let (diff, repo) = match &source {
         Source::Patch(path) => {
-            let bytes = std::fs::read(path)
+            // A patch is as large as the gate reads, at most (its text is the budget's unit).
+            let bytes = kiln::model::fs::read_bytes_capped(path, config.policy.max_diff.bytes())
                 .map_err(Error::io(format!("cannot read {}", path.display())))?;
             let diff = kiln::workspace::parse_patch(&bytes).map_err(|e| {
                 Error::Usage(format!(
@@ -158,13 +159,14 @@ fn eval(
             (diff, path.display().to_string())
         }
         Source::Revisions { repo, base, head } => {
-            let diff = kiln::workspace::diff_revisions(repo, base, head).map_err(|e| {
-                Error::Usage(format!(
-                    "cannot diff {base}..{head} in {}: {}",
-                    repo.display(),
-                    e.message()
-                ))
-            })?;
+            let diff = kiln::workspace::diff_revisions(repo, base, head, config.policy.max_diff)
+                .map_err(|e| {
+                    Error::Usage(format!(
+                        "cannot diff {base}..{head} in {}: {}",
+                        repo.display(),
+                        e.message()
+                    ))
+                })?;
             (diff, repo.display().to_string())
         }
     };

@@ -19,7 +19,7 @@ pub use publish::PublishConfig;
 pub use secrets::SecretSource;
 
 use crate::model::fs::read_capped;
-use crate::model::{Limits, StageSpec};
+use crate::model::{ByteSize, Limits, StageSpec};
 
 /// The largest operator config kiln reads.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -79,12 +79,17 @@ pub struct PolicyConfig {
     /// The most fuel one evaluation of one policy may be given (`fuel` in a bundle). Default
     /// 10,000,000,000: ten times the default, some seconds of work.
     pub max_fuel: u64,
+    /// How much of a change the gate reads (the unified patch's bytes). A file with a side
+    /// larger than this, and every file past it, is listed without its lines, and the gate
+    /// denies a change it could not read whole. Default 4 MiB; between 64 KiB and 256 MiB.
+    pub max_diff: ByteSize,
 }
 
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             max_fuel: 10_000_000_000,
+            max_diff: ByteSize::mib(4),
         }
     }
 }
@@ -197,6 +202,12 @@ impl Config {
         }
         if self.policy.max_fuel == 0 {
             return Err("[policy] max_fuel must be at least 1".into());
+        }
+        let diff = self.policy.max_diff;
+        if !(ByteSize::kib(64)..=ByteSize::mib(256)).contains(&diff) {
+            return Err(format!(
+                "[policy] max_diff is {diff}; it must be between 64KiB and 256MiB"
+            ));
         }
         self.notify.check()?;
         self.publish.check()?;

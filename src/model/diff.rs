@@ -42,6 +42,10 @@ pub struct FileDiff {
     pub additions: usize,
     pub deletions: usize,
     pub hunks: Vec<Hunk>,
+    /// Set when the file's lines were left out (it is larger than the gate reads, or comes
+    /// after the diff passed that): why. The gate denies a change with any such file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub omitted: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -8,6 +8,7 @@ pub mod globs;
 pub mod host;
 pub mod ids;
 pub mod limits;
+pub mod pipe;
 pub mod process;
 pub mod size;
 pub mod stage;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::bundle::{Bundle, BundledPolicy, Condition, Mode};
 use super::host::{Limits, Policy, PolicyEngine, PolicyFailure, Reads};
-use super::{Decision, Finding, Verdict};
+use super::{Decision, Finding, Severity, Verdict};
 use crate::model::{Diff, DiffStats, FileStatus};
 
 /// What policies learn about the job (ABI `input.job`).
@@ -205,7 +205,7 @@ impl Gate {
             }
         };
         // Each policy runs in its own store, so the bundle's policies run side by side.
-        let results: Vec<PolicyResult> = std::thread::scope(|scope| {
+        let mut results: Vec<PolicyResult> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .bundle
                 .policies
@@ -237,6 +237,7 @@ impl Gate {
                 })
                 .collect()
         });
+        results.extend(unread(input.diff));
         // A warning policy's decision does not count, but its failure does: a module that
         // cannot answer is no warning.
         let decision = results
@@ -311,6 +312,41 @@ impl Gate {
             log,
         }
     }
+}
+
+/// The name under which the gate reports a change its policies could not read whole.
+pub const DIFF_BUDGET: &str = "kiln.diff-budget";
+
+/// kiln's own deny when the diff left files out (larger than the gate reads): no policy saw
+/// them, so none may allow them. `None` when every file was read.
+fn unread(diff: &Diff) -> Option<PolicyResult> {
+    let findings: Vec<Finding> = diff
+        .files
+        .iter()
+        .filter_map(|f| {
+            let why = f.omitted.as_ref()?;
+            Some(Finding {
+                rule: DIFF_BUDGET.into(),
+                message: format!(
+                    "{} is {why} ([policy] max_diff): no policy read it, so the change is denied",
+                    f.path
+                ),
+                path: Some(f.path.clone()),
+                line: None,
+                severity: Severity::Error,
+            })
+        })
+        .collect();
+    (!findings.is_empty()).then(|| PolicyResult {
+        name: DIFF_BUDGET.into(),
+        sha256: String::new(),
+        mode: Mode::Enforce,
+        decision: Decision::Deny,
+        failed: false,
+        findings,
+        duration_us: 0,
+        log: String::new(),
+    })
 }
 
 fn holds(condition: Condition, input: &GateInput<'_>, decision: Decision) -> bool {

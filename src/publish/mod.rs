@@ -349,13 +349,13 @@ fn copy_objects(source: &Path, commit: Oid, target: &Repository) -> Result<(), P
     }
     let mut pack = source.packbuilder()?;
     pack.insert_walk(&mut walk)?;
-    let mut buf = git2::Buf::new();
-    pack.write_buf(&mut buf)?;
-    let odb = target.odb()?;
-    let mut writer = odb.packwriter()?;
-    std::io::Write::write_all(&mut writer, &buf)
-        .map_err(PublishError::io("writing the pack into the destination"))?;
-    writer.commit()?;
+    if pack.object_count() == 0 {
+        return Ok(());
+    }
+    // Straight into the destination's pack folder through git's indexer: the pack is never
+    // held in memory whole, whatever the history it carries.
+    pack.write(&target.path().join("objects").join("pack"), 0)?;
+    target.odb()?.refresh()?;
     Ok(())
 }
 

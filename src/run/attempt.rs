@@ -123,7 +123,8 @@ impl Runner<'_> {
         let (generated, tree, ingested) = self.generate(ws, n, previous_tree, &input).await?;
         let (diff, patch) = {
             let (ws, base) = (ws.clone(), ws.base_tree());
-            blocking(move || Ok(ws.diff(base, tree)?)).await?
+            let budget = self.ctx.config.policy.max_diff;
+            blocking(move || Ok(ws.diff(base, tree, budget)?)).await?
         };
         let delta = {
             let ws = ws.clone();
@@ -239,11 +240,12 @@ impl Runner<'_> {
                 .await?;
             // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
             let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
-            let (tree, ingested) = match volume.download_workspace(cap).await? {
-                Ok(tar) => {
-                    let (ws, redactor) = (ws.clone(), self.ctx.redactor().clone());
-                    blocking(move || Ok(ws.ingest(&tar, &redactor)?)).await?
-                }
+            let (ws_read, redactor) = (ws.clone(), self.ctx.redactor().clone());
+            let read = volume
+                .read_workspace(cap, move |tar| ws_read.ingest(tar, &redactor))
+                .await?;
+            let (tree, ingested) = match read {
+                Ok(ingested) => ingested?,
                 Err(cap) => {
                     let skipped = Skipped {
                         path: "workspace".into(),

@@ -1,6 +1,7 @@
 //! One stage's container, on a fresh volume holding a tree: what the generator, the tests, the
 //! reviewer and the merge queue's re-test all run through.
 
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::artifacts::Artifacts;
 use crate::config::Loosening;
 use crate::egress::{self, Intercept, JobCa, Rules, StageNetwork};
 use crate::error::Error;
+use crate::model::pipe;
 use crate::model::{ByteSize, JobId, Limits, NetworkSpec, Stage, StageSpec};
 use crate::report::StageReport;
 use crate::sandbox::{
@@ -63,7 +65,7 @@ impl Stages<'_> {
         input: &[u8],
     ) -> Result<WorkVolume, Error> {
         let volume = self.sandbox.workspace_volume(self.limits.workspace).await?;
-        fill(volume, repo, tree, input_name, input).await
+        fill(volume, repo, tree, input_name, input, self.limits.workspace).await
     }
 
     /// A reviewer's volumes, sharing one holder: `tree` with the review input, and an empty
@@ -93,7 +95,8 @@ impl Stages<'_> {
         let [volume, out] = <[WorkVolume; 2]>::try_from(batch)
             .ok()
             .expect("create_batch makes one volume per request");
-        match fill(volume, repo, tree, "review.json", input).await {
+        let size = self.limits.workspace;
+        match fill(volume, repo, tree, "review.json", input, size).await {
             Ok(volume) => Ok((volume, out)),
             Err(e) => {
                 out.remove().await;
@@ -258,29 +261,34 @@ impl Stages<'_> {
     }
 }
 
-/// Copies `tree` of the repository at `repo` and the stage's input file into `volume`; on
-/// failure the volume is given up.
+/// Copies `tree` of the repository at `repo` and the stage's input file into `volume`, packed on
+/// a blocking thread and streamed to the engine as it is made (`size` bounds it: the volume's
+/// size); on failure the volume is given up.
 async fn fill(
     volume: WorkVolume,
     repo: &Path,
     tree: Oid,
     input_name: &'static str,
     input: &[u8],
+    size: ByteSize,
 ) -> Result<WorkVolume, Error> {
-    let tar = {
-        let (repo, input) = (repo.to_path_buf(), input.to_vec());
-        blocking(move || {
-            Ok(crate::workspace::tar_of_tree_at(
-                &repo, tree, input_name, &input,
-            )?)
-        })
-        .await
+    let (writer, tar) = pipe::to_stream();
+    let (repo, input) = (repo.to_path_buf(), input.to_vec());
+    let packing = blocking(move || {
+        let mut writer = crate::workspace::tar_of_tree_at(&repo, tree, input_name, &input, writer)?;
+        writer
+            .flush()
+            .map_err(Error::io("cannot send the workspace to the engine"))
+    });
+    let (uploaded, packed) = tokio::join!(volume.upload_stream(tar, size), packing);
+    // A pack that failed cut the stream short, and an upload the engine refused cut the pack:
+    // the engine's refusal is the cause when both failed.
+    let filled = match (uploaded, packed) {
+        (Err(e), _) => Err(Error::from(e)),
+        (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
     };
-    let uploaded = match tar {
-        Ok(tar) => volume.upload(tar).await.map_err(Error::from),
-        Err(e) => Err(e),
-    };
-    match uploaded {
+    match filled {
         Ok(()) => Ok(volume),
         Err(e) => {
             volume.remove().await;

@@ -9,6 +9,7 @@
 //! stage and starts empty; a used one is freed with its batch.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,14 +18,15 @@ use bollard::models::{Mount, MountType, VolumeCreateRequest};
 use bollard::query_parameters::{
     DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
 };
-use futures_util::StreamExt;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 
 use super::{
     ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
     remove_container,
 };
-use crate::model::JobId;
-use crate::model::{ByteSize, Limits};
+use crate::model::pipe::{self, PipeReader};
+use crate::model::{ByteSize, JobId, Limits};
 
 /// The image of the holder container; `kiln image build busybox` makes it.
 pub const HOLDER_IMAGE: &str = "kiln/busybox:latest";
@@ -223,58 +225,121 @@ impl WorkVolume {
     /// Unpacks `tar` at the volume's root (a stage's `/kiln`): the tar holds `workspace/...`
     /// and the stage's input file.
     pub async fn upload(&self, tar: Vec<u8>) -> Result<(), SandboxError> {
+        // A minute, plus a second for every 16 MiB: generous for a local engine.
+        let limit = Duration::from_secs(60 + (tar.len() as u64 >> 24));
+        let tar = Bytes::from(tar);
+        self.upload_body(futures_util::stream::once(async { Ok(tar) }), limit)
+            .await
+    }
+
+    /// [`WorkVolume::upload`] of a tar made as it is sent (packed on a blocking thread through
+    /// [`pipe::to_stream`]): an error in the stream fails the upload. `size` bounds the tar's
+    /// length, for the time it may take.
+    pub async fn upload_stream(
+        &self,
+        tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        size: ByteSize,
+    ) -> Result<(), SandboxError> {
+        let limit = Duration::from_secs(60 + (size.bytes() >> 24));
+        self.upload_body(tar, limit).await
+    }
+
+    async fn upload_body(
+        &self,
+        tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        limit: Duration,
+    ) -> Result<(), SandboxError> {
         let opts = UploadToContainerOptions {
             path: self.root.clone(),
             ..Default::default()
         };
-        // A minute, plus a second for every 16 MiB: generous for a local engine.
-        let limit = Duration::from_secs(60 + (tar.len() as u64 >> 24));
-        let body = bollard::body_full(tar.into());
         bounded_for(
             limit,
             "upload",
-            self.batch
-                .docker
-                .upload_to_container(&self.batch.holder, Some(opts), body),
+            self.batch.docker.upload_to_container(
+                &self.batch.holder,
+                Some(opts),
+                bollard::body_try_stream(tar),
+            ),
         )
         .await?
         .map_err(docker_err("copy the workspace into its volume"))
     }
 
-    /// The workspace (entries `workspace/...`) as a tar stream, refused past `cap` bytes (the
-    /// tree is hostile: never trust its size).
-    pub async fn download_workspace(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        self.download(&format!("{}/workspace", self.root), cap)
+    /// The workspace (entries `workspace/...`) as a tar, read by `read` on a blocking thread as
+    /// it arrives, never held whole; refused past `cap` bytes (the tree is hostile: never trust
+    /// its size), whatever `read` made of the part it saw.
+    pub async fn read_workspace<T: Send + 'static>(
+        &self,
+        cap: u64,
+        read: impl FnOnce(PipeReader) -> T + Send + 'static,
+    ) -> Result<Result<T, u64>, SandboxError> {
+        self.read_tar(format!("{}/workspace", self.root), cap, read)
             .await
     }
 
-    /// The whole volume (entries `kiln/...`) as a tar stream, refused past `cap` bytes.
+    /// The whole volume (entries `kiln/...`) as a tar, refused past `cap` bytes.
     pub async fn download_all(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        self.download(&self.root, cap).await
+        self.read_tar(self.root.clone(), cap, |mut tar| {
+            let mut all = Vec::new();
+            // A pipe's reader fails only when its writer does, and that is told apart below.
+            let _ = tar.read_to_end(&mut all);
+            all
+        })
+        .await
     }
 
-    async fn download(&self, path: &str, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        let opts = DownloadFromContainerOptions { path: path.into() };
+    async fn read_tar<T: Send + 'static>(
+        &self,
+        path: String,
+        cap: u64,
+        read: impl FnOnce(PipeReader) -> T + Send + 'static,
+    ) -> Result<Result<T, u64>, SandboxError> {
+        let (tx, reader) = pipe::from_async();
+        let reading = tokio::task::spawn_blocking(move || read(reader));
+        let fed = self.feed(path, cap, tx).await;
+        // The sender is gone: the reader has seen the end (or its cut) and returns.
+        let made = match reading.await {
+            Ok(made) => made,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        Ok(fed?.map(|()| made))
+    }
+
+    /// Sends the engine's archive of `path` to `tx` chunk by chunk; `Ok(Err(cap))` once it
+    /// passes `cap`. A reader that stops early ends the copy.
+    async fn feed(
+        &self,
+        path: String,
+        cap: u64,
+        tx: tokio::sync::mpsc::Sender<Bytes>,
+    ) -> Result<Result<(), u64>, SandboxError> {
+        let opts = DownloadFromContainerOptions { path };
         let mut stream = self
             .batch
             .docker
             .download_from_container(&self.batch.holder, Some(opts));
-        let mut tar = Vec::new();
+        let mut total = 0u64;
         // Two minutes, plus a second for every 16 MiB the archive may hold.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + (cap >> 24));
         loop {
             let next = tokio::time::timeout_at(deadline, stream.next())
                 .await
                 .map_err(|_| SandboxError::Stuck("download workspace"))?;
-            match next {
-                None => return Ok(Ok(tar)),
+            let chunk = match next {
+                None => return Ok(Ok(())),
                 Some(Err(e)) => return Err(docker_err("copy files out of a volume")(e)),
-                Some(Ok(chunk)) => {
-                    if tar.len() as u64 + chunk.len() as u64 > cap {
-                        return Ok(Err(cap));
-                    }
-                    tar.extend_from_slice(&chunk);
-                }
+                Some(Ok(chunk)) => chunk,
+            };
+            total += chunk.len() as u64;
+            if total > cap {
+                return Ok(Err(cap));
+            }
+            let sent = tokio::time::timeout_at(deadline, tx.send(chunk))
+                .await
+                .map_err(|_| SandboxError::Stuck("download workspace"))?;
+            if sent.is_err() {
+                return Ok(Ok(()));
             }
         }
     }

@@ -168,6 +168,7 @@ fn forms(secret: &[u8]) -> Vec<Vec<u8>> {
 pub struct StreamRedactor {
     redactor: Redactor,
     held: Vec<u8>,
+    hidden: bool,
 }
 
 impl StreamRedactor {
@@ -175,6 +176,7 @@ impl StreamRedactor {
         StreamRedactor {
             redactor,
             held: Vec::new(),
+            hidden: false,
         }
     }
 
@@ -193,7 +195,30 @@ impl StreamRedactor {
         }
         let rest = self.held.split_off(split);
         let settled = std::mem::replace(&mut self.held, rest);
-        self.redactor.bytes(&settled).into_owned()
+        self.settle(&settled)
+    }
+
+    fn settle(&mut self, bytes: &[u8]) -> Vec<u8> {
+        match self.redactor.bytes(bytes) {
+            Cow::Owned(hidden) => {
+                self.hidden = true;
+                hidden
+            }
+            Cow::Borrowed(same) => same.to_vec(),
+        }
+    }
+
+    /// Whether a secret was hidden in what has been settled so far.
+    pub fn hidden(&self) -> bool {
+        self.hidden
+    }
+
+    /// The stream's true end (a whole file): what was held back, redacted as
+    /// [`Redactor::bytes`] would, and whether anything in the stream was hidden.
+    pub fn end(mut self) -> (Vec<u8>, bool) {
+        let held = std::mem::take(&mut self.held);
+        let last = self.settle(&held);
+        (last, self.hidden)
     }
 
     /// What was held back, redacted; the start of a secret it ends with (the rest was never
@@ -254,6 +279,29 @@ mod tests {
         let mut out = cut.push(b"the head ends in sk-live-0123");
         out.extend(cut.finish());
         assert_eq!(out, b"the head ends in [REDACTED:API_KEY]");
+    }
+
+    #[test]
+    fn a_whole_stream_redacts_as_the_whole_bytes_would() {
+        let redactor = redactor();
+        for text in [
+            format!("a {KEY} b {KEY}"),
+            "ends with the start sk-live".to_string(),
+            "nothing here".to_string(),
+        ] {
+            for size in [1, 5, 64] {
+                let mut stream = StreamRedactor::new(redactor.clone());
+                let mut out = Vec::new();
+                for chunk in text.as_bytes().chunks(size) {
+                    out.extend(stream.push(chunk));
+                }
+                let (last, hidden) = stream.end();
+                out.extend(last);
+                let whole = redactor.bytes(text.as_bytes());
+                assert_eq!(out, whole.as_ref(), "{text:?} in chunks of {size}");
+                assert_eq!(hidden, matches!(whole, Cow::Owned(_)), "{text:?}");
+            }
+        }
     }
 
     #[test]

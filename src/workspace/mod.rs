@@ -132,28 +132,25 @@ impl Workspace {
         Repository::open_bare(self.dir.path().join("repo.git"))
     }
 
-    /// The tar a container's volume starts from: `tree` under `workspace/`, an empty `out/`,
-    /// and the stage's input file (`job.json`, `review.json`).
-    pub fn tar_of_tree(
-        &self,
-        tree: Oid,
-        input_name: &str,
-        input: &[u8],
-    ) -> Result<Vec<u8>, WorkspaceError> {
-        tree_tar::tar_of_tree(&self.repo()?, tree, input_name, input)
-    }
-
-    /// Reads back the workspace tar a container left; see [`tree_tar`] for what is refused.
+    /// Reads back the workspace tar a container left, as it streams in; see [`tree_tar`] for
+    /// what is refused.
     pub fn ingest(
         &self,
-        tar: &[u8],
+        tar: impl std::io::Read,
         redactor: &crate::secrets::Redactor,
     ) -> Result<(Oid, Ingested), WorkspaceError> {
         tree_tar::tree_from_tar(&self.repo()?, tar, redactor)
     }
 
-    pub fn diff(&self, old: Oid, new: Oid) -> Result<(Diff, String), WorkspaceError> {
-        Ok(diff::diff_trees(&self.repo()?, old, new)?)
+    /// The typed diff and unified patch from `old` to `new`, at most `budget` bytes of patch
+    /// (see [`diff::diff_trees`]).
+    pub fn diff(
+        &self,
+        old: Oid,
+        new: Oid,
+        budget: ByteSize,
+    ) -> Result<(Diff, String), WorkspaceError> {
+        Ok(diff::diff_trees(&self.repo()?, old, new, budget)?)
     }
 
     pub fn blob_changes(&self, old: Oid, new: Oid) -> Result<Vec<BlobChange>, WorkspaceError> {
@@ -260,15 +257,18 @@ impl Workspace {
     }
 }
 
-/// [`Workspace::tar_of_tree`] for any repository kiln keeps (an escalation's candidate).
-pub fn tar_of_tree_at(
+/// Writes to `out` the tar a container's volume starts from: `tree` of the bare repository at
+/// `repo` (the job's private one, or an escalation's candidate) under `workspace/`, an empty
+/// `out/`, and the stage's input file (`job.json`, `review.json`).
+pub fn tar_of_tree_at<W: std::io::Write>(
     repo: &Path,
     tree: Oid,
     input_name: &str,
     input: &[u8],
-) -> Result<Vec<u8>, WorkspaceError> {
+    out: W,
+) -> Result<W, WorkspaceError> {
     let repo = Repository::open_bare(repo)?;
-    tree_tar::tar_of_tree(&repo, tree, input_name, input)
+    tree_tar::tar_of_tree(&repo, tree, input_name, input, out)
 }
 
 /// The commit `source_ref` names in the repository at `source`.

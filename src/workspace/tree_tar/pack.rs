@@ -1,6 +1,8 @@
 //! A tree into a container: a tar of it under `workspace/`, owned by the sandbox user, made from
 //! git's object database; a link that would climb out of the archive is left out.
 
+use std::io::Write;
+
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 
 use super::{MODE_EXEC, MODE_LINK, link_escapes};
@@ -9,15 +11,21 @@ use crate::workspace::WorkspaceError;
 /// Owner of everything in the workspace: the sandbox user.
 const SANDBOX_UID: u64 = 1000;
 
-/// A tar of `tree` under `workspace/`, owned by the sandbox user, with `job.json` beside it
-/// owned by root and read-only. Submodule entries (gitlinks) become empty folders.
-pub fn tar_of_tree(
+/// Files larger than this are streamed from git's object database into the tar, not read whole
+/// (where the database can stream them: loose objects, which is all kiln writes itself).
+const WHOLE_FILE: usize = 1 << 20;
+
+/// Writes to `out` a tar of `tree` under `workspace/`, owned by the sandbox user, with the
+/// stage's input file (`job.json`) beside it owned by root and read-only. Submodule entries
+/// (gitlinks) become empty folders.
+pub fn tar_of_tree<W: Write>(
     repo: &Repository,
     tree: Oid,
     input_name: &str,
     input: &[u8],
-) -> Result<Vec<u8>, WorkspaceError> {
-    let mut builder = tar::Builder::new(Vec::new());
+    out: W,
+) -> Result<W, WorkspaceError> {
+    let mut builder = tar::Builder::new(out);
     let io = |e: std::io::Error| WorkspaceError::Tar {
         what: "building the workspace tar",
         source: e,
@@ -34,6 +42,7 @@ pub fn tar_of_tree(
         .map_err(io)?;
 
     let tree = repo.find_tree(tree)?;
+    let odb = repo.odb()?;
     let mut failure = None;
     tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
         use std::os::unix::ffi::OsStrExt;
@@ -42,12 +51,7 @@ pub fn tar_of_tree(
         let path = std::path::Path::new(std::ffi::OsStr::from_bytes(&raw));
         let result = match entry.kind() {
             Some(ObjectType::Tree) => append_dir(&mut builder, path),
-            Some(ObjectType::Blob) => repo
-                .find_blob(entry.id())
-                .map_err(|e| std::io::Error::other(e.to_string()))
-                .and_then(|blob| {
-                    append_blob(&mut builder, path, entry.filemode() as u32, blob.content())
-                }),
+            Some(ObjectType::Blob) => append_blob(&mut builder, repo, &odb, path, entry),
             Some(ObjectType::Commit) => append_dir(&mut builder, path),
             _ => Ok(()),
         };
@@ -75,8 +79,8 @@ fn header(kind: tar::EntryType, mode: u32) -> tar::Header {
     header
 }
 
-fn append_dir(
-    builder: &mut tar::Builder<Vec<u8>>,
+fn append_dir<W: Write>(
+    builder: &mut tar::Builder<W>,
     path: impl AsRef<std::path::Path>,
 ) -> std::io::Result<()> {
     let mut h = header(tar::EntryType::Directory, 0o755);
@@ -84,12 +88,26 @@ fn append_dir(
     builder.append_data(&mut h, path, std::io::empty())
 }
 
-fn append_blob(
-    builder: &mut tar::Builder<Vec<u8>>,
+fn append_blob<W: Write>(
+    builder: &mut tar::Builder<W>,
+    repo: &Repository,
+    odb: &git2::Odb<'_>,
     path: &std::path::Path,
-    mode: u32,
-    content: &[u8],
+    entry: &git2::TreeEntry<'_>,
 ) -> std::io::Result<()> {
+    let git = |e: git2::Error| std::io::Error::other(e.to_string());
+    let mode = entry.filemode() as u32;
+    let (size, _) = odb.read_header(entry.id()).map_err(git)?;
+    if mode != MODE_LINK
+        && size > WHOLE_FILE
+        && let Ok((stream, size, _)) = odb.reader(entry.id())
+    {
+        let mut h = file_header(mode);
+        h.set_size(size as u64);
+        return builder.append_data(&mut h, path, stream);
+    }
+    let blob = repo.find_blob(entry.id()).map_err(git)?;
+    let content = blob.content();
     if mode == MODE_LINK {
         use std::os::unix::ffi::OsStrExt;
         // The engine refuses a whole archive holding a relative link that climbs out of it; such
@@ -110,10 +128,14 @@ fn append_blob(
         h.set_size(0);
         return builder.append_link(&mut h, path, std::ffi::OsStr::from_bytes(content));
     }
-    let mut h = header(
-        tar::EntryType::Regular,
-        if mode == MODE_EXEC { 0o755 } else { 0o644 },
-    );
+    let mut h = file_header(mode);
     h.set_size(content.len() as u64);
     builder.append_data(&mut h, path, content)
+}
+
+fn file_header(mode: u32) -> tar::Header {
+    header(
+        tar::EntryType::Regular,
+        if mode == MODE_EXEC { 0o755 } else { 0o644 },
+    )
 }

@@ -5,17 +5,20 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 
 use git2::{Oid, Repository};
 use serde::Serialize;
 
 use super::{MODE_EXEC, MODE_FILE, MODE_LINK, add_entry, link_escapes};
-use crate::secrets::Redactor;
+use crate::secrets::{Redactor, StreamRedactor};
 use crate::workspace::WorkspaceError;
 
 /// The most entries kiln reads back from a container's workspace.
 const MAX_ENTRIES: usize = 200_000;
+/// Files up to this size are read whole and written as one blob; a larger one streams through
+/// git's blob writer a chunk at a time, so no file is ever held whole.
+const WHOLE_FILE: u64 = 1 << 20;
 
 /// What kiln left out when it read a tree back, each with the path and why.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -34,12 +37,13 @@ pub struct Skipped {
     pub reason: &'static str,
 }
 
-/// Reads the tar of `/kiln/workspace` a container left and writes it as a tree into `repo`.
+/// Reads the tar of `/kiln/workspace` a container left, as it streams in, and writes it as a
+/// tree into `repo`; memory stays bounded whatever the tar's size.
 ///
 /// Every configured secret in a path or content is replaced by `redactor` before git sees it.
 pub fn tree_from_tar(
     repo: &Repository,
-    tar_bytes: &[u8],
+    tar: impl Read,
     redactor: &Redactor,
 ) -> Result<(Oid, Ingested), WorkspaceError> {
     let mut index = git2::Index::new()?;
@@ -48,7 +52,7 @@ pub fn tree_from_tar(
         ..Ingested::default()
     };
     let mut seen: HashMap<Vec<u8>, (Oid, u32)> = HashMap::new();
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = tar::Archive::new(tar);
     let entries = archive.entries().map_err(|e| WorkspaceError::Tar {
         what: "reading the workspace tar",
         source: e,
@@ -98,21 +102,19 @@ pub fn tree_from_tar(
             continue;
         }
         let kind = entry.header().entry_type();
-        let (content, mode) = match kind {
+        let (oid, mode) = match kind {
             tar::EntryType::Directory => continue,
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                // The header's size is the container's word; the archive's length bounds it.
-                let mut content =
-                    Vec::with_capacity(entry.size().min(tar_bytes.len() as u64) as usize);
-                if entry.read_to_end(&mut content).is_err() {
+                let exec = entry.header().mode().is_ok_and(|m| m & 0o100 != 0);
+                let Some((oid, hidden)) = write_blob(repo, &mut entry, redactor)? else {
                     report.skipped.push(Skipped {
                         path: shown,
                         reason: "unreadable content",
                     });
                     continue;
-                }
-                let exec = entry.header().mode().is_ok_and(|m| m & 0o100 != 0);
-                (content, if exec { MODE_EXEC } else { MODE_FILE })
+                };
+                report.redacted += usize::from(hidden);
+                (oid, if exec { MODE_EXEC } else { MODE_FILE })
             }
             tar::EntryType::Symlink => match entry.link_name_bytes() {
                 Some(target) if link_escapes(&path, &target) => {
@@ -122,7 +124,16 @@ pub fn tree_from_tar(
                     });
                     continue;
                 }
-                Some(target) if !target.is_empty() => (target.into_owned(), MODE_LINK),
+                Some(target) if !target.is_empty() => {
+                    let target = match redactor.bytes(&target) {
+                        Cow::Owned(hidden) => {
+                            report.redacted += 1;
+                            Cow::Owned(hidden)
+                        }
+                        same => same,
+                    };
+                    (repo.blob(&target)?, MODE_LINK)
+                }
                 _ => {
                     report.skipped.push(Skipped {
                         path: shown,
@@ -154,14 +165,6 @@ pub fn tree_from_tar(
                 continue;
             }
         };
-        let content = match redactor.bytes(&content) {
-            Cow::Owned(hidden) => {
-                report.redacted += 1;
-                hidden
-            }
-            Cow::Borrowed(_) => content,
-        };
-        let oid = repo.blob(&content)?;
         if add_entry(&mut index, &path, oid, mode).is_err() {
             report.skipped.push(Skipped {
                 path: shown,
@@ -173,6 +176,47 @@ pub fn tree_from_tar(
         report.files += 1;
     }
     Ok((index.write_tree_to(repo)?, report))
+}
+
+/// Writes one file's content into `repo` with every secret hidden: whole when it is small, a
+/// chunk at a time through git's blob writer when not (the header's size is the container's
+/// word and is not trusted). Returns the blob and whether a secret was hidden, or `None` when
+/// the content cannot be read (a cut archive).
+fn write_blob(
+    repo: &Repository,
+    content: &mut impl Read,
+    redactor: &Redactor,
+) -> Result<Option<(Oid, bool)>, WorkspaceError> {
+    let mut head = Vec::new();
+    if content.take(WHOLE_FILE + 1).read_to_end(&mut head).is_err() {
+        return Ok(None);
+    }
+    if head.len() as u64 <= WHOLE_FILE {
+        let hidden = redactor.bytes(&head);
+        let oid = repo.blob(&hidden)?;
+        return Ok(Some((oid, matches!(hidden, Cow::Owned(_)))));
+    }
+    let written = |source| WorkspaceError::Tar {
+        what: "writing a file into git",
+        source,
+    };
+    let mut blob = repo.blob_writer(None)?;
+    let mut stream = StreamRedactor::new(redactor.clone());
+    blob.write_all(&stream.push(&head)).map_err(written)?;
+    drop(head);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match content.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return Ok(None),
+        };
+        blob.write_all(&stream.push(&chunk[..n])).map_err(written)?;
+    }
+    let (last, hidden) = stream.end();
+    blob.write_all(&last).map_err(written)?;
+    Ok(Some((blob.commit()?, hidden)))
 }
 
 /// The path inside the workspace of a tar entry named `workspace/...`, or `None` when the
@@ -242,7 +286,7 @@ mod tests {
             ("workspace/fifo", tar::EntryType::Fifo, b""),
             ("workspace/hard", tar::EntryType::Link, b"workspace/ok.txt"),
         ]);
-        let (oid, report) = tree_from_tar(&repo, &tar, &Redactor::default()).unwrap();
+        let (oid, report) = tree_from_tar(&repo, tar.as_slice(), &Redactor::default()).unwrap();
         let tree = repo.find_tree(oid).unwrap();
         let names: Vec<_> = tree.iter().map(|e| e.name().unwrap().to_string()).collect();
         assert_eq!(names, ["hard", "link", "ok.txt"]);
@@ -273,6 +317,41 @@ mod tests {
     }
 
     #[test]
+    fn a_large_file_streams_into_git_with_its_secrets_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init_bare(dir.path()).unwrap();
+        let key = "sk-live-0123456789abcdef";
+        let redactor = Redactor::new(&[("API_KEY".into(), key.into())]);
+        // Secrets at the whole-file cut and across the blob writer's 64 KiB chunks.
+        let mut big = vec![b'x'; 3 << 20];
+        for at in [
+            WHOLE_FILE as usize - 5,
+            (WHOLE_FILE as usize) + (64 << 10) - 3,
+        ] {
+            big[at..at + key.len()].copy_from_slice(key.as_bytes());
+        }
+        let tar = tar_of(&[
+            ("workspace/big.txt", tar::EntryType::Regular, &big),
+            ("workspace/small.txt", tar::EntryType::Regular, b"no secret"),
+        ]);
+        let (oid, report) = tree_from_tar(&repo, tar.as_slice(), &redactor).unwrap();
+        assert_eq!((report.files, report.redacted), (2, 1), "{report:?}");
+        let tree = repo.find_tree(oid).unwrap();
+        let blob = repo
+            .find_blob(tree.get_name("big.txt").unwrap().id())
+            .unwrap();
+        let expected = redactor.bytes(&big);
+        assert!(matches!(expected, Cow::Owned(_)));
+        assert_eq!(blob.content(), expected.as_ref());
+        assert!(
+            !blob
+                .content()
+                .windows(key.len())
+                .any(|w| w == key.as_bytes())
+        );
+    }
+
+    #[test]
     fn a_tree_survives_the_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let repo = Repository::init_bare(dir.path()).unwrap();
@@ -280,9 +359,9 @@ mod tests {
             ("workspace/a/b.txt", tar::EntryType::Regular, b"b"),
             ("workspace/l", tar::EntryType::Symlink, b"a/b.txt"),
         ]);
-        let (first, _) = tree_from_tar(&repo, &tar, &Redactor::default()).unwrap();
-        let out = tar_of_tree(&repo, first, "job.json", b"{}").unwrap();
-        let (second, report) = tree_from_tar(&repo, &out, &Redactor::default()).unwrap();
+        let (first, _) = tree_from_tar(&repo, tar.as_slice(), &Redactor::default()).unwrap();
+        let out = tar_of_tree(&repo, first, "job.json", b"{}", Vec::new()).unwrap();
+        let (second, report) = tree_from_tar(&repo, out.as_slice(), &Redactor::default()).unwrap();
         assert_eq!(first, second);
         assert!(
             report
@@ -370,7 +449,7 @@ mod tests {
                 let at = cut.index(bytes.len());
                 bytes.truncate(at);
             }
-            let Ok((tree, _)) = tree_from_tar(&repo, &bytes, &Redactor::default()) else {
+            let Ok((tree, _)) = tree_from_tar(&repo, bytes.as_slice(), &Redactor::default()) else {
                 return Ok(());
             };
             let tree = repo.find_tree(tree).unwrap();
