@@ -7,12 +7,13 @@
 //!                <stage>.log (live, then whole)  <stage>.egress.json
 //! ```
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::model::{JobId, Stage};
-use crate::secrets::Redactor;
+use crate::secrets::{Redactor, StreamRedactor};
 
 /// One job's artifacts folder.
 #[derive(Clone, Debug)]
@@ -117,21 +118,34 @@ impl Artifacts {
         })
     }
 
-    /// Writes `value` as pretty JSON with every secret hidden. Blocking.
+    /// Writes `value` as pretty JSON with every secret hidden, serialized straight into the
+    /// file through a streaming redactor: a large value (a diff) is never held as text. Blocking.
     pub fn write_json(&self, path: &Path, value: &impl Serialize) -> Result<(), ArtifactError> {
-        let mut text = self.json_text(path, value)?;
-        text.push('\n');
-        self.write(path, text.as_bytes())
-    }
-
-    /// `value` as pretty JSON with every secret hidden.
-    fn json_text(&self, path: &Path, value: &impl Serialize) -> Result<String, ArtifactError> {
-        self.redactor
-            .json(value)
-            .map_err(|source| ArtifactError::Json {
-                path: path.into(),
-                source,
-            })
+        let io = |source| ArtifactError::Io {
+            path: path.into(),
+            source,
+        };
+        let file = std::fs::File::create(path).map_err(io)?;
+        // Buffered before the redactor, which then sees large chunks, not JSON's every token.
+        let mut out = std::io::BufWriter::with_capacity(
+            64 << 10,
+            RedactingWriter {
+                stream: StreamRedactor::new(self.redactor.clone()),
+                out: file,
+            },
+        );
+        serde_json::to_writer_pretty(&mut out, value).map_err(|source| {
+            if source.is_io() {
+                io(source.into())
+            } else {
+                ArtifactError::Json {
+                    path: path.into(),
+                    source,
+                }
+            }
+        })?;
+        let out = out.into_inner().map_err(|e| io(e.into_error()))?;
+        out.finish(b"\n").map_err(io)
     }
 
     /// [`Artifacts::write`] off the async threads; `data` is moved there and handed back, so
@@ -150,14 +164,47 @@ impl Artifacts {
             })?
     }
 
-    /// [`Artifacts::write_json`] off the async threads.
-    pub async fn write_json_async(
-        &self,
-        path: PathBuf,
-        value: &impl Serialize,
-    ) -> Result<(), ArtifactError> {
-        let text = self.json_text(&path, value)? + "\n";
-        self.write_async(path, text).await.map(drop)
+    /// [`Artifacts::write_json`] off the async threads; `value` is moved there and handed back.
+    pub async fn write_json_async<T>(&self, path: PathBuf, value: T) -> Result<T, ArtifactError>
+    where
+        T: Serialize + Send + 'static,
+    {
+        let this = self.clone();
+        let error_path = path.clone();
+        tokio::task::spawn_blocking(move || this.write_json(&path, &value).map(|()| value))
+            .await
+            .map_err(|e| ArtifactError::Io {
+                path: error_path,
+                source: std::io::Error::other(e),
+            })?
+    }
+}
+
+/// A writer that hides every secret in what passes through it, a chunk at a time.
+struct RedactingWriter<W: Write> {
+    stream: StreamRedactor,
+    out: W,
+}
+
+impl<W: Write> RedactingWriter<W> {
+    /// Writes what the redactor held back, then `tail`, and flushes.
+    fn finish(mut self, tail: &[u8]) -> std::io::Result<()> {
+        let (last, _) = self.stream.end();
+        self.out.write_all(&last)?;
+        self.out.write_all(tail)?;
+        self.out.flush()
+    }
+}
+
+impl<W: Write> Write for RedactingWriter<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.out.write_all(&self.stream.push(data))?;
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        // What the redactor holds back is not settled yet: only `finish` writes it.
+        self.out.flush()
     }
 }
 

@@ -174,3 +174,88 @@ fn a_link_climbing_above_the_workspace_is_dropped_not_an_infrastructure_error() 
         "{ignored}"
     );
 }
+
+#[test]
+fn a_large_workspace_is_read_back_tested_and_published_in_bounded_memory() {
+    require_busybox();
+    let fixture = Fixture::with_git(&[("README", "large\n")]);
+    // 300 MB in one file of text and 80 MB in 2,000 more: far more than kiln may hold.
+    let script = "yes 'a line the generator wrote, again and again' | head -c 300000000 > big.txt \
+        && mkdir many && i=0 && while [ $i -lt 2000 ]; do head -c 40000 big.txt > many/f$i.txt; \
+        i=$((i+1)); done";
+    let job = fixture.job(
+        "branch = \"factory/large\"\nprompt = \"p\"",
+        script,
+        "[ \"$(wc -c < big.txt)\" -eq 300000000 ] && [ \"$(ls many | wc -l)\" -eq 2000 ] && echo ALL_THERE",
+        "[retry]\nmax_attempts = 1\n[limits]\nworkspace = \"768MiB\"\nmemory = \"1GiB\"",
+    );
+    let config = fixture.path("kiln.toml");
+    std::fs::write(
+        &config,
+        "[limits]\nworkspace = \"1GiB\"\nmemory = \"2GiB\"\n",
+    )
+    .unwrap();
+    let out = fixture.path("out.git");
+    let (status, stderr, peak_kib) = common::peak_memory(
+        common::kiln()
+            .arg("--config")
+            .arg(&config)
+            .arg("run")
+            .arg(&job)
+            .arg("--out")
+            .arg(&out)
+            .arg("--artifacts")
+            .arg(fixture.artifacts_root())
+            .arg("--report")
+            .arg(fixture.path("report.json")),
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture.path("report.json")).unwrap()).unwrap();
+    let attempt = &report["attempts"][0];
+    assert_eq!(attempt["diff"]["files_changed"], 2001, "{attempt}");
+    // The tests saw every byte: the tree went into their volume whole.
+    let test_log = std::fs::read_to_string(format!(
+        "{}/test.log",
+        attempt["artifacts"].as_str().unwrap()
+    ))
+    .unwrap();
+    assert!(test_log.contains("ALL_THERE"), "{test_log}");
+    // The big file is in the typed diff without its lines: more than the gate would read.
+    let diff: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!(
+            "{}/diff.json",
+            attempt["artifacts"].as_str().unwrap()
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let big = diff["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "big.txt")
+        .unwrap();
+    assert!(
+        big["omitted"].as_str().unwrap().contains("larger than"),
+        "{big}"
+    );
+    // Published whole.
+    let published = git2::Repository::open(&out).unwrap();
+    let tree = published
+        .revparse_single("factory/large")
+        .unwrap()
+        .peel_to_tree()
+        .unwrap();
+    let odb = published.odb().unwrap();
+    let size = |path: &str| {
+        let id = tree.get_path(std::path::Path::new(path)).unwrap().id();
+        odb.read_header(id).unwrap().0
+    };
+    assert_eq!(size("big.txt"), 300_000_000);
+    assert_eq!(size("many/f1999.txt"), 40_000);
+    assert!(
+        peak_kib > 0 && peak_kib < 100 << 10,
+        "kiln peaked at {peak_kib} KiB reading back, testing and publishing 380 MB"
+    );
+}

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::{Fixture, Ran, kiln, require_busybox};
@@ -214,38 +213,15 @@ fn an_output_flood_is_capped_and_kiln_memory_stays_bounded() {
         "true",
         "[retry]\nmax_attempts = 1\n[limits]\noutput = \"64KiB\"",
     );
-    let mut child = kiln()
-        .arg("run")
-        .arg(&job)
-        .arg("--artifacts")
-        .arg(fixture.artifacts_root())
-        .arg("--report")
-        .arg(fixture.path("report.json"))
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status_file = format!("/proc/{}/status", child.id());
-    let mut peak_kib = 0u64;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if let Ok(text) = std::fs::read_to_string(&status_file) {
-            let hwm = text
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-            peak_kib = peak_kib.max(hwm.unwrap_or(0));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr, peak_kib) = common::peak_memory(
+        kiln()
+            .arg("run")
+            .arg(&job)
+            .arg("--artifacts")
+            .arg(fixture.artifacts_root())
+            .arg("--report")
+            .arg(fixture.path("report.json")),
+    );
     assert_eq!(status.code(), Some(0), "{stderr}");
     let report: Value =
         serde_json::from_slice(&std::fs::read(fixture.path("report.json")).unwrap()).unwrap();

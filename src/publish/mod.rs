@@ -333,10 +333,16 @@ pub(crate) fn push(
     }
 }
 
-/// Copies `commit` and everything it reaches from the repository at `source` into `target`, as
-/// one pack written straight into its object database (no ref is made on the way).
+/// Blobs larger than this are copied one by one as a stream, not packed: libgit2 packs an object
+/// by reading it whole.
+const WHOLE_BLOB: usize = 1 << 20;
+
+/// Copies `commit` and everything it reaches that `target` lacks from the repository at
+/// `source` into `target` (no ref is made on the way): one pack written straight into its object
+/// database, and each large blob streamed, so memory stays bounded whatever the trees hold.
 fn copy_objects(source: &Path, commit: Oid, target: &Repository) -> Result<(), PublishError> {
     let source = Repository::open(source)?;
+    let (from, to) = (source.odb()?, target.odb()?);
     let mut walk = source.revwalk()?;
     walk.push(commit)?;
     // What the target already has need not travel.
@@ -348,14 +354,74 @@ fn copy_objects(source: &Path, commit: Oid, target: &Repository) -> Result<(), P
         }
     }
     let mut pack = source.packbuilder()?;
-    pack.insert_walk(&mut walk)?;
-    if pack.object_count() == 0 {
-        return Ok(());
+    let mut seen = std::collections::HashSet::new();
+    let mut trees = Vec::new();
+    for oid in walk {
+        let oid = oid?;
+        if to.exists(oid) {
+            continue;
+        }
+        pack.insert_object(oid, None)?;
+        trees.push(source.find_commit(oid)?.tree_id());
     }
-    // Straight into the destination's pack folder through git's indexer: the pack is never
-    // held in memory whole, whatever the history it carries.
-    pack.write(&target.path().join("objects").join("pack"), 0)?;
-    target.odb()?.refresh()?;
+    // A tree the target has brings everything under it: it is not entered.
+    while let Some(tree) = trees.pop() {
+        if !seen.insert(tree) || to.exists(tree) {
+            continue;
+        }
+        pack.insert_object(tree, None)?;
+        for entry in source.find_tree(tree)?.iter() {
+            let id = entry.id();
+            match entry.kind() {
+                Some(git2::ObjectType::Tree) => trees.push(id),
+                Some(git2::ObjectType::Blob) if seen.insert(id) && !to.exists(id) => {
+                    if from.read_header(id)?.0 > WHOLE_BLOB {
+                        copy_blob(source.path(), &from, &to, id)?;
+                    } else {
+                        pack.insert_object(id, None)?;
+                    }
+                }
+                // Submodule commits live in other repositories.
+                _ => {}
+            }
+        }
+    }
+    if pack.object_count() > 0 {
+        // Straight into the destination's pack folder through git's indexer: the pack is never
+        // held in memory whole.
+        pack.write(&target.path().join("objects").join("pack"), 0)?;
+        to.refresh()?;
+    }
+    Ok(())
+}
+
+/// One blob of the repository at `repo` (its odb `from`) into `to`: as a stream where it is
+/// loose (as kiln writes a container's files), else read whole. git hashes what it is given, so
+/// a copy that differs is caught.
+fn copy_blob(
+    repo: &Path,
+    from: &git2::Odb<'_>,
+    to: &git2::Odb<'_>,
+    id: Oid,
+) -> Result<(), PublishError> {
+    let failed = PublishError::io("copying a file into the destination");
+    let written = match crate::workspace::loose::open_blob(repo, id) {
+        Ok(Some((mut stream, size))) => {
+            let mut writer = to.writer(size as usize, git2::ObjectType::Blob)?;
+            std::io::copy(&mut stream, &mut writer).map_err(failed)?;
+            writer.finalize()?
+        }
+        Ok(None) => {
+            let object = from.read(id)?;
+            to.write(object.kind(), object.data())?
+        }
+        Err(e) => return Err(failed(e)),
+    };
+    if written != id {
+        return Err(PublishError::Git(git2::Error::from_str(&format!(
+            "object {id} was copied as {written}"
+        ))));
+    }
     Ok(())
 }
 

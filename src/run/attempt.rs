@@ -136,7 +136,7 @@ impl Runner<'_> {
             .write_async(dir.join("generate.log"), generated.output_bytes.clone())
             .await?;
         let patch = files.write_async(dir.join("diff.patch"), patch).await?;
-        files.write_json_async(dir.join("diff.json"), &diff).await?;
+        let diff = files.write_json_async(dir.join("diff.json"), diff).await?;
 
         let whole = ingested.whole;
         let attempt = AttemptReport {

@@ -65,9 +65,9 @@ impl Runner<'_> {
             result.decision.as_str()
         ));
         let files = &self.artifacts;
-        files.write_json_async(files.gate_json(), &result).await?;
+        let result = files.write_json_async(files.gate_json(), result).await?;
         files
-            .write_json_async(files.gate_sarif(), &to_sarif(&result))
+            .write_json_async(files.gate_sarif(), to_sarif(&result))
             .await?;
         let decision = result.decision;
         let policies = result

@@ -173,9 +173,9 @@ pub async fn run_job(
             .await?,
         );
     }
-    runner
+    let report = runner
         .artifacts
-        .write_json_async(runner.artifacts.report(), &report)
+        .write_json_async(runner.artifacts.report(), report)
         .await?;
     runner
         .record(Event::JobState(JobState {

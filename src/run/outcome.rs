@@ -283,8 +283,8 @@ pub(super) async fn escalate(
     progress.line(&format!("  escalated: {}", summary.display()));
     let notice = escalation.notice(summary.display().to_string());
     let deliveries = crate::notify::deliver(&ctx.config.notify, &notice).await;
-    artifacts
-        .write_json_async(dir.join("deliveries.json"), &deliveries)
+    let deliveries = artifacts
+        .write_json_async(dir.join("deliveries.json"), deliveries)
         .await?;
     Ok(EscalationReport {
         dir: dir.display().to_string(),

@@ -101,8 +101,8 @@ impl Runner<'_> {
         files
             .write_async(dir.join("review.log"), ran.output_bytes.clone())
             .await?;
-        files
-            .write_json_async(dir.join("verdict.json"), &verdict)
+        let verdict = files
+            .write_json_async(dir.join("verdict.json"), verdict)
             .await?;
         if let Some(attempt) = self.attempts.last_mut() {
             attempt.review = Some(ReviewReport {

@@ -181,7 +181,7 @@ impl Stages<'_> {
                     let record =
                         serde_json::json!({"requests": requests, "unrecorded": unrecorded});
                     artifacts
-                        .write_json_async(artifacts.egress_record(n, stage), &record)
+                        .write_json_async(artifacts.egress_record(n, stage), record)
                         .await?;
                 }
                 Some(egress::Summary::of(&requests, unrecorded))

@@ -7,6 +7,7 @@
 //! filter drivers and no fsmonitor, and kiln reads no file a container wrote from the disk.
 
 mod diff;
+pub mod loose;
 mod tree_tar;
 
 use std::path::{Path, PathBuf};

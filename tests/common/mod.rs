@@ -364,3 +364,37 @@ pub fn require_image(image: &str, recipe: &str) {
         "{image} is missing: run `cargo run -- image build {recipe}` (as .ci/run does)"
     );
 }
+
+/// Runs `cmd` to its end, watching its resident memory: its exit status, its stderr, and the
+/// peak resident size it reached (VmHWM, KiB), read every 20 ms while it runs.
+pub fn peak_memory(cmd: &mut Command) -> (std::process::ExitStatus, String, u64) {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln binary runs");
+    // Read stderr as it comes, so a chatty child never blocks on a full pipe.
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        let _ = pipe.read_to_string(&mut stderr);
+        stderr
+    });
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break status;
+        }
+        if let Ok(text) = std::fs::read_to_string(&status_file) {
+            let hwm = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+            peak_kib = peak_kib.max(hwm.unwrap_or(0));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    (status, reader.join().expect("the reader ends"), peak_kib)
+}

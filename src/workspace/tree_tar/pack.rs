@@ -11,8 +11,8 @@ use crate::workspace::WorkspaceError;
 /// Owner of everything in the workspace: the sandbox user.
 const SANDBOX_UID: u64 = 1000;
 
-/// Files larger than this are streamed from git's object database into the tar, not read whole
-/// (where the database can stream them: loose objects, which is all kiln writes itself).
+/// Files larger than this are streamed into the tar, not read whole, where they are loose objects
+/// (which is how kiln writes a container's files).
 const WHOLE_FILE: usize = 1 << 20;
 
 /// Writes to `out` a tar of `tree` under `workspace/`, owned by the sandbox user, with the
@@ -100,10 +100,10 @@ fn append_blob<W: Write>(
     let (size, _) = odb.read_header(entry.id()).map_err(git)?;
     if mode != MODE_LINK
         && size > WHOLE_FILE
-        && let Ok((stream, size, _)) = odb.reader(entry.id())
+        && let Some((stream, size)) = crate::workspace::loose::open_blob(repo.path(), entry.id())?
     {
         let mut h = file_header(mode);
-        h.set_size(size as u64);
+        h.set_size(size);
         return builder.append_data(&mut h, path, stream);
     }
     let blob = repo.find_blob(entry.id()).map_err(git)?;
