@@ -21,6 +21,7 @@ use crate::config::CommitIdentity;
 use crate::job::{BranchName, RepoSource};
 use crate::model::ByteSize;
 use crate::model::{Diff, Globs, JobId};
+use crate::secrets::Redactor;
 
 /// Workspace folders are named `kiln-ws-<job id>-*` in the temp folder, with the owner's pid inside.
 const WORKSPACE_PREFIX: &str = "kiln-ws-";
@@ -138,7 +139,7 @@ impl Workspace {
     pub fn ingest(
         &self,
         tar: impl std::io::Read,
-        redactor: &crate::secrets::Redactor,
+        redactor: &Redactor,
     ) -> Result<(Oid, Ingested), WorkspaceError> {
         tree_tar::tree_from_tar(&self.repo()?, tar, redactor)
     }
@@ -369,6 +370,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError + '_ {
 
 /// Commits a plain folder as it is (links kept as links, never followed) as the base commit.
 fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oid, WorkspaceError> {
+    use std::io::Read;
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::PermissionsExt;
     let mut index = git2::Index::new()?;
@@ -387,18 +389,12 @@ fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oi
             if rel.file_name().is_some_and(|n| n == ".git") {
                 continue;
             }
-            let (content, mode) = if meta.is_dir() {
+            let (oid, mode) = if meta.is_dir() {
                 stack.push(entry.path());
                 continue;
             } else if meta.file_type().is_symlink() {
-                (
-                    std::fs::read_link(&path)
-                        .map_err(io(&path))?
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec(),
-                    0o120000,
-                )
+                let target = std::fs::read_link(&path).map_err(io(&path))?;
+                (repo.blob(target.as_os_str().as_bytes())?, 0o120000)
             } else if meta.is_file() {
                 total += meta.len();
                 if total > limit.bytes() {
@@ -408,14 +404,20 @@ fn snapshot_folder(repo: &Repository, root: &Path, limit: ByteSize) -> Result<Oi
                     });
                 }
                 let exec = meta.permissions().mode() & 0o100 != 0;
-                (
-                    std::fs::read(&path).map_err(io(&path))?,
-                    if exec { 0o100755 } else { 0o100644 },
-                )
+                // A large file goes into git a chunk at a time; one that grew since it was
+                // measured is taken as it was.
+                let mut file = crate::model::fs::open_regular(&path)
+                    .map_err(io(&path))?
+                    .take(meta.len());
+                let blob = tree_tar::write_blob(repo, &mut file, &Redactor::default())?;
+                let Some((oid, _)) = blob else {
+                    let cut = std::io::Error::other("could not be read to its end");
+                    return Err(io(&path)(cut));
+                };
+                (oid, if exec { 0o100755 } else { 0o100644 })
             } else {
                 continue;
             };
-            let oid = repo.blob(&content)?;
             tree_tar::add_entry(&mut index, rel.as_os_str().as_bytes(), oid, mode)?;
         }
     }

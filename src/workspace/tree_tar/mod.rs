@@ -10,6 +10,7 @@ mod read;
 use git2::{IndexEntry, IndexTime, Oid};
 
 pub use pack::tar_of_tree;
+pub(in crate::workspace) use read::write_blob;
 pub use read::{Ingested, Skipped, tree_from_tar};
 
 const MODE_FILE: u32 = 0o100644;

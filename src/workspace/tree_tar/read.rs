@@ -179,10 +179,10 @@ pub fn tree_from_tar(
 }
 
 /// Writes one file's content into `repo` with every secret hidden: whole when it is small, a
-/// chunk at a time through git's blob writer when not (the header's size is the container's
-/// word and is not trusted). Returns the blob and whether a secret was hidden, or `None` when
-/// the content cannot be read (a cut archive).
-fn write_blob(
+/// chunk at a time through git's blob writer when not (a size announced beside it is not
+/// trusted). Returns the blob and whether a secret was hidden, or `None` when the content cannot
+/// be read (a cut archive).
+pub(in crate::workspace) fn write_blob(
     repo: &Repository,
     content: &mut impl Read,
     redactor: &Redactor,
