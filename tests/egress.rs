@@ -364,9 +364,9 @@ fn a_sandbox_reaches_only_its_allowlist_through_the_proxy_and_has_no_dns() {
     // The operator permits what the job may name, and opens loopback for the stand-in.
     std::fs::write(
         &config,
-        format!(
+        common::operator_config(&format!(
             "[egress]\npermit = [{allow}]\nallow_addresses = [\"127.0.0.1\"]\nhosts = {{ \"model.test\" = \"127.0.0.1\" }}\n"
-        ),
+        )),
     )
     .unwrap();
     // busybox's static wget crashes resolving anything, so requests go through nc by hand.

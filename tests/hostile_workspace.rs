@@ -190,11 +190,8 @@ fn a_large_workspace_is_read_back_tested_and_published_in_bounded_memory() {
         "[retry]\nmax_attempts = 1\n[limits]\nworkspace = \"768MiB\"\nmemory = \"1GiB\"",
     );
     let config = fixture.path("kiln.toml");
-    std::fs::write(
-        &config,
-        "[limits]\nworkspace = \"1GiB\"\nmemory = \"2GiB\"\n",
-    )
-    .unwrap();
+    let ceilings = "[limits]\nworkspace = \"1GiB\"\nmemory = \"2GiB\"\n";
+    std::fs::write(&config, common::operator_config(ceilings)).unwrap();
     let out = fixture.path("out.git");
     let (status, stderr, peak_kib) = common::peak_memory(
         common::kiln()

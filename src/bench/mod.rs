@@ -12,7 +12,7 @@ pub use egress::{EgressFigures, Pair, egress};
 use crate::error::Error;
 use crate::model::JobId;
 use crate::model::Limits;
-use crate::sandbox::{ContainerSpec, Sandbox, WorkVolume};
+use crate::sandbox::{ContainerSpec, Runtime, Sandbox, WorkVolume};
 
 pub struct Figures {
     pub name: &'static str,
@@ -28,8 +28,24 @@ impl Figures {
     }
 }
 
-/// Runs `runs` of each; returns kiln's sandbox, the bare baseline, and kiln with a workspace volume.
-pub async fn overhead(sandbox: &Sandbox, image: &str, runs: usize) -> Result<Vec<Figures>, Error> {
+/// One runtime's figures of [`overhead`]: kiln's sandbox, the bare baseline, and kiln with a
+/// workspace volume.
+pub struct RuntimeFigures {
+    /// `None`: the engine's default runtime.
+    pub runtime: Option<Runtime>,
+    pub kiln: Figures,
+    pub bare: Figures,
+    pub with_volume: Figures,
+}
+
+/// Runs `runs` of each, under each of `runtimes` (`None` for the engine's default), all
+/// interleaved so every runtime sees the same machine.
+pub async fn overhead(
+    sandbox: &Sandbox,
+    image: &str,
+    runs: usize,
+    runtimes: &[Option<Runtime>],
+) -> Result<Vec<RuntimeFigures>, Error> {
     let job = JobId::new();
     let spec = ContainerSpec {
         image: image.into(),
@@ -41,61 +57,81 @@ pub async fn overhead(sandbox: &Sandbox, image: &str, runs: usize) -> Result<Vec
         volume_read_only: false,
         out_volume: None,
         network: None,
+        runtime: None,
         labels: crate::sandbox::job_labels(&job),
     };
-    let mut kiln = Figures {
-        name: "kiln sandbox (create+start+wait+logs+remove)",
+    let figures = |name: &'static str| Figures {
+        name,
         samples: Vec::new(),
     };
-    let mut bare = Figures {
-        name: "docker run --rm --network none",
-        samples: Vec::new(),
-    };
-    let mut with_volume = Figures {
-        name: "kiln sandbox + workspace volume (informational)",
-        samples: Vec::new(),
-    };
+    let mut all: Vec<RuntimeFigures> = runtimes
+        .iter()
+        .map(|runtime| RuntimeFigures {
+            runtime: runtime.clone(),
+            kiln: figures("kiln sandbox (create+start+wait+logs+remove)"),
+            bare: figures("docker run --rm --network none"),
+            with_volume: figures("kiln sandbox + workspace volume (informational)"),
+        })
+        .collect();
     // One warm-up of each, not counted.
-    sandbox.run(&spec, Duration::from_secs(60)).await?;
-    docker_run(image).await?;
+    for runtime in runtimes {
+        let spec = ContainerSpec {
+            runtime: runtime.clone(),
+            ..spec.clone()
+        };
+        sandbox.run(&spec, Duration::from_secs(60)).await?;
+        docker_run(image, runtime.as_ref()).await?;
+    }
     for _ in 0..runs {
-        let started = Instant::now();
-        let outcome = sandbox.run(&spec, Duration::from_secs(60)).await?;
-        kiln.samples.push(started.elapsed());
-        if !outcome.succeeded() {
-            return Err(Error::Internal(format!(
-                "benchmark container failed: {:?}",
-                outcome.exit_code
-            )));
+        for figures in &mut all {
+            let spec = ContainerSpec {
+                runtime: figures.runtime.clone(),
+                ..spec.clone()
+            };
+            let started = Instant::now();
+            let outcome = sandbox.run(&spec, Duration::from_secs(60)).await?;
+            figures.kiln.samples.push(started.elapsed());
+            if !outcome.succeeded() {
+                return Err(Error::Internal(format!(
+                    "benchmark container failed: {:?}",
+                    outcome.exit_code
+                )));
+            }
+
+            let started = Instant::now();
+            docker_run(image, figures.runtime.as_ref()).await?;
+            figures.bare.samples.push(started.elapsed());
+
+            let started = Instant::now();
+            let volume =
+                WorkVolume::create(sandbox, &job, "bench", Limits::default().workspace).await?;
+            let ran = sandbox
+                .run(
+                    &ContainerSpec {
+                        volume: Some(volume.name().into()),
+                        ..spec.clone()
+                    },
+                    Duration::from_secs(60),
+                )
+                .await;
+            volume.remove().await;
+            ran?;
+            figures.with_volume.samples.push(started.elapsed());
         }
-
-        let started = Instant::now();
-        docker_run(image).await?;
-        bare.samples.push(started.elapsed());
-
-        let started = Instant::now();
-        let volume =
-            WorkVolume::create(sandbox, &job, "bench", Limits::default().workspace).await?;
-        let ran = sandbox
-            .run(
-                &ContainerSpec {
-                    volume: Some(volume.name().into()),
-                    ..spec.clone()
-                },
-                Duration::from_secs(60),
-            )
-            .await;
-        volume.remove().await;
-        ran?;
-        with_volume.samples.push(started.elapsed());
     }
     sandbox.reap_job(&job).await?;
-    Ok(vec![kiln, bare, with_volume])
+    Ok(all)
 }
 
-async fn docker_run(image: &str) -> Result<(), Error> {
-    let status = tokio::process::Command::new("docker")
-        .args(["run", "--rm", "--network", "none", image, "true"])
+/// A bare `docker run --rm` under `runtime` (the engine's default when `None`).
+async fn docker_run(image: &str, runtime: Option<&Runtime>) -> Result<(), Error> {
+    let mut docker = tokio::process::Command::new("docker");
+    docker.args(["run", "--rm", "--network", "none"]);
+    if let Some(runtime) = runtime {
+        docker.args(["--runtime", &runtime.name]);
+    }
+    let status = docker
+        .args([image, "true"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .status()

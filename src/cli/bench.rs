@@ -14,6 +14,10 @@ pub enum BenchCommand {
         runs: usize,
         #[arg(long, default_value = kiln::images::BUSYBOX)]
         image: String,
+        /// Also measure under this runtime registered with dockerd (`runsc`), interleaved with
+        /// the engine's default; repeatable.
+        #[arg(long = "runtime", value_name = "NAME")]
+        runtimes: Vec<String>,
     },
     /// The policy gate: a bundle over a 10,000-line diff across 200 files, warm and cold.
     Policy {
@@ -39,7 +43,11 @@ pub enum BenchCommand {
 
 pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
     match command {
-        BenchCommand::Overhead { runs, image } => overhead(runs, &image).await,
+        BenchCommand::Overhead {
+            runs,
+            image,
+            runtimes,
+        } => overhead(runs, &image, runtimes).await,
         BenchCommand::Policy { runs, bundle } => {
             tokio::task::block_in_place(|| policy(runs, &bundle))
         }
@@ -83,28 +91,47 @@ fn print_pair(pair: &kiln::bench::Pair, requests: usize) {
     );
 }
 
-async fn overhead(runs: usize, image: &str) -> Result<ExitCode, Error> {
+async fn overhead(runs: usize, image: &str, extra: Vec<String>) -> Result<ExitCode, Error> {
     if runs < 2 {
         return Err(Error::Usage("--runs must be at least 2".into()));
     }
     let sandbox = Sandbox::connect().await?;
     sandbox.require_image(image).await?;
-    let figures = kiln::bench::overhead(&sandbox, image, runs).await?;
-    println!("per-container overhead, {runs} runs each, image {image}");
-    for f in &figures {
-        println!(
-            "  {:<50} p50 {:>7.1} ms   p95 {:>7.1} ms",
-            f.name,
-            ms(f.percentile(50.0)),
-            ms(f.percentile(95.0))
-        );
+    sandbox.require_confinement(&[]).await?;
+    let mut runtimes = vec![None];
+    for name in &extra {
+        runtimes.push(Some(sandbox.runtime(name).await?));
     }
-    let (kiln, bare) = (&figures[0], &figures[1]);
-    println!(
-        "ratio kiln/bare: p50 {:.2}   p95 {:.2}",
-        ms(kiln.percentile(50.0)) / ms(bare.percentile(50.0)),
-        ms(kiln.percentile(95.0)) / ms(bare.percentile(95.0))
-    );
+    let figures = kiln::bench::overhead(&sandbox, image, runs, &runtimes).await?;
+    println!("per-container overhead, {runs} runs each, image {image}");
+    let default_p50 = ms(figures[0].kiln.percentile(50.0));
+    for runtime in &figures {
+        let name = runtime
+            .runtime
+            .as_ref()
+            .map_or("engine default (runc)", |r| r.name.as_str());
+        println!("runtime {name}:");
+        for f in [&runtime.kiln, &runtime.bare, &runtime.with_volume] {
+            println!(
+                "  {:<50} p50 {:>7.1} ms   p95 {:>7.1} ms",
+                f.name,
+                ms(f.percentile(50.0)),
+                ms(f.percentile(95.0))
+            );
+        }
+        let (kiln, bare) = (&runtime.kiln, &runtime.bare);
+        println!(
+            "  ratio kiln/bare: p50 {:.2}   p95 {:.2}",
+            ms(kiln.percentile(50.0)) / ms(bare.percentile(50.0)),
+            ms(kiln.percentile(95.0)) / ms(bare.percentile(95.0))
+        );
+        if runtime.runtime.is_some() {
+            println!(
+                "  kiln under {name} / kiln under the default: p50 {:.2}",
+                ms(kiln.percentile(50.0)) / default_p50
+            );
+        }
+    }
     Ok(ExitCode::Success)
 }
 

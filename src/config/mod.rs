@@ -11,11 +11,13 @@ use serde::Deserialize;
 mod egress;
 mod notify;
 mod publish;
+mod sandbox;
 mod secrets;
 
 pub use egress::EgressConfig;
 pub use notify::NotifyConfig;
 pub use publish::PublishConfig;
+pub use sandbox::SandboxConfig;
 pub use secrets::SecretSource;
 
 use crate::model::fs::read_capped;
@@ -66,6 +68,8 @@ pub struct Config {
     pub egress: EgressConfig,
     /// `[policy]`: ceilings on what a policy bundle may ask.
     pub policy: PolicyConfig,
+    /// `[sandbox]`: the OCI runtimes stages run under (gVisor's `runsc`). Default: the engine's.
+    pub sandbox: SandboxConfig,
     /// `[secrets.NAME]`: credentials read on the host, which a stage's `[x.network] secrets`
     /// may use through the egress proxy without ever holding them. Every value is redacted from
     /// everything kiln writes. Default: none.
@@ -144,6 +148,7 @@ impl Default for Config {
             egress: EgressConfig::default(),
             secrets: std::collections::BTreeMap::new(),
             policy: PolicyConfig::default(),
+            sandbox: SandboxConfig::default(),
         }
     }
 }
@@ -211,6 +216,7 @@ impl Config {
         }
         self.notify.check()?;
         self.publish.check()?;
+        self.sandbox.check().map_err(|e| format!("[sandbox] {e}"))?;
         self.egress.check().map_err(|e| format!("[egress] {e}"))?;
         secrets::check(&self.secrets).map_err(|e| format!("[secrets] {e}"))?;
         self.limits.check().map_err(|e| format!("[limits]: {e}"))

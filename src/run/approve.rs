@@ -104,7 +104,9 @@ pub async fn approve(
     let sandbox = match &e.merge {
         Some(merge) => {
             let sandbox = Sandbox::connect().await?;
-            sandbox.require_seccomp().await?;
+            sandbox
+                .require_confinement(&config.sandbox.runtimes())
+                .await?;
             crate::images::require(&sandbox, &merge.test.image).await?;
             crate::images::require(&sandbox, crate::sandbox::volume_holder_image()).await?;
             Some(sandbox)

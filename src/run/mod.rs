@@ -63,7 +63,9 @@ pub async fn preflight(
         let (out, branch, config) = (out.clone(), job.branch.clone(), ctx.config.clone());
         blocking(move || Ok(check_destination(&out, &branch, &config)?)).await?;
     }
-    sandbox.require_seccomp().await?;
+    sandbox
+        .require_confinement(&ctx.config.sandbox.runtimes())
+        .await?;
     let review = job.review.as_ref().map(|r| r.image.as_str());
     for image in [
         job.generate.image.as_str(),

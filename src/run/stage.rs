@@ -132,6 +132,11 @@ impl Stages<'_> {
             }
             None => (None, Vec::new()),
         };
+        let networked = network.is_some() || self.loosened.contains(&Loosening::Network);
+        let runtime = match self.ctx.config.sandbox.runtime_for(networked) {
+            Some(name) => Some(self.sandbox.runtime(name).await?),
+            None => None,
+        };
         let mut container = ContainerSpec {
             image: spec.image.clone(),
             command: spec.command.clone(),
@@ -143,12 +148,16 @@ impl Stages<'_> {
                 ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
                 ("HOME".into(), "/tmp".into()),
             ],
-            limits: self.limits.clone(),
+            limits: Limits {
+                pids: self.ctx.config.sandbox.pids_for(self.limits.pids),
+                ..self.limits.clone()
+            },
             loosened: self.loosened.to_vec(),
             volume: Some(volume.name().to_string()),
             volume_read_only: out.is_some(),
             out_volume: out.map(|o| o.name().to_string()),
             network: network.as_ref().map(|n| n.name().to_string()),
+            runtime,
             labels,
         };
         if let Some(network) = &network {

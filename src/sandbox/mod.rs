@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 pub use output::CappedLog;
 pub use spec::{
-    ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
+    ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, Runtime, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };
 pub use volume::HOLDER_IMAGE;
 pub use volume::{VolumeRequest, WorkVolume};
@@ -59,6 +59,10 @@ pub enum SandboxError {
     NoSeccomp,
     #[error("the Docker engine did not finish `{0}` in time")]
     Stuck(&'static str),
+    #[error(
+        "the operator config's [sandbox] runtime `{name}` is not registered with the Docker engine (it has: {known}); register it in /etc/docker/daemon.json `runtimes` and reload dockerd"
+    )]
+    RuntimeMissing { name: String, known: String },
 }
 
 fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> SandboxError {
@@ -119,8 +123,15 @@ impl RunOutcome {
 pub struct Sandbox {
     docker: Docker,
     volumes: Arc<VolumePool>,
-    /// Set once the engine was seen to apply seccomp profiles: asked once, not per job.
-    seccomp: Arc<tokio::sync::OnceCell<()>>,
+    /// What the engine said of itself (seccomp, runtimes): asked once, not per job.
+    engine: Arc<tokio::sync::OnceCell<EngineFacts>>,
+}
+
+/// What kiln's confinement needs of the engine.
+struct EngineFacts {
+    seccomp: bool,
+    /// Each registered runtime's name, and whether its binary is gVisor's `runsc`.
+    runtimes: Vec<(String, bool)>,
 }
 
 impl Sandbox {
@@ -138,7 +149,7 @@ impl Sandbox {
         Ok(Sandbox {
             docker,
             volumes: Arc::new(VolumePool::new(2)),
-            seccomp: Arc::default(),
+            engine: Arc::default(),
         })
     }
 
@@ -168,8 +179,9 @@ impl Sandbox {
         &self.docker
     }
 
-    /// Fails unless the engine applies seccomp profiles: kiln's confinement relies on its own.
-    pub async fn require_seccomp(&self) -> Result<(), SandboxError> {
+    /// Fails unless the engine applies seccomp profiles (kiln's confinement relies on its own)
+    /// and has every runtime in `runtimes` registered (the operator's `[sandbox]` runtimes).
+    pub async fn require_confinement(&self, runtimes: &[&str]) -> Result<(), SandboxError> {
         let ask = || async {
             let info = bounded("read the engine's info", self.docker.info())
                 .await?
@@ -179,13 +191,52 @@ impl Sandbox {
                 .unwrap_or_default()
                 .iter()
                 .any(|o| o.split(',').any(|part| part == "name=seccomp"));
-            if seccomp {
-                Ok(())
-            } else {
-                Err(SandboxError::NoSeccomp)
-            }
+            let mut runtimes: Vec<(String, bool)> = info
+                .runtimes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(name, runtime)| {
+                    let binary = runtime.path.unwrap_or_else(|| name.clone());
+                    let gvisor = Path::new(&binary).file_name() == Some("runsc".as_ref());
+                    (name, gvisor)
+                })
+                .collect();
+            runtimes.sort();
+            Ok::<_, SandboxError>(EngineFacts { seccomp, runtimes })
         };
-        self.seccomp.get_or_try_init(ask).await.copied()
+        let facts = self.engine.get_or_try_init(ask).await?;
+        if !facts.seccomp {
+            return Err(SandboxError::NoSeccomp);
+        }
+        match runtimes
+            .iter()
+            .find(|r| !facts.runtimes.iter().any(|(known, _)| known == *r))
+        {
+            Some(missing) => Err(SandboxError::RuntimeMissing {
+                name: (*missing).into(),
+                known: facts
+                    .runtimes
+                    .iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// The registered runtime `name`, and whether it is gVisor's (its binary is `runsc`).
+    pub async fn runtime(&self, name: &str) -> Result<Runtime, SandboxError> {
+        self.require_confinement(&[name]).await?;
+        let facts = self
+            .engine
+            .get()
+            .expect("require_confinement asked the engine");
+        let gvisor = facts.runtimes.iter().any(|(known, g)| known == name && *g);
+        Ok(Runtime {
+            name: name.into(),
+            gvisor,
+        })
     }
 
     /// Fails with [`SandboxError::ImageMissing`] when `image` is not on this machine.

@@ -18,6 +18,25 @@
 /// The profile, in the engine's JSON format (`docker run --security-opt seccomp=<file>`).
 pub const PROFILE: &str = include_str!("seccomp.json");
 
+/// The profile for a container under gVisor: the same, with `clone3` allowed. gVisor (the
+/// release Debian ships) answers every refusal of a profile with EPERM whatever its `errnoRet`,
+/// and libc falls back from `clone3` to `clone` only on ENOSYS, so no program could be started
+/// through `posix_spawn` (make could not run the compiler). Inside gVisor a `clone3` makes
+/// namespaces of gVisor's own kernel, never the host's.
+pub fn gvisor_profile() -> &'static str {
+    static PROFILE_GVISOR: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PROFILE_GVISOR.get_or_init(|| {
+        let mut profile: serde_json::Value =
+            serde_json::from_str(PROFILE).expect("the embedded profile is JSON");
+        let rules = profile["syscalls"]
+            .as_array_mut()
+            .expect("the embedded profile has rules");
+        rules.retain(|rule| rule["names"] != serde_json::json!(["clone3"]));
+        rules.push(serde_json::json!({"names": ["clone3"], "action": "SCMP_ACT_ALLOW"}));
+        profile.to_string()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,6 +54,33 @@ mod tests {
             .iter()
             .map(|n| n.as_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_gvisor_profile_differs_only_in_allowing_clone3() {
+        let strict: serde_json::Value = serde_json::from_str(PROFILE).unwrap();
+        let gvisor: serde_json::Value = serde_json::from_str(gvisor_profile()).unwrap();
+        let without = |profile: &serde_json::Value| -> Vec<serde_json::Value> {
+            let rules = profile["syscalls"].as_array().unwrap();
+            rules
+                .iter()
+                .filter(|r| r["names"] != serde_json::json!(["clone3"]))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(without(&strict), without(&gvisor));
+        assert_eq!(strict["defaultErrnoRet"], gvisor["defaultErrnoRet"]);
+        let clone3 = |profile: &serde_json::Value| {
+            profile["syscalls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["names"] == serde_json::json!(["clone3"]))
+                .unwrap()["action"]
+                .clone()
+        };
+        assert_eq!(clone3(&strict), "SCMP_ACT_ERRNO");
+        assert_eq!(clone3(&gvisor), "SCMP_ACT_ALLOW");
     }
 
     #[test]

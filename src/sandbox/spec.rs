@@ -40,10 +40,28 @@ pub struct ContainerSpec {
     /// The stage's own internal network, whose only way out is kiln's egress proxy; `None`:
     /// no network (or the bridge, when the operator permits the `network` loosening).
     pub network: Option<String>,
+    /// The OCI runtime the engine runs it with (`runsc` for gVisor); `None`: the engine's default.
+    pub runtime: Option<Runtime>,
     pub labels: HashMap<String, String>,
 }
 
+/// An OCI runtime registered with the engine, as kiln runs a stage under it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Runtime {
+    pub name: String,
+    /// Its binary is gVisor's `runsc`: kiln's seccomp profile goes in with `clone3` allowed
+    /// (see [`super::seccomp::gvisor_profile`]).
+    pub gvisor: bool,
+}
+
 impl ContainerSpec {
+    fn seccomp_profile(&self) -> &'static str {
+        match &self.runtime {
+            Some(runtime) if runtime.gvisor => super::seccomp::gvisor_profile(),
+            _ => super::seccomp::PROFILE,
+        }
+    }
+
     /// The Docker create body with every default on: no network, no capabilities,
     /// no-new-privileges, read-only root, capped /tmp, non-root user, memory without swap,
     /// CPU quota, pids limit, an init, no log driver (output streams only to kiln).
@@ -72,7 +90,7 @@ impl ContainerSpec {
             cap_drop: Some(vec!["ALL".into()]),
             security_opt: Some(vec![
                 "no-new-privileges:true".into(),
-                format!("seccomp={}", super::seccomp::PROFILE),
+                format!("seccomp={}", self.seccomp_profile()),
             ]),
             readonly_rootfs: Some(!loosened(Loosening::WritableRootfs)),
             tmpfs: Some(HashMap::from([("/tmp".to_string(), tmp)])),
@@ -101,6 +119,7 @@ impl ContainerSpec {
                 config: None,
             }),
             mounts,
+            runtime: self.runtime.as_ref().map(|r| r.name.clone()),
             privileged: Some(false),
             publish_all_ports: Some(false),
             auto_remove: Some(false),
@@ -148,8 +167,35 @@ mod tests {
             volume_read_only: false,
             out_volume: None,
             network: None,
+            runtime: None,
             labels: HashMap::new(),
         }
+    }
+
+    #[test]
+    fn a_gvisor_runtime_is_named_and_gets_its_profile() {
+        let gvisor = ContainerSpec {
+            runtime: Some(Runtime {
+                name: "runsc".into(),
+                gvisor: true,
+            }),
+            ..spec(Vec::new())
+        };
+        let host = gvisor.to_create_body().host_config.unwrap();
+        assert_eq!(host.runtime.as_deref(), Some("runsc"));
+        let security = host.security_opt.unwrap();
+        assert!(security.contains(&format!(
+            "seccomp={}",
+            crate::sandbox::seccomp::gvisor_profile()
+        )));
+        let default = spec(Vec::new()).to_create_body().host_config.unwrap();
+        assert_eq!(default.runtime, None);
+        assert!(
+            default
+                .security_opt
+                .unwrap()
+                .contains(&format!("seccomp={}", crate::sandbox::seccomp::PROFILE))
+        );
     }
 
     #[test]

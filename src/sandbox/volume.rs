@@ -171,6 +171,8 @@ impl WorkVolume {
             volume_read_only: false,
             out_volume: None,
             network: None,
+            // kiln's own, running nothing of a job's: the engine's default runtime.
+            runtime: None,
             labels,
         };
         let mut body = holder_spec.to_create_body();

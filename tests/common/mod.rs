@@ -14,10 +14,52 @@ pub fn require_busybox() {
     require_image(BUSYBOX, "busybox");
 }
 
+/// The binary under test, with no operator config from the caller's environment, except the
+/// one a whole pass runs with: `KILN_TEST_CONFIG` (the gVisor pass of `.ci/run`).
 pub fn kiln() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
     cmd.env_remove("KILN_CONFIG");
+    if let Some(pass) = std::env::var_os("KILN_TEST_CONFIG") {
+        cmd.env("KILN_CONFIG", pass);
+    }
     cmd
+}
+
+/// An operator config for a test that writes its own: `text`, then the pass's
+/// (`KILN_TEST_CONFIG`: its `[sandbox]` runtimes), so the test runs under the pass's runtime.
+pub fn operator_config(text: &str) -> String {
+    match std::env::var_os("KILN_TEST_CONFIG") {
+        Some(path) => format!(
+            "{text}\n{}",
+            std::fs::read_to_string(path).expect("KILN_TEST_CONFIG names a readable file")
+        ),
+        None => text.to_string(),
+    }
+}
+
+/// The `[sandbox] runtime` this pass runs stages under (`KILN_TEST_CONFIG`); `None`: runc.
+pub fn pass_runtime() -> Option<String> {
+    let path = std::env::var_os("KILN_TEST_CONFIG")?;
+    let text = std::fs::read_to_string(path).expect("KILN_TEST_CONFIG names a readable file");
+    let config: toml::Value = toml::from_str(&text).expect("KILN_TEST_CONFIG is TOML");
+    config
+        .get("sandbox")?
+        .get("runtime")?
+        .as_str()
+        .map(String::from)
+}
+
+/// Fails (never skips) unless dockerd has `runtime` registered; `.ci/setup` registers gVisor's.
+pub fn require_runtime(runtime: &str) {
+    let out = Command::new("docker")
+        .args(["info", "--format", "{{json .Runtimes}}"])
+        .output()
+        .expect("docker CLI runs");
+    let runtimes: Value = serde_json::from_slice(&out.stdout).expect("docker info gives JSON");
+    assert!(
+        runtimes.get(runtime).is_some(),
+        "dockerd has no runtime `{runtime}`: run `bash .ci/setup` (it installs and registers gVisor)"
+    );
 }
 
 /// A temp folder holding a job file, its repository and its artifacts.
