@@ -105,3 +105,37 @@ pub(super) async fn reject(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends as an approve or reject body, it is a decision to check
+        /// further, or a 400 saying what is wrong: never a panic, never anything else.
+        #[test]
+        fn any_body_is_a_decision_or_a_clear_400(
+            body in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..200),
+                "\\{\"by\": *\"[^\"]{0,20}\"(, *\"note\": *(null|\"[^\"]{0,20}\"|[0-9]+))?(, *\"[a-z]{1,5}\": *1)?\\}"
+                    .prop_map(String::into_bytes),
+            ],
+        ) {
+            match decision(&Bytes::from(body.clone())) {
+                Ok(d) => {
+                    let sent: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    prop_assert_eq!(sent["by"].as_str(), Some(d.by.as_str()));
+                    prop_assert_eq!(sent["note"].as_str(), d.note.as_deref());
+                }
+                Err(ApiError(status, message)) => {
+                    prop_assert_eq!(status, StatusCode::BAD_REQUEST);
+                    prop_assert!(!message.is_empty());
+                }
+            }
+        }
+    }
+}
