@@ -816,3 +816,24 @@ fn a_server_told_to_stop_hands_its_jobs_back_and_leaves_nothing() {
         .unwrap();
     assert_eq!((state.as_str(), runs), ("queued", 1));
 }
+
+#[test]
+fn a_server_whose_runtime_the_engine_lacks_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kiln.toml");
+    std::fs::write(&config, "[sandbox]\nruntime = \"kiln-no-such-runtime\"\n").unwrap();
+    let state = dir.path().join("state");
+    let out = kiln()
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        .arg(&state)
+        .arg("--repos")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("`kiln-no-such-runtime`"), "{stderr}");
+    assert!(!state.join("address").exists(), "it listened");
+}

@@ -132,6 +132,10 @@ pub async fn serve(
     let sandbox = Sandbox::connect()
         .await?
         .with_volumes_per_holder(VOLUMES_PER_HOLDER);
+    // An engine that cannot confine jobs as configured is refused before any is taken.
+    sandbox
+        .require_confinement(&ctx.config.sandbox.runtimes())
+        .await?;
     // A dead server's containers go first, then its jobs follow the restart rule.
     let reaped = sandbox.gc(false).await?;
     let recovered = store.recover()?;
