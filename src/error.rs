@@ -3,6 +3,7 @@
 use crate::artifacts::ArtifactError;
 use crate::audit::AuditError;
 use crate::config::ConfigError;
+use crate::context::ContextError;
 use crate::egress::CaError;
 use crate::escalation::EscalationError;
 use crate::images::ImageError;
@@ -23,6 +24,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
+    #[error(transparent)]
+    Context(#[from] ContextError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
@@ -106,6 +109,8 @@ impl Error {
             | Error::Http { .. }
             | Error::Server(_) => ExitCode::Infrastructure,
             Error::Workspace(e) if e.is_bad_input() => ExitCode::Invalid,
+            Error::Context(e) if e.is_bad_input() => ExitCode::Invalid,
+            Error::Context(_) => ExitCode::Infrastructure,
             Error::Image(ImageError::Unknown(_)) => ExitCode::Invalid,
             Error::Workspace(_) | Error::Sandbox(_) | Error::Image(_) | Error::Io { .. } => {
                 ExitCode::Infrastructure

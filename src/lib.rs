@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod audit;
 pub mod bench;
 pub mod config;
+pub mod context;
 pub mod egress;
 pub mod error;
 pub mod escalation;

@@ -51,6 +51,8 @@ enum Command {
         #[command(subcommand)]
         command: cli::policy::PolicyCommand,
     },
+    /// The files of a repository a request needs, most useful first, with why, within a budget.
+    Context(cli::context::ContextArgs),
     /// Escalated jobs waiting for a human: list them, show one.
     Escalations {
         #[command(subcommand)]
@@ -136,6 +138,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Run(args) => cli::run::exec(&config, args).await,
         Command::Gc(args) => cli::gc::exec(args).await,
+        Command::Context(args) => cli::context::exec(args).await,
         Command::Image { command } => cli::image::exec(command).await,
         Command::Policy { command } => {
             tokio::task::block_in_place(|| cli::policy::exec(&config, command))

@@ -4,6 +4,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_serve;
 pub mod client;
+pub mod context;
 pub mod escalations;
 pub mod gc;
 pub mod image;
