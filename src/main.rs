@@ -53,6 +53,9 @@ enum Command {
     },
     /// The files of a repository a request needs, most useful first, with why, within a budget.
     Context(cli::context::ContextArgs),
+    /// The child `kiln context` parses in, under limits: sources on stdin, what they say on stdout.
+    #[command(name = "__parse", hide = true)]
+    Parse,
     /// Escalated jobs waiting for a human: list them, show one.
     Escalations {
         #[command(subcommand)]
@@ -139,6 +142,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Run(args) => cli::run::exec(&config, args).await,
         Command::Gc(args) => cli::gc::exec(args).await,
         Command::Context(args) => cli::context::exec(args).await,
+        Command::Parse => kiln::context::parse::serve_child()
+            .map(|()| ExitCode::Success)
+            .map_err(Error::io("the parse child")),
         Command::Image { command } => cli::image::exec(command).await,
         Command::Policy { command } => {
             tokio::task::block_in_place(|| cli::policy::exec(&config, command))

@@ -8,6 +8,7 @@
 
 pub mod index;
 pub mod lexical;
+pub mod parse;
 
 use std::path::Path;
 
