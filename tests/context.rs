@@ -176,3 +176,100 @@ fn bad_requests_exit_2_naming_what_is_wrong() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read repository"));
 }
+
+/// The `why` of `path` in a selection, or a panic showing the selection.
+fn why_of(selection: &Value, path: &str) -> Vec<String> {
+    selection["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not selected: {selection:#}"))["why"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn imports_and_definitions_are_followed_in_each_language() {
+    // Words of the prompt name none of the files reached: only the graph can find them.
+    let dir = repo(&[
+        // Python: a package, a relative import, a name defined elsewhere.
+        ("app/views.py", b"from .billing import charge\nfrom app.models import Ledger\n\ndef checkout():\n    return charge(Ledger())\n"),
+        ("app/billing.py", b"def charge(ledger):\n    return ledger\n"),
+        ("app/models/__init__.py", b"class Ledger:\n    pass\n"),
+        // TypeScript: a relative path without extension, an index file.
+        ("web/page.ts", b"import { render } from './widgets';\nexport function page() { return render(); }\n"),
+        ("web/widgets/index.ts", b"export function render() { return 1; }\n"),
+        // Rust: `mod` and `use crate::`.
+        ("core/src/lib.rs", b"mod engine;\nuse crate::engine::Turbine;\npub fn spin(t: Turbine) {}\n"),
+        ("core/src/engine.rs", b"pub struct Turbine;\n"),
+        // Go: a package of the module.
+        ("go.mod", b"module example.com/plant\n\ngo 1.22\n"),
+        ("cmd/main.go", b"package main\nimport \"example.com/plant/pump\"\nfunc main() { pump.Start() }\n"),
+        ("pump/pump.go", b"package pump\nfunc Start() {}\n"),
+        ("unrelated/noise.py", b"x = 1\n"),
+    ]);
+    let select = |seed: &str| {
+        json(&context(
+            dir.path(),
+            &[
+                "--prompt",
+                "tidy things up",
+                "--seed",
+                seed,
+                "--format",
+                "json",
+            ],
+        ))
+    };
+    let python = select("app/views.py");
+    assert!(why_of(&python, "app/billing.py").contains(&"imported by app/views.py".into()));
+    assert!(why_of(&python, "app/models/__init__.py").contains(&"imported by app/views.py".into()));
+    assert!(
+        !python["files"].to_string().contains("unrelated/noise.py"),
+        "{python:#}"
+    );
+    let ts = select("web/page.ts");
+    assert!(why_of(&ts, "web/widgets/index.ts").contains(&"imported by web/page.ts".into()));
+    let rust = select("core/src/lib.rs");
+    assert!(why_of(&rust, "core/src/engine.rs").contains(&"imported by core/src/lib.rs".into()));
+    let go = select("cmd/main.go");
+    assert!(why_of(&go, "pump/pump.go").contains(&"imported by cmd/main.go".into()));
+    // Back along an import: what imports a seed is about it too.
+    let back = select("app/billing.py");
+    assert!(why_of(&back, "app/views.py").contains(&"imports app/billing.py".into()));
+}
+
+#[test]
+fn a_definition_is_found_through_a_reference_without_an_import() {
+    let dir = repo(&[
+        (
+            "lib/routes.js",
+            b"export function route(req) { return handleRefund(req); }\n",
+        ),
+        (
+            "lib/handlers.js",
+            b"function handleRefund(req) { return req; }\nmodule.exports = { handleRefund };\n",
+        ),
+        ("lib/other.js", b"function unrelatedThing() {}\n"),
+    ]);
+    let selection = json(&context(
+        dir.path(),
+        &[
+            "--prompt",
+            "x",
+            "--seed",
+            "lib/routes.js",
+            "--format",
+            "json",
+        ],
+    ));
+    assert!(
+        why_of(&selection, "lib/handlers.js")
+            .contains(&"defines `handleRefund` used by lib/routes.js".into()),
+        "{selection:#}"
+    );
+}

@@ -56,15 +56,18 @@ pub async fn exec(args: ContextArgs) -> Result<ExitCode, Error> {
         return Err(Error::Usage("--budget must be more than 0".into()));
     }
     let (repo, base, seeds, budget) = (args.repo, args.base, args.seeds, args.budget);
+    // Sources are parsed by this binary run as `kiln __parse`, in a child under limits.
+    let parser = std::env::current_exe().map_err(Error::io("cannot find the kiln binary"))?;
     let selection = tokio::task::spawn_blocking(move || -> Result<Selection, Error> {
-        let index = kiln::context::index_at(&repo, base.as_deref())?;
+        let analysis =
+            kiln::context::Analysis::of_repository(&repo, base.as_deref(), Some(&parser))?;
         let request = Request {
             prompt: &prompt,
             seeds: &seeds,
             budget,
         };
-        let mut selection = kiln::context::select(&index, &request)?;
-        let mut notes = index.notes;
+        let mut selection = kiln::context::select(&analysis, &request)?;
+        let mut notes = analysis.index.notes;
         notes.append(&mut selection.notes);
         selection.notes = notes;
         Ok(selection)

@@ -18,6 +18,8 @@ const MAX_TERMS_PER_FILE: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct IndexedFile {
     pub path: String,
+    /// Its blob, to read again (to parse it) without holding every file's text at once.
+    pub id: Oid,
     pub bytes: u64,
     /// Each term of the path and the content, with how often it occurs (path terms count
     /// [`PATH_WEIGHT`] times: a file named for a thing is about it).
@@ -41,6 +43,8 @@ pub struct Note {
 pub struct Index {
     pub files: Vec<IndexedFile>,
     pub notes: Vec<Note>,
+    /// Each `go.mod`'s folder and the module path it declares.
+    pub go_modules: Vec<(String, String)>,
 }
 
 impl Index {
@@ -85,7 +89,13 @@ impl Index {
                 });
             } else {
                 match repo.find_blob(entry.id()) {
-                    Ok(blob) => add_content(&mut terms, blob.content()),
+                    Ok(blob) => {
+                        add_content(&mut terms, blob.content());
+                        if let Some(module) = go_module(&path, blob.content()) {
+                            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                            index.go_modules.push((dir.to_string(), module));
+                        }
+                    }
                     Err(e) => {
                         failure = Some(e);
                         return TreeWalkResult::Abort;
@@ -95,6 +105,7 @@ impl Index {
             let length = terms.values().sum();
             index.files.push(IndexedFile {
                 path,
+                id: entry.id(),
                 bytes: size as u64,
                 terms,
                 length,
@@ -106,6 +117,17 @@ impl Index {
             None => Ok(index),
         }
     }
+}
+
+/// The module path a `go.mod` declares (`module example.com/shop`).
+fn go_module(path: &str, content: &[u8]) -> Option<String> {
+    if path != "go.mod" && !path.ends_with("/go.mod") {
+        return None;
+    }
+    String::from_utf8_lossy(content).lines().find_map(|line| {
+        let module = line.trim().strip_prefix("module")?.trim().trim_matches('"');
+        (!module.is_empty()).then(|| module.to_string())
+    })
 }
 
 /// Adds the terms of a file's content: text only (a NUL early on marks it binary), lossily

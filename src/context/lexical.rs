@@ -104,6 +104,7 @@ mod tests {
         let length = terms.values().sum();
         IndexedFile {
             path: path.into(),
+            id: git2::Oid::ZERO_SHA1,
             bytes: content.len() as u64,
             terms,
             length,
@@ -129,6 +130,7 @@ mod tests {
                 file("src/util.py", "def log(message): print(message)"),
             ],
             notes: Vec::new(),
+            go_modules: Vec::new(),
         };
         let query = query_terms("Make refund() retry when the gateway times out");
         assert_eq!(query, ["refund", "retry", "gateway", "times", "out"]);

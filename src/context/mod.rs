@@ -1,16 +1,22 @@
 //! Context selection: the smallest useful set of a repository's files for a request, most useful
 //! first, each with why it is there, cut at a byte budget.
 //!
-//! What ranks today is lexical: the seeds the caller names, then files by BM25 of the prompt's
-//! terms against their paths and contents ([`lexical`]), then the tests of what was chosen, by
-//! the naming conventions of the common languages. The repository is input, never code: nothing
-//! in it runs, links are not followed, sizes and counts are capped ([`index`]).
+//! The seeds the caller names come first; then files by a blend of two rankings: BM25 of the
+//! prompt's terms against paths and contents ([`lexical`]), and nearness in the file graph
+//! ([`graph`]: imports resolved as each language does, and names used where another file defines
+//! them, read by tree-sitter in a child process under limits, [`parse`]) to the seeds or, with
+//! none, to the best matches; then the tests of what was chosen, by naming convention and by
+//! import. The repository is input, never code: nothing in it runs, links are not followed,
+//! sizes, counts and parse time are capped ([`index`], [`parse`]).
 
+pub mod graph;
 pub mod index;
 pub mod lexical;
 pub mod parse;
 
 use std::path::Path;
+
+use graph::{Graph, Link};
 
 use git2::Repository;
 use serde::Serialize;
@@ -69,38 +75,146 @@ impl ContextError {
     }
 }
 
-/// The index of the tree at `base` (default: `HEAD`) of the git repository at `repo`.
-pub fn index_at(repo: &Path, base: Option<&str>) -> Result<Index, ContextError> {
-    let repo = Repository::open(repo).map_err(|e| ContextError::Repository {
-        path: repo.display().to_string(),
-        message: e.message().to_string(),
-    })?;
-    let rev = base.unwrap_or("HEAD");
-    let tree = repo
-        .revparse_single(rev)
-        .and_then(|o| o.peel_to_tree())
-        .map_err(|_| ContextError::UnknownBase(rev.to_string()))?;
-    Ok(Index::of_tree(&repo, tree.id())?)
+/// A repository's tree read for selection: its index, what each parsed source says, and the
+/// file graph made of that.
+pub struct Analysis {
+    pub index: Index,
+    pub graph: Graph,
 }
 
-/// Chooses files of `index` for `request`: seeds, then the best lexical matches, each followed
-/// by its tests, until the budget is spent (a file that does not fit is passed over for smaller
-/// ones after it).
-pub fn select(index: &Index, request: &Request<'_>) -> Result<Selection, ContextError> {
+/// Files parsed per child process, and the most text one batch carries.
+const BATCH_FILES: usize = 500;
+const BATCH_BYTES: usize = 8 << 20;
+
+impl Analysis {
+    /// Reads the tree at `base` (default: `HEAD`) of the git repository at `repo`. With
+    /// `parser` (the kiln binary, run as `kiln __parse` under limits), sources are parsed into
+    /// the file graph; a batch whose child fails is ranked by words only, noted. Without, the
+    /// graph is empty.
+    pub fn of_repository(
+        repo: &Path,
+        base: Option<&str>,
+        parser: Option<&Path>,
+    ) -> Result<Analysis, ContextError> {
+        let repo = Repository::open(repo).map_err(|e| ContextError::Repository {
+            path: repo.display().to_string(),
+            message: e.message().to_string(),
+        })?;
+        let rev = base.unwrap_or("HEAD");
+        let tree = repo
+            .revparse_single(rev)
+            .and_then(|o| o.peel_to_tree())
+            .map_err(|_| ContextError::UnknownBase(rev.to_string()))?;
+        let mut index = Index::of_tree(&repo, tree.id())?;
+        let mut parsed: Vec<Option<parse::Parsed>> = vec![None; index.files.len()];
+        if let Some(exe) = parser {
+            let sources: Vec<usize> = (0..index.files.len())
+                .filter(|&i| {
+                    let file = &index.files[i];
+                    parse::Lang::of(&file.path).is_some()
+                        && file.bytes as usize <= index::MAX_FILE_BYTES
+                })
+                .collect();
+            let mut batch: Vec<(usize, parse::Source)> = Vec::new();
+            let mut bytes = 0;
+            for (n, &i) in sources.iter().enumerate() {
+                let file = &index.files[i];
+                let blob = repo.find_blob(file.id)?;
+                let text = String::from_utf8_lossy(blob.content()).into_owned();
+                bytes += text.len();
+                batch.push((
+                    i,
+                    parse::Source {
+                        path: file.path.clone(),
+                        lang: parse::Lang::of(&file.path).expect("filtered to parseable files"),
+                        text,
+                    },
+                ));
+                if batch.len() == BATCH_FILES || bytes >= BATCH_BYTES || n + 1 == sources.len() {
+                    let (positions, sources): (Vec<usize>, Vec<parse::Source>) =
+                        std::mem::take(&mut batch).into_iter().unzip();
+                    bytes = 0;
+                    match parse::in_child(exe, &sources) {
+                        Some(results) => {
+                            for (i, result) in positions.into_iter().zip(results) {
+                                parsed[i] = Some(result);
+                            }
+                        }
+                        None => index.notes.push(Note {
+                            path: format!("({} files from {})", sources.len(), sources[0].path),
+                            reason: "the parser failed on them (a crash, or a limit): ranked by words only",
+                        }),
+                    }
+                }
+            }
+        }
+        let graph = Graph::build(&index, &parsed, &index.go_modules);
+        Ok(Analysis { index, graph })
+    }
+
+    /// An analysis of `index` with no graph: words only.
+    pub fn lexical(index: Index) -> Analysis {
+        let graph = Graph::build(&index, &vec![None; index.files.len()], &[]);
+        Analysis { index, graph }
+    }
+}
+
+/// How many of the best lexical matches start the walk when no seed is given.
+const START_MATCHES: usize = 5;
+
+/// Chooses files for `request`: seeds first, then files by a blend of the prompt's words
+/// (BM25) and their nearness in the file graph to the seeds (or, with none, to the best
+/// matches), each followed by its tests, until the budget is spent (a file that does not fit is
+/// passed over for smaller ones after it).
+pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, ContextError> {
+    let index = &analysis.index;
     let by_path = |path: &str| index.files.iter().position(|f| f.path == path);
-    let mut ranked: Vec<(usize, f64, String)> = Vec::new();
+    let mut seeds = Vec::new();
     for seed in request.seeds {
-        let file = by_path(seed).ok_or_else(|| ContextError::UnknownSeed(seed.clone()))?;
-        ranked.push((file, 1.0, "seed".into()));
+        seeds.push(by_path(seed).ok_or_else(|| ContextError::UnknownSeed(seed.clone()))?);
     }
     let query = lexical::query_terms(request.prompt);
     let scored = lexical::rank(index, &query);
     let best = scored.first().map_or(1.0, |s| s.score);
-    for s in scored.into_iter().take(CANDIDATES) {
-        let terms: Vec<String> = s.matched.iter().map(|t| format!("`{t}`")).collect();
-        let why = format!("names {} from the prompt", terms.join(", "));
-        ranked.push((s.file, s.score / best, why));
+    let mut words = vec![0.0; index.files.len()];
+    let mut matched: Vec<Vec<String>> = vec![Vec::new(); index.files.len()];
+    for s in scored.iter().take(CANDIDATES) {
+        words[s.file] = s.score / best;
+        matched[s.file] = s.matched.clone();
     }
+    let start: Vec<(usize, f64)> = if seeds.is_empty() {
+        scored
+            .iter()
+            .take(START_MATCHES)
+            .map(|s| (s.file, s.score / best))
+            .collect()
+    } else {
+        seeds.iter().map(|&i| (i, 1.0)).collect()
+    };
+    let near = analysis.graph.rank(&start);
+    let nearest = near
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !seeds.contains(i))
+        .map(|(_, r)| *r)
+        .fold(0.0, f64::max);
+    let mut ranked: Vec<(usize, f64)> = (0..index.files.len())
+        .filter(|i| !seeds.contains(i))
+        .map(|i| {
+            let graph = if nearest > 0.0 {
+                near[i] / nearest
+            } else {
+                0.0
+            };
+            (i, 0.5 * words[i] + 0.5 * graph)
+        })
+        .filter(|(_, score)| *score > 0.0)
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| index.files[a.0].path.cmp(&index.files[b.0].path))
+    });
+    let top = ranked.first().map_or(1.0, |r| r.1);
     let budget = request.budget.bytes();
     let mut selection = Selection {
         files: Vec::new(),
@@ -108,50 +222,112 @@ pub fn select(index: &Index, request: &Request<'_>) -> Result<Selection, Context
         used: 0,
         notes: Vec::new(),
     };
-    for (file, score, why) in ranked {
-        take(index, &mut selection, file, score, why);
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut order: Vec<(usize, f64, Vec<String>)> = seeds
+        .iter()
+        .map(|&i| (i, 1.0, vec!["seed".to_string()]))
+        .collect();
+    for (i, score) in ranked {
+        let mut why = Vec::new();
+        if !matched[i].is_empty() {
+            let terms: Vec<String> = matched[i].iter().map(|t| format!("`{t}`")).collect();
+            why.push(format!("names {} from the prompt", terms.join(", ")));
+        }
+        order.push((i, score / top, why));
+    }
+    for (file, score, mut why) in order {
+        if let Some(reason) = linked(analysis, &chosen, &seeds, file) {
+            why.push(reason);
+        }
+        if why.is_empty() {
+            why.push("near the seeds in the file graph".into());
+        }
+        if take(index, &mut selection, file, score, why) {
+            chosen.push(file);
+        }
         let path = index.files[file].path.clone();
         for test in tests_of(index, &path) {
-            take(
+            if take(
                 index,
                 &mut selection,
                 test,
                 score * 0.9,
-                format!("test of {path}"),
-            );
+                vec![format!("test of {path}")],
+            ) {
+                chosen.push(test);
+            }
         }
     }
-    // Most useful first; seeds (score 1) stay ahead of any match of the same score.
+    // Most useful first; seeds (score 1) stay ahead of any file of the same score.
     selection.files.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok(selection)
 }
 
-/// Adds file `file` to `selection` with `why`, or adds `why` to it when it is there already;
-/// a file over what is left of the budget is passed over, noted.
-fn take(index: &Index, selection: &mut Selection, file: usize, score: f64, why: String) {
+/// How `file` is tied to a file chosen before it (or a seed), in words, if it is.
+fn linked(analysis: &Analysis, chosen: &[usize], seeds: &[usize], file: usize) -> Option<String> {
+    let files = &analysis.index.files;
+    let out = &analysis.graph.out;
+    for &other in seeds.iter().chain(chosen) {
+        if other == file {
+            continue;
+        }
+        let from = &files[other].path;
+        for (to, link) in &out[other] {
+            if *to == file {
+                return Some(match link {
+                    Link::Imports => format!("imported by {from}"),
+                    Link::Uses(name) => format!("defines `{name}` used by {from}"),
+                });
+            }
+        }
+        for (to, link) in &out[file] {
+            if *to == other {
+                return Some(match link {
+                    Link::Imports => format!("imports {from}"),
+                    Link::Uses(name) => format!("uses `{name}` from {from}"),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Adds file `file` to `selection` for `why`, or adds `why` to it when it is there already;
+/// a file over what is left of the budget is passed over, noted if it is a seed. True when it
+/// was added now.
+fn take(
+    index: &Index,
+    selection: &mut Selection,
+    file: usize,
+    score: f64,
+    why: Vec<String>,
+) -> bool {
     let file = &index.files[file];
     if let Some(chosen) = selection.files.iter_mut().find(|s| s.path == file.path) {
-        if !chosen.why.contains(&why) {
-            chosen.why.push(why);
+        for reason in why {
+            if !chosen.why.contains(&reason) {
+                chosen.why.push(reason);
+            }
         }
-        return;
+        return false;
     }
     if selection.used + file.bytes > selection.budget {
-        if why == "seed" {
+        if why.iter().any(|w| w == "seed") {
             selection.notes.push(Note {
                 path: file.path.clone(),
                 reason: "a seed larger than what is left of the budget",
             });
         }
-        return;
+        return false;
     }
     selection.used += file.bytes;
     selection.files.push(Selected {
         path: file.path.clone(),
         bytes: file.bytes,
         score,
-        why: vec![why],
+        why,
     });
+    true
 }
 
 /// The files of `index` that are tests of `path` by the common conventions: `test_x.py`,
@@ -226,6 +402,7 @@ mod tests {
                 }
                 IndexedFile {
                     path: path.to_string(),
+                    id: git2::Oid::ZERO_SHA1,
                     bytes: content.len() as u64,
                     length: terms.values().sum(),
                     terms,
@@ -235,6 +412,7 @@ mod tests {
         Index {
             files,
             notes: Vec::new(),
+            go_modules: Vec::new(),
         }
     }
 
@@ -254,7 +432,7 @@ mod tests {
         ]);
         let seeds = ["src/ui/button.ts".to_string()];
         let selection = select(
-            &index,
+            &Analysis::lexical(index),
             &Request {
                 prompt: "Refund through the gateway",
                 seeds: &seeds,
@@ -312,11 +490,35 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_parser_leaves_words_to_rank_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = Repository::init(dir.path()).unwrap();
+        std::fs::write(dir.path().join("refund.py"), "def refund(): pass\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_path(Path::new("refund.py")).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@localhost").unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "x", &tree, &[])
+            .unwrap();
+        let analysis =
+            Analysis::of_repository(dir.path(), None, Some(Path::new("/bin/false"))).unwrap();
+        assert_eq!(analysis.index.notes.len(), 1);
+        assert!(analysis.index.notes[0].reason.contains("the parser failed"));
+        let request = Request {
+            prompt: "refund",
+            seeds: &[],
+            budget: ByteSize(1000),
+        };
+        let selection = select(&analysis, &request).unwrap();
+        assert_eq!(selection.files[0].path, "refund.py");
+    }
+
+    #[test]
     fn an_unknown_seed_is_a_clear_error() {
         let index = index(&[("a.py", "x")]);
         let seeds = ["b.py".to_string()];
         let err = select(
-            &index,
+            &Analysis::lexical(index),
             &Request {
                 prompt: "x",
                 seeds: &seeds,

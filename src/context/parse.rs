@@ -150,8 +150,12 @@ fn walk(node: Node<'_>, source: &Source, out: &mut Parsed, depth: usize) {
         )
         | (
             Lang::JavaScript | Lang::TypeScript | Lang::Tsx,
-            "function_declaration" | "class_declaration" | "generator_function_declaration"
-            | "interface_declaration" | "type_alias_declaration" | "enum_declaration",
+            "function_declaration"
+            | "class_declaration"
+            | "generator_function_declaration"
+            | "interface_declaration"
+            | "type_alias_declaration"
+            | "enum_declaration",
         )
         | (Lang::Go, "function_declaration" | "method_declaration" | "type_spec") => {
             if let Some(name) = name()
@@ -160,9 +164,7 @@ fn walk(node: Node<'_>, source: &Source, out: &mut Parsed, depth: usize) {
                 out.defines.push(name.to_string());
             }
         }
-        (Lang::JavaScript | Lang::TypeScript | Lang::Tsx, "variable_declarator")
-            if depth <= 3 =>
-        {
+        (Lang::JavaScript | Lang::TypeScript | Lang::Tsx, "variable_declarator") if depth <= 3 => {
             if let Some(name) = node.child_by_field_name("name")
                 && name.kind() == "identifier"
                 && out.defines.len() < MAX_NAMES
@@ -218,7 +220,10 @@ fn import_of(node: Node<'_>, source: &Source, out: &mut Parsed) {
                 is_mod: false,
             });
         }
-        (Lang::JavaScript | Lang::TypeScript | Lang::Tsx, "import_statement" | "export_statement") => {
+        (
+            Lang::JavaScript | Lang::TypeScript | Lang::Tsx,
+            "import_statement" | "export_statement",
+        ) => {
             if let Some(source_text) = field("source") {
                 out.imports.push(Import {
                     module: unquote(source_text),
@@ -376,11 +381,17 @@ mod tests {
             "import { pay } from './pay';\nimport type { Intent } from '@/types';\nexport * from \"../lib/index\";\n\
              const db = require('./db');\ninterface PaymentIntent { id: string }\nexport function route(i: PaymentIntent) { return pay(i); }\n",
         );
-        assert_eq!(modules(&parsed), ["./pay", "@/types", "../lib/index", "./db"]);
+        assert_eq!(
+            modules(&parsed),
+            ["./pay", "@/types", "../lib/index", "./db"]
+        );
         assert!(parsed.defines.contains(&"PaymentIntent".to_string()));
         assert!(parsed.defines.contains(&"route".to_string()));
         assert!(parsed.defines.contains(&"db".to_string()));
-        let js = parse("a.jsx", "import x from './x.js'; function App() { return x; }");
+        let js = parse(
+            "a.jsx",
+            "import x from './x.js'; function App() { return x; }",
+        );
         assert_eq!(modules(&js), ["./x.js"]);
         assert_eq!(js.defines, ["App"]);
     }
@@ -392,7 +403,10 @@ mod tests {
             "mod pay;\npub mod api { pub fn f() {} }\nuse crate::pay::{Refund, refund};\nuse std::io;\n\
              pub struct Intent;\nfn go(r: Refund) {}\n",
         );
-        assert_eq!(modules(&parsed), ["pay", "crate::pay::{Refund,refund}", "std::io"]);
+        assert_eq!(
+            modules(&parsed),
+            ["pay", "crate::pay::{Refund,refund}", "std::io"]
+        );
         assert!(parsed.imports[0].is_mod);
         assert!(parsed.defines.contains(&"Intent".to_string()));
         assert!(parsed.defines.contains(&"go".to_string()));
@@ -408,6 +422,19 @@ mod tests {
         );
         assert_eq!(modules(&parsed), ["fmt", "example.com/shop/gateway"]);
         assert_eq!(parsed.defines, ["Amount", "Intent", "Refund"]);
+    }
+
+    #[test]
+    fn a_child_that_fails_in_any_way_gives_no_answer() {
+        let sources = [Source {
+            path: "a.py".into(),
+            lang: Lang::Python,
+            text: "import os\n".into(),
+        }];
+        // Missing, failing, and answering nonsense (`echo` prints its arguments).
+        for exe in ["/nonexistent/kiln", "/bin/false", "/bin/echo"] {
+            assert_eq!(in_child(Path::new(exe), &sources), None, "{exe}");
+        }
     }
 
     #[test]
