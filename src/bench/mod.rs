@@ -5,8 +5,10 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+mod context;
 mod egress;
 
+pub use context::{RepoFigures, Scores, context};
 pub use egress::{EgressFigures, Pair, egress};
 
 use crate::error::Error;

@@ -34,6 +34,17 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         queued: usize,
     },
+    /// Context selection on real history: recall and precision of kiln's pick against BM25's
+    /// and the top source folder's, at each commit's parent with its message as the prompt.
+    Context {
+        /// A git repository on this machine (a clone, or a bare one). Repeatable.
+        #[arg(long = "repo", required = true)]
+        repos: Vec<std::path::PathBuf>,
+        #[arg(long, default_value_t = 30)]
+        commits: usize,
+        #[arg(long, default_value = "64KiB")]
+        budget: kiln::model::ByteSize,
+    },
     /// Small HTTP requests through the egress proxy against the same requests direct, on loopback.
     Egress {
         #[arg(long, default_value_t = 1000)]
@@ -53,7 +64,76 @@ pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
         }
         BenchCommand::Serve { jobs, queued } => super::bench_serve::exec(jobs, queued).await,
         BenchCommand::Egress { requests } => egress(requests).await,
+        BenchCommand::Context {
+            repos,
+            commits,
+            budget,
+        } => tokio::task::block_in_place(|| context(&repos, commits, budget)),
     }
+}
+
+fn context(
+    repos: &[std::path::PathBuf],
+    commits: usize,
+    budget: kiln::model::ByteSize,
+) -> Result<ExitCode, Error> {
+    if commits == 0 {
+        return Err(Error::Usage("--commits must be at least 1".into()));
+    }
+    let parser = std::env::current_exe().map_err(Error::io("cannot find the kiln binary"))?;
+    println!("context selection at each commit's parent, the message as prompt, budget {budget}");
+    println!(
+        "{:<34} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8} {:>8} {:>8}",
+        "repository",
+        "commits",
+        "kiln R/P",
+        "BM25 R/P",
+        "folder R/P",
+        "kiln+seed R/P",
+        "BM25+seed R/P",
+        "cold ms",
+        "warm ms",
+        "grep ms"
+    );
+    let (mut kiln_recall, mut bm25_recall, mut seeded_recall, mut n) = (0.0, 0.0, 0.0, 0.0);
+    for repo in repos {
+        let f = kiln::bench::context(repo, commits, budget, &parser)?;
+        let rp = |s: &kiln::bench::Scores| {
+            let (r, p, _) = s.mean();
+            format!("{r:.2}/{p:.2}")
+        };
+        let name = repo.display().to_string();
+        let name = if name.len() > 34 {
+            name[name.len() - 34..].to_string()
+        } else {
+            name
+        };
+        println!(
+            "{:<34} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8.1} {:>8.2} {:>8.1}",
+            name,
+            f.commits,
+            rp(&f.kiln),
+            rp(&f.bm25),
+            rp(&f.folder),
+            rp(&f.kiln_seeded),
+            rp(&f.bm25_seeded),
+            ms(f.cold),
+            ms(f.warm),
+            ms(f.grep)
+        );
+        kiln_recall += f.kiln.mean().0;
+        bm25_recall += f.bm25.mean().0;
+        seeded_recall += f.kiln_seeded.mean().0;
+        n += 1.0;
+    }
+    println!(
+        "mean recall: kiln {:.2}, BM25 {:.2}, ratio kiln/BM25 {:.2}; kiln with one seed {:.2}",
+        kiln_recall / n,
+        bm25_recall / n,
+        kiln_recall / bm25_recall.max(1e-9),
+        seeded_recall / n
+    );
+    Ok(ExitCode::Success)
 }
 
 async fn egress(requests: usize) -> Result<ExitCode, Error> {

@@ -159,6 +159,10 @@ impl Analysis {
     }
 }
 
+/// How a file in no language kiln parses (docs, data, config) counts against source: a change
+/// is mostly to code. Chosen by `kiln bench context` (README).
+const NOT_SOURCE: f64 = 0.3;
+
 /// How many of the best lexical matches start the walk when no seed is given.
 const START_MATCHES: usize = 5;
 
@@ -198,6 +202,9 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         .filter(|(i, _)| !seeds.contains(i))
         .map(|(_, r)| *r)
         .fold(0.0, f64::max);
+    // With seeds the walk starts from what the caller knows, and the prompt's words sort its
+    // neighbours; without, it starts from the best word matches and the graph widens them.
+    let words_weight = if seeds.is_empty() { 0.3 } else { 0.7 };
     let mut ranked: Vec<(usize, f64)> = (0..index.files.len())
         .filter(|i| !seeds.contains(i))
         .map(|i| {
@@ -206,7 +213,14 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             } else {
                 0.0
             };
-            (i, 0.5 * words[i] + 0.5 * graph)
+            let prior = match parse::Lang::of(&index.files[i].path) {
+                Some(_) => 1.0,
+                None => NOT_SOURCE,
+            };
+            (
+                i,
+                prior * (words_weight * words[i] + (1.0 - words_weight) * graph),
+            )
         })
         .filter(|(_, score)| *score > 0.0)
         .collect();
@@ -360,7 +374,7 @@ fn stem_of(path: &str) -> &str {
 }
 
 /// Whether `path` is a test by its name or its folder.
-fn is_test(path: &str) -> bool {
+pub fn is_test(path: &str) -> bool {
     let stem = stem_of(path);
     let folders = path.split('/').rev().skip(1);
     stem.starts_with("test_")
