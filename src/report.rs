@@ -48,6 +48,10 @@ pub struct JobSummary {
     pub branch: String,
     pub max_attempts: u32,
     pub context_files: Vec<String>,
+    /// With `[context] mode = "auto"`: the files kiln chose, with why, and those the failing
+    /// tests named on a retry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<crate::context::Selection>,
     pub seed: Option<SeedFields>,
 }
 

@@ -273,3 +273,70 @@ fn a_definition_is_found_through_a_reference_without_an_import() {
         "{selection:#}"
     );
 }
+
+#[test]
+fn a_job_in_auto_mode_gives_the_generator_kiln_s_choice_and_adds_what_the_tests_name() {
+    common::require_busybox();
+    let fixture = common::Fixture::with_git(&[
+        (
+            "app/views.py",
+            "from .billing import charge\n\ndef checkout():\n    return charge()\n",
+        ),
+        ("app/billing.py", "def charge():\n    return 1\n"),
+        ("app/models.py", "class Ledger:\n    pass\n"),
+        ("docs/notes.md", "nothing here\n"),
+    ]);
+    // Attempt 1's tests fail naming app/models.py; attempt 2's pass.
+    let job = fixture.job(
+        "branch = \"factory/auto\"\nprompt = \"Make checkout retry\"",
+        "cat /kiln/job.json; echo \"# $KILN_ATTEMPT\" >> app/views.py",
+        "grep -q '# 2' app/views.py || { echo 'FAILED in app/models.py line 1'; exit 1; }",
+        "[context]\nmode = \"auto\"\nbudget = \"4KiB\"",
+    );
+    let ran = fixture.run(&job, &[]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let input =
+        |n: u32| -> Value { serde_json::from_str(&ran.attempt_file(n, "job.json")).unwrap() };
+    let first = input(1);
+    let context = first["context"].as_array().unwrap();
+    let path_why = |c: &Value| {
+        (
+            c["path"].as_str().unwrap().to_string(),
+            c["why"].to_string(),
+        )
+    };
+    let chosen: Vec<(String, String)> = context.iter().map(path_why).collect();
+    assert_eq!(chosen[0].0, "app/views.py", "{chosen:?}");
+    assert!(chosen[0].1.contains("names `checkout`"), "{chosen:?}");
+    let billing = chosen
+        .iter()
+        .find(|(p, _)| p == "app/billing.py")
+        .expect("billing chosen");
+    assert!(billing.1.contains("imported by app/views.py"), "{chosen:?}");
+    assert!(
+        first["agent_prompt"]
+            .as_str()
+            .unwrap()
+            .contains("- app/billing.py")
+    );
+    // On the retry, the file the failing tests named is added.
+    let second = input(2);
+    let models = second["context"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "app/models.py")
+        .unwrap_or_else(|| panic!("{second:#}"));
+    assert!(
+        models["why"]
+            .to_string()
+            .contains("named by the failing tests of attempt 1"),
+        "{models}"
+    );
+    // The report records the choice.
+    let recorded = &ran.report()["job"]["context"]["files"];
+    assert!(
+        recorded.to_string().contains("app/billing.py"),
+        "{recorded}"
+    );
+}

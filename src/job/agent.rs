@@ -58,7 +58,9 @@ python3 - <<'EOF' > /tmp/kiln-agent-args
 import glob, json, os
 job = json.load(open(os.environ["KILN_JOB_INPUT"]))
 open("/tmp/kiln-agent-prompt", "w").write(job["agent_prompt"])
-files = sorted({f for g in job["context_files"] for f in glob.glob(g, recursive=True) if os.path.isfile(f)})
+chosen = [c["path"] for c in job.get("context") or []]
+files = sorted({f for g in job["context_files"] for f in glob.glob(g, recursive=True)} | set(chosen))
+files = [f for f in files if os.path.isfile(f) and not os.path.islink(f)]
 print("\n".join(files))
 EOF
 set --

@@ -141,6 +141,25 @@ impl JobFile {
                 ),
             ));
         }
+        let budget = self
+            .context
+            .budget
+            .unwrap_or(crate::model::ByteSize::kib(64));
+        if !(crate::model::ByteSize::kib(1)..=crate::model::ByteSize::mib(16)).contains(&budget) {
+            return Err((
+                "context",
+                format!("budget is {budget}; it must be between 1KiB and 16MiB"),
+            ));
+        }
+        let seeds = match self.context.seeds {
+            Some(seeds) => Globs::new(seeds).map_err(|m| ("context", m.0))?,
+            None => context_files.clone(),
+        };
+        let context = super::ContextSpec {
+            mode: self.context.mode.unwrap_or_default(),
+            budget,
+            seeds,
+        };
         Ok(Job {
             id: JobId::new(),
             repo,
@@ -162,6 +181,7 @@ impl JobFile {
             sandbox: self.sandbox,
             loosened,
             seed,
+            context,
         })
     }
 }

@@ -61,6 +61,28 @@ pub(super) struct JobFile {
     pub(super) retry: RetryFile,
     #[serde(default)]
     pub(super) sandbox: SandboxFile,
+    #[serde(default)]
+    pub(super) context: ContextFile,
+}
+
+/// `[context]` as written: how the generator's starting files are chosen.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ContextFile {
+    pub(super) mode: Option<ContextMode>,
+    pub(super) budget: Option<ByteSize>,
+    pub(super) seeds: Option<Vec<String>>,
+}
+
+/// How the files the generator starts from are chosen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContextMode {
+    /// `context_files` as written, passed through.
+    #[default]
+    Globs,
+    /// kiln selects them at the base commit (`kiln context`), from the seeds and the prompt.
+    Auto,
 }
 
 /// `[limits]` as written: any field left out takes the operator's default.

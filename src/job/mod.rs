@@ -16,7 +16,7 @@ use serde::Serialize;
 
 pub use branch::{BranchError, BranchName};
 pub use check::recheck_stage;
-pub use file::{MergeSpec, NetworkMode, SandboxFile};
+pub use file::{ContextMode, MergeSpec, NetworkMode, SandboxFile};
 pub use source::RepoSource;
 
 use crate::config::{Config, Loosening};
@@ -110,6 +110,17 @@ pub struct Job {
     /// The loosenings `sandbox` asks for, each permitted by the operator config.
     pub loosened: Vec<Loosening>,
     pub seed: Option<SeedFields>,
+    pub context: ContextSpec,
+}
+
+/// `[context]` checked: how the generator's starting files are chosen.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContextSpec {
+    pub mode: ContextMode,
+    /// The most bytes of files selected (`auto`). Default 64KiB.
+    pub budget: crate::model::ByteSize,
+    /// Globs of the files selection starts from (`auto`). Default: `context_files`.
+    pub seeds: Globs,
 }
 
 /// Everything wrong with a job file is one of these; all map to exit code 2.

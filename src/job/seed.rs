@@ -6,13 +6,14 @@
 //!              "context_files": [...], "test_requirements": "...", "review_agent": "jazz"},
 //!  "priority": 2, "assigned_worker": null, "status": "queued"}
 //! ```
-//! kiln's own tables (`generate`, `test`, `review`, `merge`, `limits`, `retry`, `sandbox`) may sit beside
-//! `payload`; where they are absent the operator config's defaults apply.
+//! kiln's own tables (`generate`, `test`, `review`, `merge`, `limits`, `retry`, `sandbox`,
+//! `context`) may sit beside `payload`; where they are absent the operator config's defaults
+//! apply.
 
 use serde::Deserialize;
 
 use super::SeedFields;
-use super::file::{JobFile, LimitsFile, MergeSpec, RetryFile, SandboxFile};
+use super::file::{ContextFile, JobFile, LimitsFile, MergeSpec, RetryFile, SandboxFile};
 use crate::model::StageSpec;
 
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,8 @@ pub(super) struct SeedRecord {
     retry: RetryFile,
     #[serde(default)]
     sandbox: SandboxFile,
+    #[serde(default)]
+    context: ContextFile,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +87,7 @@ impl SeedRecord {
             limits: self.limits,
             retry: self.retry,
             sandbox: self.sandbox,
+            context: self.context,
         };
         Ok((file, Some(seed)))
     }

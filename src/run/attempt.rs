@@ -13,6 +13,7 @@ use super::outcome::AfterPass;
 use super::stage::{Ran, Stages, stage_report};
 use super::{End, RunOptions, Runner, Step, blocking, short};
 use crate::error::Error;
+use crate::job::ContextMode;
 use crate::model::{Diff, Stage, Status};
 use crate::report::{AttemptReport, FileSummary};
 use crate::sandbox::WORKSPACE_DIR;
@@ -35,6 +36,9 @@ impl Runner<'_> {
             let (ws, globs) = (ws.clone(), job.context_files.clone());
             blocking(move || Ok(ws.context_files(&globs)?)).await?
         };
+        if job.context.mode == ContextMode::Auto {
+            self.selection = Some(self.select_context(&ws).await?);
+        }
         let workspace_ms = timer
             .done(&format!("base {}", short(ws.base_commit())))
             .as_millis() as u64;
@@ -94,6 +98,14 @@ impl Runner<'_> {
         let job = self.job;
         let artifacts = self.artifacts.clone();
         let dir = blocking(move || Ok(artifacts.create_attempt(n)?)).await?;
+        if let (Some((selection, paths)), Some(previous)) = (&mut self.selection, feedback) {
+            input::add_named_by_tests(selection, paths, previous);
+        }
+        // The files the generator is told to start from: kiln's choice, or the globs' matches.
+        let starting_files: Vec<String> = match &self.selection {
+            Some((selection, _)) => selection.files.iter().map(|f| f.path.clone()).collect(),
+            None => self.context.clone(),
+        };
         let input = serde_json::to_vec_pretty(&JobInput {
             schema: "kiln.job-input/v1",
             job_id: job.id.as_str(),
@@ -102,13 +114,14 @@ impl Runner<'_> {
             prompt: &job.prompt,
             test_requirements: job.test_requirements.as_deref(),
             context_files: &self.context,
+            context: self.selection.as_ref().map(|(s, _)| s.files.as_slice()),
             branch: job.branch.as_str(),
             workspace: WORKSPACE_DIR,
             previous: feedback,
             agent_prompt: input::agent_prompt(
                 &job.prompt,
                 job.test_requirements.as_deref(),
-                &self.context,
+                &starting_files,
                 feedback,
             ),
         })

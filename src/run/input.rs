@@ -4,6 +4,7 @@
 use serde::Serialize;
 
 use super::stage::Ran;
+use crate::context::{Selected, Selection};
 use crate::review::ReviewVerdict;
 
 /// Most bytes of the previous attempt's diff fed back to the generator.
@@ -21,6 +22,10 @@ pub(super) struct JobInput<'a> {
     pub(super) prompt: &'a str,
     pub(super) test_requirements: Option<&'a str>,
     pub(super) context_files: &'a [String],
+    /// With `[context] mode = "auto"`: the files kiln chose at the base, most useful first,
+    /// each with its size, score and why (and on a retry, those the failing tests named).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) context: Option<&'a [Selected]>,
     pub(super) branch: &'a str,
     pub(super) workspace: &'static str,
     pub(super) previous: Option<&'a Feedback>,
@@ -223,9 +228,95 @@ impl Feedback {
     }
 }
 
+/// Adds to `selection` the files of the base tree (`paths`) that the previous attempt's failing
+/// test output names, each once, whatever the budget: the tests said where to look.
+pub(super) fn add_named_by_tests(
+    selection: &mut Selection,
+    paths: &[(String, u64)],
+    previous: &Feedback,
+) {
+    let output = &previous.test_output_tail;
+    if output.is_empty() {
+        return;
+    }
+    let why = format!("named by the failing tests of attempt {}", previous.attempt);
+    for (path, bytes) in paths {
+        // A path counts where it stands as a word of its own, not inside a longer one.
+        let named = output.match_indices(path.as_str()).any(|(at, _)| {
+            let before = output[..at].chars().next_back();
+            let after = output[at + path.len()..].chars().next();
+            !before.is_some_and(|c| c.is_alphanumeric() || c == '/' || c == '_')
+                && !after.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        });
+        if !named {
+            continue;
+        }
+        match selection.files.iter_mut().find(|f| f.path == *path) {
+            Some(chosen) => {
+                if !chosen.why.contains(&why) {
+                    chosen.why.push(why.clone());
+                }
+            }
+            None => {
+                selection.used += bytes;
+                selection.files.push(Selected {
+                    path: path.clone(),
+                    bytes: *bytes,
+                    score: 0.0,
+                    why: vec![why.clone()],
+                });
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_the_failing_tests_name_are_added_once_as_whole_words() {
+        let previous = Feedback {
+            attempt: 1,
+            diff: String::new(),
+            diff_truncated: false,
+            generator_exit_code: Some(0),
+            untested_because: None,
+            test_exit_code: Some(1),
+            test_timed_out: false,
+            test_output_tail: "FAIL app/models.py:3\nsee app/models.py again; xapp/view.pyc\n"
+                .into(),
+            protected_reverted: Vec::new(),
+            review: None,
+            merge: None,
+        };
+        let mut selection = Selection {
+            files: Vec::new(),
+            budget: 100,
+            used: 0,
+            notes: Vec::new(),
+        };
+        let paths = [
+            ("app/models.py".to_string(), 10),
+            ("app/view.py".to_string(), 20),
+            ("models.py".to_string(), 30),
+        ];
+        add_named_by_tests(&mut selection, &paths, &previous);
+        add_named_by_tests(&mut selection, &paths, &previous);
+        let named: Vec<(&str, &[String])> = selection
+            .files
+            .iter()
+            .map(|f| (f.path.as_str(), f.why.as_slice()))
+            .collect();
+        assert_eq!(
+            named,
+            [(
+                "app/models.py",
+                &["named by the failing tests of attempt 1".to_string()][..]
+            )]
+        );
+        assert_eq!(selection.used, 10);
+    }
 
     #[test]
     fn the_agent_prompt_carries_the_failure_back() {

@@ -16,6 +16,7 @@ mod merge;
 mod outcome;
 mod progress;
 mod review;
+mod selection;
 mod stage;
 
 use std::path::PathBuf;
@@ -104,6 +105,7 @@ pub async fn run_job(
         artifacts,
         attempts: Vec::new(),
         context: Vec::new(),
+        selection: None,
         gate,
         gate_result: None,
     };
@@ -136,6 +138,7 @@ pub async fn run_job(
             branch: job.branch.to_string(),
             max_attempts: job.max_attempts,
             context_files: std::mem::take(&mut runner.context),
+            context: runner.selection.take().map(|(selection, _)| selection),
             seed: job.seed.clone(),
         },
         sandbox: SandboxSummary {
@@ -198,6 +201,9 @@ struct Runner<'a> {
     artifacts: Artifacts,
     attempts: Vec<AttemptReport>,
     context: Vec<String>,
+    /// With `[context] mode = "auto"`: the files kiln chose at the base, and every path of the
+    /// base tree with its size (a failing test output's paths are added from it).
+    selection: Option<(crate::context::Selection, Vec<(String, u64)>)>,
     gate: Option<Arc<Gate>>,
     gate_result: Option<GateResult>,
 }
