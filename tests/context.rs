@@ -340,3 +340,117 @@ fn a_job_in_auto_mode_gives_the_generator_kiln_s_choice_and_adds_what_the_tests_
         "{recorded}"
     );
 }
+
+#[test]
+fn a_tree_of_100_000_files_and_a_50_mib_one_leaves_kiln_bounded_with_notes() {
+    // One blob under 100,001 names, and a 50 MiB file: built straight into git, fast.
+    let dir = tempfile::tempdir().unwrap();
+    let repo = git2::Repository::init(dir.path()).unwrap();
+    let small = repo.blob(b"def refund(): pass\n").unwrap();
+    let big = repo.blob(&vec![b'x'; 50 << 20]).unwrap();
+    let mut index = git2::Index::new().unwrap();
+    let mut add = |path: String, id: git2::Oid| {
+        let entry = git2::IndexEntry {
+            ctime: git2::IndexTime::new(0, 0),
+            mtime: git2::IndexTime::new(0, 0),
+            dev: 0,
+            ino: 0,
+            mode: 0o100644,
+            uid: 0,
+            gid: 0,
+            file_size: 0,
+            id,
+            flags: path.len() as u16,
+            flags_extended: 0,
+            path: path.into_bytes(),
+        };
+        index.add(&entry).unwrap();
+    };
+    add("a/huge.txt".into(), big);
+    for i in 0..100_001 {
+        add(format!("m/{:03}/f{i}.py", i % 500), small);
+    }
+    let tree = index.write_tree_to(&repo).unwrap();
+    let tree = repo.find_tree(tree).unwrap();
+    let sig = git2::Signature::now("t", "t@localhost").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, "many", &tree, &[])
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answer = dir.path().join("answer.json");
+    let (status, stderr, peak_kib) = common::peak_memory_with(
+        kiln()
+            .arg("context")
+            .arg("--repo")
+            .arg(dir.path())
+            .args(["--prompt", "refund", "--format", "json"]),
+        std::fs::File::create(&answer).unwrap().into(),
+    );
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(peak_kib < 1 << 20, "kiln peaked at {peak_kib} KiB");
+    let selection: Value = serde_json::from_slice(&std::fs::read(&answer).unwrap()).unwrap();
+    let notes = selection["notes"].to_string();
+    assert!(notes.contains("more than 100000 files"), "{notes}");
+    assert!(notes.contains("a/huge.txt"), "{notes}");
+}
+
+#[test]
+fn what_a_tree_says_is_kept_in_a_private_cache_and_a_cache_others_could_write_is_not_read() {
+    let dir = repo(&[
+        ("app/views.py", b"from .billing import charge\n"),
+        ("app/billing.py", b"def charge(): pass\n"),
+        ("lib/noise.py", b"x = 1\n"),
+    ]);
+    let cache = tempfile::tempdir().unwrap();
+    let ask = || {
+        let out = kiln()
+            .env("KILN_CACHE_DIR", cache.path())
+            .arg("context")
+            .arg("--repo")
+            .arg(dir.path())
+            .args([
+                "--prompt",
+                "x",
+                "--seed",
+                "app/views.py",
+                "--format",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        json(&out)
+    };
+    let first = ask();
+    assert!(why_of(&first, "app/billing.py").contains(&"imported by app/views.py".into()));
+    let folder = cache.path().join("context");
+    let kept: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!((mode(&folder), mode(&kept[0])), (0o700, 0o600));
+    // The kept answer is what the next query reads: a changed one shows through...
+    std::fs::write(
+        &kept[0],
+        r#"{"app/views.py": {"imports": [{"module": "lib.noise"}], "defines": [], "uses": []}}"#,
+    )
+    .unwrap();
+    let planted = ask();
+    assert!(why_of(&planted, "lib/noise.py").contains(&"imported by app/views.py".into()));
+    // ...unless another user could have written it: then it is parsed again.
+    std::fs::set_permissions(&folder, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let reparsed = ask();
+    assert!(why_of(&reparsed, "app/billing.py").contains(&"imported by app/views.py".into()));
+    assert!(
+        !reparsed["files"].to_string().contains("lib/noise.py"),
+        "{reparsed:#}"
+    );
+    // Nothing new was written where others could have put it.
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
+}

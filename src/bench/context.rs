@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use git2::{Oid, Repository};
 
 use crate::context::parse::Lang;
-use crate::context::{Analysis, Request, is_test, lexical, select};
+use crate::context::{Analysis, Parser, Request, is_test, lexical, select};
 use crate::error::Error;
 use crate::model::ByteSize;
 
@@ -180,7 +180,12 @@ pub fn context(
         let prompt = message.message().unwrap_or("").to_string();
         let base = parent.to_string();
         let started = Instant::now();
-        let analysis = Analysis::of_repository(path, Some(&base), Some(parser))?;
+        // No cache: every commit's tree is read and parsed cold.
+        let cold = Parser {
+            exe: parser,
+            cache: None,
+        };
+        let analysis = Analysis::of_repository(path, Some(&base), Some(&cold))?;
         figures.cold += started.elapsed();
         let target: HashSet<String> = changed.iter().cloned().collect();
 

@@ -59,6 +59,11 @@ pub async fn exec(args: ContextArgs) -> Result<ExitCode, Error> {
     // Sources are parsed by this binary run as `kiln __parse`, in a child under limits.
     let parser = std::env::current_exe().map_err(Error::io("cannot find the kiln binary"))?;
     let selection = tokio::task::spawn_blocking(move || -> Result<Selection, Error> {
+        let cache = kiln::config::cache_dir().map(|d| d.join("context"));
+        let parser = kiln::context::Parser {
+            exe: &parser,
+            cache: cache.as_deref(),
+        };
         let analysis =
             kiln::context::Analysis::of_repository(&repo, base.as_deref(), Some(&parser))?;
         let request = Request {

@@ -55,7 +55,8 @@ impl Index {
         let odb = repo.odb()?;
         let mut index = Index::default();
         let mut failure = None;
-        tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
+        let mut capped = false;
+        let walked = tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             if entry.kind() != Some(ObjectType::Blob) {
                 return TreeWalkResult::Ok;
             }
@@ -69,6 +70,7 @@ impl Index {
                     path: "(rest)".into(),
                     reason: "more than 100000 files: the rest is not indexed",
                 });
+                capped = true;
                 return TreeWalkResult::Abort;
             }
             let size = match odb.read_header(entry.id()) {
@@ -111,10 +113,13 @@ impl Index {
                 length,
             });
             TreeWalkResult::Ok
-        })?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(index),
+        });
+        // An aborted walk is an error to git2: the cap's abort is not one.
+        match (failure, walked) {
+            (Some(e), _) => Err(e),
+            (None, Err(_)) if capped => Ok(index),
+            (None, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(index),
         }
     }
 }

@@ -94,7 +94,7 @@ impl Analysis {
     pub fn of_repository(
         repo: &Path,
         base: Option<&str>,
-        parser: Option<&Path>,
+        parser: Option<&Parser<'_>>,
     ) -> Result<Analysis, ContextError> {
         let repo = Repository::open(repo).map_err(|e| ContextError::Repository {
             path: repo.display().to_string(),
@@ -107,7 +107,15 @@ impl Analysis {
             .map_err(|_| ContextError::UnknownBase(rev.to_string()))?;
         let mut index = Index::of_tree(&repo, tree.id())?;
         let mut parsed: Vec<Option<parse::Parsed>> = vec![None; index.files.len()];
-        if let Some(exe) = parser {
+        let kept = parser
+            .and_then(|p| p.cache)
+            .map(|dir| ParseCache::new(dir, tree.id()));
+        if let Some(found) = kept.as_ref().and_then(ParseCache::load) {
+            for (i, file) in index.files.iter().enumerate() {
+                parsed[i] = found.get(&file.path).cloned();
+            }
+        } else if let Some(Parser { exe, .. }) = parser {
+            let mut whole = true;
             let sources: Vec<usize> = (0..index.files.len())
                 .filter(|&i| {
                     let file = &index.files[i];
@@ -140,12 +148,19 @@ impl Analysis {
                                 parsed[i] = Some(result);
                             }
                         }
-                        None => index.notes.push(Note {
-                            path: format!("({} files from {})", sources.len(), sources[0].path),
-                            reason: "the parser failed on them (a crash, or a limit): ranked by words only",
-                        }),
+                        None => {
+                            whole = false;
+                            index.notes.push(Note {
+                                path: format!("({} files from {})", sources.len(), sources[0].path),
+                                reason: "the parser failed on them (a crash, or a limit): ranked by words only",
+                            })
+                        }
                     }
                 }
+            }
+            // Only a whole parse is kept: a failure is tried again next time.
+            if let (true, Some(kept)) = (whole, &kept) {
+                kept.store(&index, &parsed);
             }
         }
         let graph = Graph::build(&index, &parsed, &index.go_modules);
@@ -162,6 +177,71 @@ impl Analysis {
 /// How a file in no language kiln parses (docs, data, config) counts against source: a change
 /// is mostly to code. Chosen by `kiln bench context` (README).
 const NOT_SOURCE: f64 = 0.3;
+
+/// How sources are parsed: by the kiln binary run as `kiln __parse` (under limits), and, with
+/// `cache`, what a tree's sources say is kept there so another query of that tree skips parsing.
+pub struct Parser<'a> {
+    pub exe: &'a Path,
+    /// A folder of kiln's own (made 0700; not used when another user could write it).
+    pub cache: Option<&'a Path>,
+}
+
+/// What the sources of one tree say, kept as JSON under the cache folder, named by the tree and
+/// kiln's version (a newer kiln may read sources differently).
+struct ParseCache {
+    dir: std::path::PathBuf,
+    file: std::path::PathBuf,
+}
+
+/// The largest cache file read.
+const MAX_CACHE_FILE: u64 = 256 << 20;
+
+impl ParseCache {
+    fn new(dir: &Path, tree: git2::Oid) -> ParseCache {
+        let name = format!("{tree}-{}.json", env!("CARGO_PKG_VERSION"));
+        ParseCache {
+            dir: dir.to_path_buf(),
+            file: dir.join(name),
+        }
+    }
+
+    /// The kept results by path, when the folder and file are kiln's own and read whole.
+    fn load(&self) -> Option<std::collections::HashMap<String, parse::Parsed>> {
+        use crate::model::fs::{not_kilns_own, read_bytes_capped};
+        if let Some(why) = not_kilns_own(&self.dir, true) {
+            if self.dir.exists() {
+                tracing::warn!("context cache {} not used: it {why}", self.dir.display());
+            }
+            return None;
+        }
+        if not_kilns_own(&self.file, false).is_some() {
+            return None;
+        }
+        let bytes = read_bytes_capped(&self.file, MAX_CACHE_FILE).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps `parsed` (never in a folder that is not kiln's own); a failure to keep it only
+    /// costs the next query the parse.
+    fn store(&self, index: &Index, parsed: &[Option<parse::Parsed>]) {
+        if self.dir.exists() && crate::model::fs::not_kilns_own(&self.dir, true).is_some() {
+            return;
+        }
+        let kept: std::collections::HashMap<&str, &parse::Parsed> = index
+            .files
+            .iter()
+            .zip(parsed)
+            .filter_map(|(f, p)| Some((f.path.as_str(), p.as_ref()?)))
+            .collect();
+        let written = crate::model::fs::create_private_dir(&self.dir).and_then(|()| {
+            let json = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
+            crate::model::fs::write_atomic(&self.file, &json)
+        });
+        if let Err(e) = written {
+            tracing::warn!("cannot keep the context cache {}: {e}", self.file.display());
+        }
+    }
+}
 
 /// How many of the best lexical matches start the walk when no seed is given.
 const START_MATCHES: usize = 5;
@@ -514,8 +594,15 @@ mod tests {
         let sig = git2::Signature::now("t", "t@localhost").unwrap();
         repo.commit(Some("HEAD"), &sig, &sig, "x", &tree, &[])
             .unwrap();
-        let analysis =
-            Analysis::of_repository(dir.path(), None, Some(Path::new("/bin/false"))).unwrap();
+        let analysis = Analysis::of_repository(
+            dir.path(),
+            None,
+            Some(&Parser {
+                exe: Path::new("/bin/false"),
+                cache: None,
+            }),
+        )
+        .unwrap();
         assert_eq!(analysis.index.notes.len(), 1);
         assert!(analysis.index.notes[0].reason.contains("the parser failed"));
         let request = Request {

@@ -66,6 +66,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Why `path` (a folder, or with `folder` false a file) is no place kiln may trust what it reads
+/// from (native code, a cache): a link, not kiln's user's own, or writable (for a folder:
+/// usable at all) by other users. `None` when it is kiln's own.
+pub fn not_kilns_own(path: &Path, folder: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) => return Some(format!("cannot be checked: {e}")),
+    };
+    let uid = nix::unistd::geteuid().as_raw();
+    let open_to_others = if folder { 0o077 } else { 0o022 };
+    if meta.file_type().is_symlink() {
+        Some("is a link".into())
+    } else if folder != meta.is_dir() {
+        Some(format!(
+            "is not a {}",
+            if folder { "folder" } else { "file" }
+        ))
+    } else if meta.uid() != uid {
+        Some(format!("belongs to uid {}, not kiln's ({uid})", meta.uid()))
+    } else if meta.mode() & open_to_others != 0 {
+        Some(format!(
+            "is open to other users (mode {:o}); make it {}",
+            meta.mode() & 0o777,
+            if folder { "0700" } else { "0600" }
+        ))
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

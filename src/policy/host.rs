@@ -159,7 +159,7 @@ impl PolicyEngine {
                 path: dir.clone(),
                 source,
             })?;
-            if let Some(why) = unsafe_for_native_code(dir, true) {
+            if let Some(why) = crate::model::fs::not_kilns_own(dir, true) {
                 return Err(EngineError::UnsafeCache {
                     path: dir.clone(),
                     why,
@@ -187,7 +187,7 @@ impl PolicyEngine {
         // A cached file anyone but kiln's user could have written is compiled afresh instead.
         let module = match cached
             .as_deref()
-            .filter(|p| p.is_file() && unsafe_for_native_code(p, false).is_none())
+            .filter(|p| p.is_file() && crate::model::fs::not_kilns_own(p, false).is_none())
         {
             // SAFETY: the cache folder is kiln's own (0700) and its files are written only by
             // `Module::serialize` below, keyed by the source's sha256 and the engine's config.
@@ -350,36 +350,6 @@ impl PolicyEngine {
             return Err(PolicyFailure::AbiMismatch(version));
         }
         Ok((store, instance))
-    }
-}
-
-/// Why `path` (a folder, or with `folder` false a file) is no place to load native code from:
-/// a link, not kiln's user's own, or writable (for a folder: usable at all) by other users.
-fn unsafe_for_native_code(path: &Path, folder: bool) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) => return Some(format!("cannot be checked: {e}")),
-    };
-    let uid = nix::unistd::geteuid().as_raw();
-    let open_to_others = if folder { 0o077 } else { 0o022 };
-    if meta.file_type().is_symlink() {
-        Some("is a link".into())
-    } else if folder != meta.is_dir() {
-        Some(format!(
-            "is not a {}",
-            if folder { "folder" } else { "file" }
-        ))
-    } else if meta.uid() != uid {
-        Some(format!("belongs to uid {}, not kiln's ({uid})", meta.uid()))
-    } else if meta.mode() & open_to_others != 0 {
-        Some(format!(
-            "is open to other users (mode {:o}); make it {}",
-            meta.mode() & 0o777,
-            if folder { "0700" } else { "0600" }
-        ))
-    } else {
-        None
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::{Runner, blocking};
-use crate::context::{Analysis, Request, Selection};
+use crate::context::{Analysis, Parser, Request, Selection};
 use crate::error::Error;
 use crate::workspace::Workspace;
 
@@ -25,6 +25,11 @@ impl Runner<'_> {
         let parser = std::env::current_exe().map_err(Error::io("cannot find the kiln binary"))?;
         blocking(move || {
             let base = ws.base_commit().to_string();
+            let cache = crate::config::cache_dir().map(|d| d.join("context"));
+            let parser = Parser {
+                exe: &parser,
+                cache: cache.as_deref(),
+            };
             let analysis = Analysis::of_repository(&ws.repo_path(), Some(&base), Some(&parser))?;
             // Seeds are the globs' files the index holds (a link is never one).
             let mut seeds = ws.context_files(&seeds)?;

@@ -410,9 +410,17 @@ pub fn require_image(image: &str, recipe: &str) {
 /// Runs `cmd` to its end, watching its resident memory: its exit status, its stderr, and the
 /// peak resident size it reached (VmHWM, KiB), read every 20 ms while it runs.
 pub fn peak_memory(cmd: &mut Command) -> (std::process::ExitStatus, String, u64) {
+    peak_memory_with(cmd, std::process::Stdio::null())
+}
+
+/// [`peak_memory`], with the child's stdout going to `stdout`.
+pub fn peak_memory_with(
+    cmd: &mut Command,
+    stdout: std::process::Stdio,
+) -> (std::process::ExitStatus, String, u64) {
     use std::io::Read;
     let mut child = cmd
-        .stdout(std::process::Stdio::null())
+        .stdout(stdout)
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kiln binary runs");
