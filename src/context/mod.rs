@@ -329,25 +329,38 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         }
         order.push((i, score / top, why));
     }
+    let tests = tests_by_subject(index);
     for (file, score, mut why) in order {
-        if let Some(reason) = linked(analysis, &chosen, &seeds, file) {
-            why.push(reason);
-        }
-        if why.is_empty() {
-            why.push("near the seeds in the file graph".into());
+        let path = index.files[file].path.clone();
+        let present = selection.files.iter().any(|s| s.path == path);
+        let fits = selection.used + index.files[file].bytes <= selection.budget;
+        // What does not fit is passed over before any work is spent on why it would be there.
+        if present || fits {
+            if let Some(reason) = linked(analysis, &chosen, &seeds, file) {
+                why.push(reason);
+            }
+            if why.is_empty() {
+                why.push("near the seeds in the file graph".into());
+            }
         }
         if take(index, &mut selection, file, score, why) {
             chosen.push(file);
+        } else if !present {
+            continue;
         }
-        let path = index.files[file].path.clone();
-        for test in tests_of(index, &path) {
-            if take(
-                index,
-                &mut selection,
-                test,
-                score * 0.9,
-                vec![format!("test of {path}")],
-            ) {
+        if is_test(&path) {
+            continue;
+        }
+        for &test in tests.get(stem_of(&path)).into_iter().flatten() {
+            if test != file
+                && take(
+                    index,
+                    &mut selection,
+                    test,
+                    score * 0.9,
+                    vec![format!("test of {path}")],
+                )
+            {
                 chosen.push(test);
             }
         }
@@ -424,20 +437,17 @@ fn take(
     true
 }
 
-/// The files of `index` that are tests of `path` by the common conventions: `test_x.py`,
-/// `x_test.py`, `x_test.go`, `x.test.ts`, `x.spec.js`, `tests/x.rs`, `__tests__/x.js`...
-fn tests_of(index: &Index, path: &str) -> Vec<usize> {
-    let stem = stem_of(path);
-    if stem.is_empty() || is_test(path) {
-        return Vec::new();
+/// The test files of `index` by what they are named for, by the common conventions:
+/// `test_x.py`, `x_test.py`, `x_test.go`, `x.test.ts`, `x.spec.js`, `tests/x.rs`,
+/// `__tests__/x.js`... are tests of the files named `x`.
+fn tests_by_subject(index: &Index) -> std::collections::HashMap<&str, Vec<usize>> {
+    let mut tests: std::collections::HashMap<&str, Vec<usize>> = std::collections::HashMap::new();
+    for (i, file) in index.files.iter().enumerate() {
+        if is_test(&file.path) && !test_subject(&file.path).is_empty() {
+            tests.entry(test_subject(&file.path)).or_default().push(i);
+        }
     }
-    index
-        .files
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| f.path != path && is_test(&f.path) && test_subject(&f.path) == stem)
-        .map(|(i, _)| i)
-        .collect()
+    tests
 }
 
 /// What a file is named for: its name without folders and extension (`src/pay.test.ts` gives
