@@ -28,6 +28,27 @@ pub struct IndexedFile {
     pub length: u32,
 }
 
+impl IndexedFile {
+    /// The file at `path` with the terms of its path and, when given, of its `content`.
+    pub fn new(path: String, id: Oid, bytes: u64, content: Option<&[u8]>) -> IndexedFile {
+        let mut terms = HashMap::new();
+        for term in terms_of(&path) {
+            *terms.entry(term).or_insert(0) += PATH_WEIGHT;
+        }
+        if let Some(content) = content {
+            add_content(&mut terms, content);
+        }
+        let length = terms.values().sum();
+        IndexedFile {
+            path,
+            id,
+            bytes,
+            terms,
+            length,
+        }
+    }
+}
+
 /// How much a term in a file's path counts against one in its content.
 pub const PATH_WEIGHT: u32 = 5;
 
@@ -80,10 +101,7 @@ impl Index {
                     return TreeWalkResult::Abort;
                 }
             };
-            let mut terms = HashMap::new();
-            for term in terms_of(&path) {
-                *terms.entry(term).or_insert(0) += PATH_WEIGHT;
-            }
+            let mut content = None;
             if size > MAX_FILE_BYTES {
                 index.notes.push(Note {
                     path: path.clone(),
@@ -91,27 +109,21 @@ impl Index {
                 });
             } else {
                 match repo.find_blob(entry.id()) {
-                    Ok(blob) => {
-                        add_content(&mut terms, blob.content());
-                        if let Some(module) = go_module(&path, blob.content()) {
-                            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-                            index.go_modules.push((dir.to_string(), module));
-                        }
-                    }
+                    Ok(blob) => content = Some(blob),
                     Err(e) => {
                         failure = Some(e);
                         return TreeWalkResult::Abort;
                     }
                 }
             }
-            let length = terms.values().sum();
-            index.files.push(IndexedFile {
-                path,
-                id: entry.id(),
-                bytes: size as u64,
-                terms,
-                length,
-            });
+            let content = content.as_ref().map(|blob| blob.content());
+            if let Some(module) = content.and_then(|c| go_module(&path, c)) {
+                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+                index.go_modules.push((dir.to_string(), module));
+            }
+            index
+                .files
+                .push(IndexedFile::new(path, entry.id(), size as u64, content));
             TreeWalkResult::Ok
         });
         // An aborted walk is an error to git2: the cap's abort is not one.
@@ -188,6 +200,28 @@ pub fn terms_of(text: &str) -> Vec<String> {
         }
     }
     terms
+}
+
+#[cfg(test)]
+impl Index {
+    /// An index of `files` (path, content) as [`Index::of_tree`] would make of them.
+    pub(super) fn of_texts(files: &[(&str, &str)]) -> Index {
+        let files = files
+            .iter()
+            .map(|(path, text)| {
+                IndexedFile::new(
+                    path.to_string(),
+                    Oid::ZERO_SHA1,
+                    text.len() as u64,
+                    Some(text.as_bytes()),
+                )
+            })
+            .collect();
+        Index {
+            files,
+            ..Index::default()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -90,48 +90,25 @@ pub fn rank(index: &Index, query: &[String]) -> Vec<Scored> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::index::{IndexedFile, PATH_WEIGHT};
     use super::*;
-
-    fn file(path: &str, content: &str) -> IndexedFile {
-        let mut terms = HashMap::new();
-        for t in terms_of(path) {
-            *terms.entry(t).or_insert(0) += PATH_WEIGHT;
-        }
-        for t in terms_of(content) {
-            *terms.entry(t).or_insert(0) += 1;
-        }
-        let length = terms.values().sum();
-        IndexedFile {
-            path: path.into(),
-            id: git2::Oid::ZERO_SHA1,
-            bytes: content.len() as u64,
-            terms,
-            length,
-        }
-    }
 
     #[test]
     fn the_file_about_the_prompts_rare_words_ranks_first() {
-        let index = Index {
-            files: vec![
-                file(
-                    "src/pay/refund.py",
-                    "def refund(intent): return gateway.refund(intent)",
-                ),
-                file(
-                    "src/pay/charge.py",
-                    "def charge(intent): return gateway.charge(intent)",
-                ),
-                file(
-                    "README.md",
-                    "This service handles payments and refunds for the shop.",
-                ),
-                file("src/util.py", "def log(message): print(message)"),
-            ],
-            notes: Vec::new(),
-            go_modules: Vec::new(),
-        };
+        let index = Index::of_texts(&[
+            (
+                "src/pay/refund.py",
+                "def refund(intent): return gateway.refund(intent)",
+            ),
+            (
+                "src/pay/charge.py",
+                "def charge(intent): return gateway.charge(intent)",
+            ),
+            (
+                "README.md",
+                "This service handles payments and refunds for the shop.",
+            ),
+            ("src/util.py", "def log(message): print(message)"),
+        ]);
         let query = query_terms("Make refund() retry when the gateway times out");
         assert_eq!(query, ["refund", "retry", "gateway", "times", "out"]);
         let ranked = rank(&index, &query);

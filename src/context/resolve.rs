@@ -1,0 +1,383 @@
+//! Imports resolved to files the way each language does: Python packages and relative imports,
+//! JS/TS relative paths with extensions and index files (and the `@/` source alias), Rust `mod`
+//! and `crate::`/`self::`/`super::` paths, Go packages of the repository's modules.
+
+use std::collections::HashMap;
+
+use super::index::Index;
+use super::parse::{Import, Lang};
+
+/// The files `import` (written in the file at `from`) names, as `lang` resolves it.
+pub(super) fn resolve(
+    lang: Lang,
+    from: &str,
+    import: &Import,
+    paths: &HashMap<&str, usize>,
+    index: &Index,
+    go_modules: &[(String, String)],
+) -> Vec<usize> {
+    let dir = folder_of(from);
+    match lang {
+        Lang::Python => python(dir, import, paths),
+        Lang::JavaScript | Lang::TypeScript | Lang::Tsx => {
+            let spec = import.module.as_str();
+            let base = if spec.starts_with('.') {
+                join(dir, spec)
+            } else if let Some(rest) = spec.strip_prefix("@/").or(spec.strip_prefix("~/")) {
+                // The common tsconfig alias for the source root.
+                format!("src/{rest}")
+            } else {
+                return Vec::new();
+            };
+            let stem = base
+                .strip_suffix(".js")
+                .or(base.strip_suffix(".jsx"))
+                .unwrap_or(&base);
+            let mut candidates = vec![base.clone()];
+            for ext in ["ts", "tsx", "d.ts", "js", "jsx", "mjs", "cjs"] {
+                candidates.push(format!("{stem}.{ext}"));
+            }
+            for ext in ["ts", "tsx", "js", "jsx"] {
+                candidates.push(format!("{base}/index.{ext}"));
+            }
+            first_file(paths, &candidates).into_iter().collect()
+        }
+        Lang::Rust => rust(from, dir, import, paths),
+        Lang::Go => {
+            let Some((root, rest)) = go_modules.iter().find_map(|(root, module)| {
+                let rest = import.module.strip_prefix(module.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then_some((root, rest))
+            }) else {
+                return Vec::new();
+            };
+            let package = normalize(&join(root, rest.trim_start_matches('/')));
+            index
+                .files
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| {
+                    folder_of(&f.path) == package
+                        && f.path.ends_with(".go")
+                        && !f.path.ends_with("_test.go")
+                })
+                .map(|(i, _)| i)
+                .collect()
+        }
+    }
+}
+
+fn python(dir: &str, import: &Import, paths: &HashMap<&str, usize>) -> Vec<usize> {
+    let module = import.module.as_str();
+    let dots = module.len() - module.trim_start_matches('.').len();
+    let rest = module.trim_start_matches('.').replace('.', "/");
+    // Relative: one dot is this folder, each more goes up one.
+    let bases: Vec<String> = if dots > 0 {
+        let mut base = dir.to_string();
+        for _ in 1..dots {
+            base = folder_of(&base).to_string();
+        }
+        vec![join(&base, &rest)]
+    } else {
+        // Absolute: from the repository's root, or from a source folder within it.
+        vec![rest.clone(), format!("src/{rest}")]
+    };
+    let mut found = Vec::new();
+    let module_file = |base: &str| {
+        first_file(
+            paths,
+            &[format!("{base}.py"), format!("{base}/__init__.py")],
+        )
+    };
+    for base in &bases {
+        // `from m import a`: `a` may be a module of package `m`, or a name defined in `m`.
+        let mut named_modules = false;
+        for name in &import.names {
+            if let Some(i) = module_file(&join(base, name)) {
+                found.push(i);
+                named_modules = true;
+            }
+        }
+        if !named_modules && let Some(i) = module_file(base) {
+            found.push(i);
+        }
+        if !found.is_empty() {
+            break;
+        }
+    }
+    found
+}
+
+fn rust(from: &str, dir: &str, import: &Import, paths: &HashMap<&str, usize>) -> Vec<usize> {
+    let file_stem = from
+        .rsplit('/')
+        .next()
+        .and_then(|n| n.strip_suffix(".rs"))
+        .unwrap_or("");
+    // The folder this file's own modules live in.
+    let module_dir = match file_stem {
+        "mod" | "lib" | "main" => dir.to_string(),
+        stem => join(dir, stem),
+    };
+    let module_file =
+        |base: &str| first_file(paths, &[format!("{base}.rs"), format!("{base}/mod.rs")]);
+    if import.is_mod {
+        return module_file(&join(&module_dir, &import.module))
+            .into_iter()
+            .collect();
+    }
+    let path = import.module.split('{').next().unwrap_or("");
+    let mut segments: Vec<&str> = path.split("::").filter(|s| !s.is_empty()).collect();
+    let base = match segments.first() {
+        Some(&"crate") => {
+            segments.remove(0);
+            crate_root(dir)
+        }
+        Some(&"self") => {
+            segments.remove(0);
+            module_dir.clone()
+        }
+        Some(&"super") => {
+            // The parent module's folder: this file's own folder, or one above for a file that
+            // stands for its folder; each further `super` one more.
+            let mut base = match file_stem {
+                "mod" | "lib" | "main" => folder_of(dir).to_string(),
+                _ => dir.to_string(),
+            };
+            segments.remove(0);
+            while segments.first() == Some(&"super") {
+                segments.remove(0);
+                base = folder_of(&base).to_string();
+            }
+            base
+        }
+        _ => return Vec::new(),
+    };
+    // The longest module path that is a file: `a::b::Item` is `a/b.rs`, else `a.rs`.
+    (1..=segments.len())
+        .rev()
+        .find_map(|n| module_file(&join(&base, &segments[..n].join("/"))))
+        .into_iter()
+        .collect()
+}
+
+/// The first of `candidates` that is a file of the tree.
+fn first_file(paths: &HashMap<&str, usize>, candidates: &[String]) -> Option<usize> {
+    candidates
+        .iter()
+        .find_map(|c| paths.get(normalize(c).as_str()).copied())
+}
+
+/// The folder `path` is in; `""` at the top.
+fn folder_of(path: &str) -> &str {
+    path.rsplit_once('/').map_or("", |(d, _)| d)
+}
+
+/// The folder of the crate root above `dir`: the `src` folder it is in, else the top.
+fn crate_root(dir: &str) -> String {
+    let parts: Vec<&str> = dir.split('/').collect();
+    match parts.iter().rposition(|p| *p == "src") {
+        Some(at) => parts[..=at].join("/"),
+        None => String::new(),
+    }
+}
+
+fn join(dir: &str, rest: &str) -> String {
+    match (dir.is_empty(), rest.is_empty()) {
+        (true, _) => rest.to_string(),
+        (_, true) => dir.to_string(),
+        _ => format!("{dir}/{rest}"),
+    }
+}
+
+/// `a/./b/../c` as `a/c`; a path climbing above the root is left as `..` (it matches no file).
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if parts.pop().is_none() {
+                    return "..".into();
+                }
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An index of empty files at `paths`.
+    fn index(paths: &[&str]) -> Index {
+        let files: Vec<(&str, &str)> = paths.iter().map(|p| (*p, "")).collect();
+        Index::of_texts(&files)
+    }
+
+    fn resolved(index: &Index, from: &str, import: Import, go: &[(String, String)]) -> Vec<String> {
+        let paths = index
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect();
+        let lang = Lang::of(from).unwrap();
+        resolve(lang, from, &import, &paths, index, go)
+            .into_iter()
+            .map(|i| index.files[i].path.clone())
+            .collect()
+    }
+
+    fn import(module: &str, names: &[&str]) -> Import {
+        Import {
+            module: module.into(),
+            names: names.iter().map(|n| n.to_string()).collect(),
+            is_mod: false,
+        }
+    }
+
+    #[test]
+    fn python_packages_and_relative_imports() {
+        let index = index(&[
+            "shop/__init__.py",
+            "shop/pay/__init__.py",
+            "shop/pay/refund.py",
+            "shop/pay/api.py",
+            "shop/util.py",
+            "src/lib/core.py",
+        ]);
+        let from = "shop/pay/api.py";
+        assert_eq!(
+            resolved(&index, from, import("shop.util", &[]), &[]),
+            ["shop/util.py"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("shop.pay", &[]), &[]),
+            ["shop/pay/__init__.py"]
+        );
+        assert_eq!(
+            resolved(&index, from, import(".", &["refund"]), &[]),
+            ["shop/pay/refund.py"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("..util", &["retry"]), &[]),
+            ["shop/util.py"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("lib.core", &[]), &[]),
+            ["src/lib/core.py"]
+        );
+        assert!(resolved(&index, from, import("os", &[]), &[]).is_empty());
+    }
+
+    #[test]
+    fn javascript_relative_paths_index_files_and_the_source_alias() {
+        let index = index(&[
+            "src/api/routes.ts",
+            "src/pay.ts",
+            "src/lib/index.js",
+            "src/types.d.ts",
+        ]);
+        let from = "src/api/routes.ts";
+        assert_eq!(
+            resolved(&index, from, import("../pay", &[]), &[]),
+            ["src/pay.ts"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("../pay.js", &[]), &[]),
+            ["src/pay.ts"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("../lib", &[]), &[]),
+            ["src/lib/index.js"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("@/types", &[]), &[]),
+            ["src/types.d.ts"]
+        );
+        assert!(resolved(&index, from, import("react", &[]), &[]).is_empty());
+        assert!(resolved(&index, from, import("../../../../etc/passwd", &[]), &[]).is_empty());
+    }
+
+    #[test]
+    fn rust_mods_and_crate_paths() {
+        let index = index(&[
+            "src/lib.rs",
+            "src/pay.rs",
+            "src/pay/refund.rs",
+            "src/api/mod.rs",
+            "src/api/routes.rs",
+        ]);
+        let mod_of = |m: &str| Import {
+            module: m.into(),
+            names: Vec::new(),
+            is_mod: true,
+        };
+        assert_eq!(
+            resolved(&index, "src/lib.rs", mod_of("pay"), &[]),
+            ["src/pay.rs"]
+        );
+        assert_eq!(
+            resolved(&index, "src/lib.rs", mod_of("api"), &[]),
+            ["src/api/mod.rs"]
+        );
+        assert_eq!(
+            resolved(&index, "src/pay.rs", mod_of("refund"), &[]),
+            ["src/pay/refund.rs"]
+        );
+        assert_eq!(
+            resolved(
+                &index,
+                "src/api/routes.rs",
+                import("crate::pay::refund::{Refund,go}", &[]),
+                &[]
+            ),
+            ["src/pay/refund.rs"]
+        );
+        assert_eq!(
+            resolved(
+                &index,
+                "src/api/routes.rs",
+                import("crate::pay::Intent", &[]),
+                &[]
+            ),
+            ["src/pay.rs"]
+        );
+        assert_eq!(
+            resolved(&index, "src/api/mod.rs", import("super::pay", &[]), &[]),
+            ["src/pay.rs"]
+        );
+        assert_eq!(
+            resolved(
+                &index,
+                "src/api/routes.rs",
+                import("super::super::pay", &[]),
+                &[]
+            ),
+            ["src/pay.rs"]
+        );
+        assert_eq!(
+            resolved(&index, "src/api/mod.rs", import("self::routes", &[]), &[]),
+            ["src/api/routes.rs"]
+        );
+        assert!(resolved(&index, "src/lib.rs", import("std::io", &[]), &[]).is_empty());
+    }
+
+    #[test]
+    fn go_packages_of_the_module() {
+        let index = index(&[
+            "go.mod",
+            "pay/pay.go",
+            "pay/intent.go",
+            "pay/pay_test.go",
+            "main.go",
+        ]);
+        let go = [(String::new(), "example.com/shop".to_string())];
+        let mut found = resolved(&index, "main.go", import("example.com/shop/pay", &[]), &go);
+        found.sort();
+        assert_eq!(found, ["pay/intent.go", "pay/pay.go"]);
+        assert!(resolved(&index, "main.go", import("fmt", &[]), &go).is_empty());
+    }
+}

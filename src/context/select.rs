@@ -1,0 +1,307 @@
+//! Choosing files: the seeds, then a blend of the prompt's words and nearness in the file graph,
+//! each file followed by its tests, cut at the budget, every pick with why.
+
+use super::analysis::Analysis;
+use super::graph::Link;
+use super::index::{Index, Note};
+use super::naming::{is_test, stem_of, tests_by_subject};
+use super::{ContextError, Request, Selected, Selection, lexical, parse};
+
+/// How many of the best lexical matches are considered for the budget.
+const CANDIDATES: usize = 200;
+
+/// How a file in no language kiln parses (docs, data, config) counts against source: a change
+/// is mostly to code. Chosen by `kiln bench context` (README).
+const NOT_SOURCE: f64 = 0.3;
+
+/// How many of the best lexical matches start the walk when no seed is given.
+const START_MATCHES: usize = 5;
+
+/// Chooses files for `request`: seeds first, then files by a blend of the prompt's words
+/// (BM25) and their nearness in the file graph to the seeds (or, with none, to the best
+/// matches), each followed by its tests, until the budget is spent (a file that does not fit is
+/// passed over for smaller ones after it).
+pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, ContextError> {
+    let index = &analysis.index;
+    let by_path = |path: &str| index.files.iter().position(|f| f.path == path);
+    let mut seeds = Vec::new();
+    for seed in request.seeds {
+        seeds.push(by_path(seed).ok_or_else(|| ContextError::UnknownSeed(seed.clone()))?);
+    }
+    let query = lexical::query_terms(request.prompt);
+    let scored = lexical::rank(index, &query);
+    let best = scored.first().map_or(1.0, |s| s.score);
+    let mut words = vec![0.0; index.files.len()];
+    let mut matched: Vec<Vec<String>> = vec![Vec::new(); index.files.len()];
+    for s in scored.iter().take(CANDIDATES) {
+        words[s.file] = s.score / best;
+        matched[s.file] = s.matched.clone();
+    }
+    let start: Vec<(usize, f64)> = if seeds.is_empty() {
+        scored
+            .iter()
+            .take(START_MATCHES)
+            .map(|s| (s.file, s.score / best))
+            .collect()
+    } else {
+        seeds.iter().map(|&i| (i, 1.0)).collect()
+    };
+    let near = analysis.graph.rank(&start);
+    let nearest = near
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !seeds.contains(i))
+        .map(|(_, r)| *r)
+        .fold(0.0, f64::max);
+    // With seeds the walk starts from what the caller knows, and the prompt's words sort its
+    // neighbours; without, it starts from the best word matches and the graph widens them.
+    let words_weight = if seeds.is_empty() { 0.3 } else { 0.7 };
+    let mut ranked: Vec<(usize, f64)> = (0..index.files.len())
+        .filter(|i| !seeds.contains(i))
+        .map(|i| {
+            let graph = if nearest > 0.0 {
+                near[i] / nearest
+            } else {
+                0.0
+            };
+            let prior = match parse::Lang::of(&index.files[i].path) {
+                Some(_) => 1.0,
+                None => NOT_SOURCE,
+            };
+            (
+                i,
+                prior * (words_weight * words[i] + (1.0 - words_weight) * graph),
+            )
+        })
+        .filter(|(_, score)| *score > 0.0)
+        .collect();
+    ranked.sort_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| index.files[a.0].path.cmp(&index.files[b.0].path))
+    });
+    let top = ranked.first().map_or(1.0, |r| r.1);
+    let budget = request.budget.bytes();
+    let mut selection = Selection {
+        files: Vec::new(),
+        budget,
+        used: 0,
+        notes: Vec::new(),
+    };
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut order: Vec<(usize, f64, Vec<String>)> = seeds
+        .iter()
+        .map(|&i| (i, 1.0, vec!["seed".to_string()]))
+        .collect();
+    for (i, score) in ranked {
+        let mut why = Vec::new();
+        if !matched[i].is_empty() {
+            let terms: Vec<String> = matched[i].iter().map(|t| format!("`{t}`")).collect();
+            why.push(format!("names {} from the prompt", terms.join(", ")));
+        }
+        order.push((i, score / top, why));
+    }
+    let tests = tests_by_subject(index);
+    for (file, score, mut why) in order {
+        let path = index.files[file].path.clone();
+        let present = selection.files.iter().any(|s| s.path == path);
+        let fits = selection.used + index.files[file].bytes <= selection.budget;
+        // What does not fit is passed over before any work is spent on why it would be there.
+        if present || fits {
+            if let Some(reason) = linked(analysis, &chosen, &seeds, file) {
+                why.push(reason);
+            }
+            if why.is_empty() {
+                why.push("near the seeds in the file graph".into());
+            }
+        }
+        if take(index, &mut selection, file, score, why) {
+            chosen.push(file);
+        } else if !present {
+            continue;
+        }
+        if is_test(&path) {
+            continue;
+        }
+        for &test in tests.get(stem_of(&path)).into_iter().flatten() {
+            if test != file
+                && take(
+                    index,
+                    &mut selection,
+                    test,
+                    score * 0.9,
+                    vec![format!("test of {path}")],
+                )
+            {
+                chosen.push(test);
+            }
+        }
+    }
+    // Most useful first; seeds (score 1) stay ahead of any file of the same score.
+    selection.files.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(selection)
+}
+
+/// How `file` is tied to a file chosen before it (or a seed), in words, if it is.
+fn linked(analysis: &Analysis, chosen: &[usize], seeds: &[usize], file: usize) -> Option<String> {
+    let files = &analysis.index.files;
+    let out = &analysis.graph.out;
+    for &other in seeds.iter().chain(chosen) {
+        if other == file {
+            continue;
+        }
+        let from = &files[other].path;
+        for (to, link) in &out[other] {
+            if *to == file {
+                return Some(match link {
+                    Link::Imports => format!("imported by {from}"),
+                    Link::Uses(name) => format!("defines `{name}` used by {from}"),
+                });
+            }
+        }
+        for (to, link) in &out[file] {
+            if *to == other {
+                return Some(match link {
+                    Link::Imports => format!("imports {from}"),
+                    Link::Uses(name) => format!("uses `{name}` from {from}"),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// Adds file `file` to `selection` for `why`, or adds `why` to it when it is there already;
+/// a file over what is left of the budget is passed over, noted if it is a seed. True when it
+/// was added now.
+fn take(
+    index: &Index,
+    selection: &mut Selection,
+    file: usize,
+    score: f64,
+    why: Vec<String>,
+) -> bool {
+    let file = &index.files[file];
+    if let Some(chosen) = selection.files.iter_mut().find(|s| s.path == file.path) {
+        for reason in why {
+            if !chosen.why.contains(&reason) {
+                chosen.why.push(reason);
+            }
+        }
+        return false;
+    }
+    if selection.used + file.bytes > selection.budget {
+        if why.iter().any(|w| w == "seed") {
+            selection.notes.push(Note {
+                path: file.path.clone(),
+                reason: "a seed larger than what is left of the budget",
+            });
+        }
+        return false;
+    }
+    selection.used += file.bytes;
+    selection.files.push(Selected {
+        path: file.path.clone(),
+        bytes: file.bytes,
+        score,
+        why,
+    });
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ByteSize;
+
+    #[test]
+    fn seeds_then_matches_then_their_tests_within_the_budget() {
+        let index = Index::of_texts(&[
+            ("src/pay.py", "def refund(intent): gateway.refund(intent)"),
+            (
+                "tests/test_pay.py",
+                "from src.pay import refund\ndef test_refund(): ...",
+            ),
+            ("src/gateway.go", "func Refund() {} // the payment gateway"),
+            ("src/gateway_test.go", "func TestRefund(t *testing.T) {}"),
+            ("src/ui/button.ts", &"x".repeat(5000)),
+            ("src/ui/button.test.ts", "test('button')"),
+            ("docs/refund.md", &"refund ".repeat(2000)),
+        ]);
+        let seeds = ["src/ui/button.ts".to_string()];
+        let selection = select(
+            &Analysis::lexical(index),
+            &Request {
+                prompt: "Refund through the gateway",
+                seeds: &seeds,
+                budget: ByteSize(5300),
+            },
+        )
+        .unwrap();
+        let chosen: Vec<(&str, &str)> = selection
+            .files
+            .iter()
+            .map(|s| (s.path.as_str(), s.why[0].as_str()))
+            .collect();
+        assert_eq!(chosen[0], ("src/ui/button.ts", "seed"));
+        assert!(
+            chosen.contains(&("src/ui/button.test.ts", "test of src/ui/button.ts")),
+            "{chosen:?}"
+        );
+        let go_test = selection
+            .files
+            .iter()
+            .find(|f| f.path == "src/gateway_test.go")
+            .unwrap();
+        assert!(
+            go_test.why.contains(&"test of src/gateway.go".to_string()),
+            "{:?}",
+            go_test.why
+        );
+        assert!(
+            selection.files.windows(2).all(|w| w[0].score >= w[1].score),
+            "most useful first: {chosen:?}"
+        );
+        // 14 KB of docs do not fit what is left; smaller matches after it still do.
+        assert!(
+            !chosen.iter().any(|(p, _)| *p == "docs/refund.md"),
+            "{chosen:?}"
+        );
+        assert!(chosen.iter().any(|(p, _)| *p == "src/pay.py"), "{chosen:?}");
+        assert!(selection.used <= 5300);
+        assert_eq!(
+            selection.used,
+            selection.files.iter().map(|f| f.bytes).sum::<u64>()
+        );
+        let pay = selection
+            .files
+            .iter()
+            .find(|f| f.path == "src/pay.py")
+            .unwrap();
+        assert!(pay.why[0].starts_with("names `refund`"), "{:?}", pay.why);
+        assert!(
+            selection
+                .files
+                .iter()
+                .all(|f| f.score > 0.0 && f.score <= 1.0)
+        );
+    }
+
+    #[test]
+    fn an_unknown_seed_is_a_clear_error() {
+        let index = Index::of_texts(&[("a.py", "x")]);
+        let seeds = ["b.py".to_string()];
+        let err = select(
+            &Analysis::lexical(index),
+            &Request {
+                prompt: "x",
+                seeds: &seeds,
+                budget: ByteSize(100),
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "seed `b.py` is not a file of the tree at the base"
+        );
+    }
+}
