@@ -443,7 +443,7 @@ fn kernel_in(log: &str) -> String {
 }
 
 #[test]
-fn stages_run_under_the_passs_runtime() {
+fn stages_run_under_the_runtime_of_the_pass() {
     // Under the gVisor pass (`KILN_TEST_CONFIG=.ci/runsc.toml`) every suite's stages run on
     // gVisor's kernel, not the host's: this is what shows the pass is not runc again.
     let (_, log) = probe("echo KERNEL=$(uname -r)", "");

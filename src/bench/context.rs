@@ -122,7 +122,12 @@ fn top_folder(analysis: &Analysis, budget: u64) -> (Vec<String>, u64) {
         .files
         .iter()
         .filter(|f| {
-            top.is_empty() && !f.path.contains('/') || f.path.starts_with(&format!("{top}/"))
+            // Files at the top when the top holds the most; else those under the folder.
+            if top.is_empty() {
+                !f.path.contains('/')
+            } else {
+                f.path.starts_with(&format!("{top}/"))
+            }
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));

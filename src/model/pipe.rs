@@ -14,7 +14,7 @@ const DEPTH: usize = 8;
 const CHUNK: usize = 256 << 10;
 
 /// The blocking side writes; the async side reads the stream. Dropping the writer ends the
-/// stream; [`PipeWriter::fail`] ends it with an error.
+/// stream (a writer's caller that failed says so itself: the stream only ends).
 pub fn to_stream() -> (
     PipeWriter,
     impl Stream<Item = Result<Bytes, io::Error>> + Send + 'static,
@@ -39,15 +39,10 @@ pub struct PipeWriter {
 }
 
 impl PipeWriter {
-    fn send(&mut self, item: Result<Bytes, io::Error>) -> io::Result<()> {
+    fn send(&mut self, chunk: Bytes) -> io::Result<()> {
         self.tx
-            .blocking_send(item)
+            .blocking_send(Ok(chunk))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the reading side is gone"))
-    }
-
-    /// Ends the stream with `error`, so the reading side knows it was cut short.
-    pub fn fail(mut self, error: io::Error) {
-        let _ = self.send(Err(error));
     }
 }
 
@@ -65,7 +60,7 @@ impl Write for PipeWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.send(Ok(chunk))
+        self.send(chunk)
     }
 }
 
@@ -108,20 +103,17 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn bytes_cross_in_order_and_an_error_ends_the_stream() {
+    async fn bytes_cross_in_order_and_the_writer_gone_ends_the_stream() {
         let (mut writer, stream) = to_stream();
         let wrote = tokio::task::spawn_blocking(move || {
             for i in 0..1000u32 {
                 writer.write_all(&i.to_le_bytes().repeat(100)).unwrap();
             }
             writer.flush().unwrap();
-            writer.fail(io::Error::other("cut"));
         });
         let items: Vec<_> = stream.collect().await;
         wrote.await.unwrap();
-        let (last, chunks) = items.split_last().unwrap();
-        assert!(last.is_err());
-        let bytes: Vec<u8> = chunks
+        let bytes: Vec<u8> = items
             .iter()
             .flat_map(|c| c.as_ref().unwrap().to_vec())
             .collect();
