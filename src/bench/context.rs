@@ -166,7 +166,8 @@ pub fn context(
 ) -> Result<RepoFigures, Error> {
     let repo = Repository::open(path)
         .map_err(|e| Error::Usage(format!("{}: {}", path.display(), e.message())))?;
-    let git = |e: git2::Error| Error::Internal(format!("{}: {}", path.display(), e.message()));
+    // A history kiln cannot walk is the repository given, not a bug of kiln's (exit 2).
+    let git = |e: git2::Error| Error::Usage(format!("{}: {}", path.display(), e.message()));
     let picked = commits(&repo, commits_wanted).map_err(git)?;
     let mut figures = RepoFigures {
         repo: path.display().to_string(),
