@@ -243,6 +243,129 @@ fn imports_and_definitions_are_followed_in_each_language() {
     assert!(why_of(&back, "app/views.py").contains(&"imports app/billing.py".into()));
 }
 
+/// Commits `files` (path, content) on top of `repo`'s head with `message`.
+fn commit_more(repo: &git2::Repository, files: &[(&str, &str)], message: &str) {
+    let root = repo.workdir().unwrap();
+    let mut index = repo.index().unwrap();
+    for (path, text) in files {
+        std::fs::write(root.join(path), text).unwrap();
+        index.add_path(Path::new(path)).unwrap();
+    }
+    index.write().unwrap();
+    let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+    let parent = repo.head().unwrap().peel_to_commit().unwrap();
+    let sig = git2::Signature::now("test", "test@localhost").unwrap();
+    repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .unwrap();
+}
+
+#[test]
+fn files_the_history_changed_together_are_chosen_together_and_say_so() {
+    // No import, no shared name: only the history ties the handler to its route table.
+    let dir = folder(&[
+        ("api/handlers.py", b"def refund(): pass\n"),
+        ("api/routes.py", b"TABLE = []\n"),
+        ("api/other.py", b"X = 1\n"),
+        ("api/more.py", b"Y = 1\n"),
+    ]);
+    let (repo, _) = common::commit_folder(dir.path());
+    for n in 0..3 {
+        let handler = format!("def refund(): pass\ndef step{n}(): pass\n");
+        let table = format!("TABLE = [{n}]\n");
+        commit_more(
+            &repo,
+            &[("api/handlers.py", &handler), ("api/routes.py", &table)],
+            "a new step",
+        );
+    }
+    commit_more(&repo, &[("api/other.py", "X = 2\n")], "alone");
+    let selection = json(&context(
+        dir.path(),
+        &[
+            "--prompt",
+            "tidy",
+            "--seed",
+            "api/handlers.py",
+            "--budget",
+            "60",
+            "--format",
+            "json",
+        ],
+    ));
+    let paths: Vec<&str> = selection["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths[..2],
+        ["api/handlers.py", "api/routes.py"],
+        "{selection:#}"
+    );
+    assert!(
+        why_of(&selection, "api/routes.py")
+            .contains(&"changed with api/handlers.py in 3 recent commits".into()),
+        "{selection:#}"
+    );
+    // A tree given by its id has no history: the same seed finds nothing to tie it to.
+    let tree = repo
+        .head()
+        .unwrap()
+        .peel_to_tree()
+        .unwrap()
+        .id()
+        .to_string();
+    let bare = json(&context(
+        dir.path(),
+        &[
+            "--prompt",
+            "tidy",
+            "--seed",
+            "api/handlers.py",
+            "--base",
+            &tree,
+            "--format",
+            "json",
+        ],
+    ));
+    assert!(!bare.to_string().contains("changed with"), "{bare:#}");
+}
+
+#[test]
+fn go_files_of_one_package_and_typescript_path_aliases_are_linked() {
+    let dir = repo(&[
+        ("go.mod", b"module example.com/shop\n"),
+        ("pay/pay.go", b"package pay\nfunc Charge() { audit() }\n"),
+        ("pay/log.go", b"package pay\nfunc x() {}\n"),
+        ("pay/pay_test.go", b"package pay\n"),
+        ("ship/ship.go", b"package ship\nfunc Send() {}\n"),
+        (
+            "web/tsconfig.json",
+            b"{\n  // aliases\n  \"compilerOptions\": {\"paths\": {\"@shop/*\": [\"./lib/*\"],},},\n}\n",
+        ),
+        ("web/pages/cart.ts", b"import { total } from '@shop/money';\nexport const c = total;\n"),
+        ("web/lib/money.ts", b"export const total = 1;\n"),
+        ("web/lib/other.ts", b"export const z = 1;\n"),
+    ]);
+    let select = |seed: &str| {
+        json(&context(
+            dir.path(),
+            &["--prompt", "x", "--seed", seed, "--format", "json"],
+        ))
+    };
+    let go = select("pay/pay.go");
+    assert!(
+        why_of(&go, "pay/log.go").contains(&"in the package of pay/pay.go".into()),
+        "{go:#}"
+    );
+    let ts = select("web/pages/cart.ts");
+    assert!(
+        why_of(&ts, "web/lib/money.ts").contains(&"imported by web/pages/cart.ts".into()),
+        "{ts:#}"
+    );
+}
+
 #[test]
 fn a_definition_is_found_through_a_reference_without_an_import() {
     let dir = repo(&[
@@ -427,10 +550,14 @@ fn what_a_tree_says_is_kept_in_a_private_cache_and_a_cache_others_could_write_is
     let first = ask();
     assert!(why_of(&first, "app/billing.py").contains(&"imported by app/views.py".into()));
     let folder = cache.path().join("context");
-    let kept: Vec<_> = std::fs::read_dir(&folder)
+    let mut kept: Vec<_> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
+    kept.sort();
+    // What the tree's sources say, and what its history changed together.
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    kept.retain(|p| p.to_string_lossy().contains("-parsed-"));
     assert_eq!(kept.len(), 1, "{kept:?}");
     use std::os::unix::fs::PermissionsExt;
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -452,5 +579,5 @@ fn what_a_tree_says_is_kept_in_a_private_cache_and_a_cache_others_could_write_is
         "{reparsed:#}"
     );
     // Nothing new was written where others could have put it.
-    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(&folder).unwrap().count(), 2);
 }

@@ -83,8 +83,9 @@ fn context(
     let parser = std::env::current_exe().map_err(Error::io("cannot find the kiln binary"))?;
     println!("context selection at each commit's parent, the message as prompt, budget {budget}");
     println!(
-        "{:<34} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8} {:>8} {:>8}",
+        "{:<34} {:>7} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8} {:>8} {:>8} {:>8}",
         "repository",
+        "files",
         "commits",
         "kiln R/P",
         "BM25 R/P",
@@ -92,6 +93,7 @@ fn context(
         "kiln+seed R/P",
         "BM25+seed R/P",
         "cold ms",
+        "cached ms",
         "warm ms",
         "grep ms"
     );
@@ -109,8 +111,9 @@ fn context(
             name
         };
         println!(
-            "{:<34} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8.1} {:>8.2} {:>8.1}",
+            "{:<34} {:>7} {:>7}  {:>14} {:>14} {:>14} {:>14} {:>14}   {:>8.1} {:>8.1} {:>8.2} {:>8.1}",
             name,
+            f.files,
             f.commits,
             rp(&f.kiln),
             rp(&f.bm25),
@@ -118,6 +121,7 @@ fn context(
             rp(&f.kiln_seeded),
             rp(&f.bm25_seeded),
             ms(f.cold),
+            ms(f.cached),
             ms(f.warm),
             ms(f.grep)
         );

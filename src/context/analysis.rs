@@ -1,11 +1,13 @@
 //! A repository's tree read for selection: the index of its files, what its sources say (parsed
 //! in batches by a limited child, or taken from kiln's private cache), and the file graph.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use git2::Repository;
 
 use super::graph::Graph;
+use super::history::CoChange;
 use super::index::{self, Index, Note};
 use super::{ContextError, parse};
 
@@ -41,10 +43,10 @@ impl Analysis {
             .map_err(|_| ContextError::UnknownBase(rev.to_string()))?;
         let mut index = Index::of_tree(&repo, tree.id())?;
         let mut parsed: Vec<Option<parse::Parsed>> = vec![None; index.files.len()];
-        let kept = parser
-            .and_then(|p| p.cache)
-            .map(|dir| ParseCache::new(dir, tree.id()));
-        if let Some(found) = kept.as_ref().and_then(ParseCache::load) {
+        let cache = parser.and_then(|p| p.cache);
+        let kept = cache.map(|dir| CacheFile::new(dir, "parsed", tree.id()));
+        let found: Option<HashMap<String, parse::Parsed>> = kept.as_ref().and_then(CacheFile::load);
+        if let Some(found) = found {
             for (i, file) in index.files.iter().enumerate() {
                 parsed[i] = found.get(&file.path).cloned();
             }
@@ -94,16 +96,37 @@ impl Analysis {
             }
             // Only a whole parse is kept: a failure is tried again next time.
             if let (true, Some(kept)) = (whole, &kept) {
-                kept.store(&index, &parsed);
+                let by_path: HashMap<&str, &parse::Parsed> = index
+                    .files
+                    .iter()
+                    .zip(&parsed)
+                    .filter_map(|(f, p)| Some((f.path.as_str(), p.as_ref()?)))
+                    .collect();
+                kept.store(&by_path);
             }
         }
-        let graph = Graph::build(&index, &parsed, &index.go_modules);
+        let mut graph = Graph::build(&index, &parsed);
+        // A tree given by itself has no history; a commit's says what changes together.
+        if let Ok(commit) = repo.revparse_single(rev).and_then(|o| o.peel_to_commit()) {
+            let kept = cache.map(|dir| CacheFile::new(dir, "history", commit.id()));
+            let together = match kept.as_ref().and_then(CacheFile::load) {
+                Some(found) => found,
+                None => {
+                    let found = CoChange::of_history(&repo, commit.id(), &index)?;
+                    if let Some(kept) = &kept {
+                        kept.store(&found);
+                    }
+                    found
+                }
+            };
+            graph.add_changed_together(&index, &together);
+        }
         Ok(Analysis { index, graph })
     }
 
     /// An analysis of `index` with no graph: words only.
     pub fn lexical(index: Index) -> Analysis {
-        let graph = Graph::build(&index, &vec![None; index.files.len()], &[]);
+        let graph = Graph::build(&index, &vec![None; index.files.len()]);
         Analysis { index, graph }
     }
 }
@@ -116,9 +139,10 @@ pub struct Parser<'a> {
     pub cache: Option<&'a Path>,
 }
 
-/// What the sources of one tree say, kept as JSON under the cache folder, named by the tree and
-/// kiln's version (a newer kiln may read sources differently).
-struct ParseCache {
+/// One file of kiln's private context cache: what the sources of a tree say, or what the
+/// history up to a commit changed together; JSON, named by the tree or commit and kiln's
+/// version (a newer kiln may read them differently).
+struct CacheFile {
     dir: std::path::PathBuf,
     file: std::path::PathBuf,
 }
@@ -126,17 +150,17 @@ struct ParseCache {
 /// The largest cache file read.
 const MAX_CACHE_FILE: u64 = 256 << 20;
 
-impl ParseCache {
-    fn new(dir: &Path, tree: git2::Oid) -> ParseCache {
-        let name = format!("{tree}-{}.json", env!("CARGO_PKG_VERSION"));
-        ParseCache {
+impl CacheFile {
+    fn new(dir: &Path, what: &str, id: git2::Oid) -> CacheFile {
+        let name = format!("{id}-{what}-{}.json", env!("CARGO_PKG_VERSION"));
+        CacheFile {
             dir: dir.to_path_buf(),
             file: dir.join(name),
         }
     }
 
-    /// The kept results by path, when the folder and file are kiln's own and read whole.
-    fn load(&self) -> Option<std::collections::HashMap<String, parse::Parsed>> {
+    /// What was kept, when the folder and file are kiln's own and read whole.
+    fn load<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
         use crate::model::fs::{not_kilns_own, read_bytes_capped};
         if let Some(why) = not_kilns_own(&self.dir, true) {
             if self.dir.exists() {
@@ -151,20 +175,14 @@ impl ParseCache {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// Keeps `parsed` (never in a folder that is not kiln's own); a failure to keep it only
-    /// costs the next query the parse.
-    fn store(&self, index: &Index, parsed: &[Option<parse::Parsed>]) {
+    /// Keeps `value` (never in a folder that is not kiln's own); a failure to keep it only
+    /// costs the next query the work.
+    fn store<T: serde::Serialize>(&self, value: &T) {
         if self.dir.exists() && crate::model::fs::not_kilns_own(&self.dir, true).is_some() {
             return;
         }
-        let kept: std::collections::HashMap<&str, &parse::Parsed> = index
-            .files
-            .iter()
-            .zip(parsed)
-            .filter_map(|(f, p)| Some((f.path.as_str(), p.as_ref()?)))
-            .collect();
         let written = crate::model::fs::create_private_dir(&self.dir).and_then(|()| {
-            let json = serde_json::to_vec(&kept).map_err(std::io::Error::other)?;
+            let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
             crate::model::fs::write_atomic(&self.file, &json)
         });
         if let Err(e) = written {

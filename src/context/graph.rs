@@ -3,9 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::history::CoChange;
 use super::index::Index;
 use super::parse::{Lang, Parsed};
-use super::resolve::resolve;
+use super::resolve::Lookup;
 
 /// Why one file leads to another.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -13,6 +14,13 @@ pub enum Link {
     Imports,
     /// The file uses this name, which the other defines.
     Uses(String),
+    /// The file imports a package of this many files, the other among them.
+    ImportsPackage(u32),
+    /// Both are files of one Go package of this many files (which see each other's names
+    /// without an import).
+    SamePackage(u32),
+    /// This many commits of the recent history changed both files.
+    ChangedWith(u32),
 }
 
 /// Edges between the files of an [`Index`], by position.
@@ -27,20 +35,16 @@ const MAX_DEFINERS: usize = 3;
 /// Names shorter than this are too common to link files.
 const MIN_NAME: usize = 4;
 
+/// A Go package of more files than this links none of them to each other, and an import of it
+/// links to the first this many only: a hundred thousand files in one folder must not make ten
+/// billion edges.
+const MAX_PACKAGE: usize = 64;
+
 impl Graph {
     /// The graph of `index` from what its parsed files say (`parsed[i]` for `index.files[i]`;
-    /// `None` for files not parsed). `go_modules` maps each `go.mod`'s folder to its module path.
-    pub fn build(
-        index: &Index,
-        parsed: &[Option<Parsed>],
-        go_modules: &[(String, String)],
-    ) -> Graph {
-        let paths: HashMap<&str, usize> = index
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), i))
-            .collect();
+    /// `None` for files not parsed).
+    pub fn build(index: &Index, parsed: &[Option<Parsed>]) -> Graph {
+        let lookup = Lookup::new(index);
         let mut graph = Graph {
             out: vec![Vec::new(); index.files.len()],
         };
@@ -58,9 +62,14 @@ impl Graph {
             let Some(lang) = Lang::of(path) else { continue };
             let mut seen = HashSet::new();
             for import in &p.imports {
-                for target in resolve(lang, path, import, &paths, index, go_modules) {
+                let targets = lookup.resolve(lang, path, import);
+                let link = match (lang, targets.len()) {
+                    (Lang::Go, n) if n > 1 => Link::ImportsPackage(n as u32),
+                    _ => Link::Imports,
+                };
+                for target in targets.into_iter().take(MAX_PACKAGE) {
                     if target != i && seen.insert(target) {
-                        graph.out[i].push((target, Link::Imports));
+                        graph.out[i].push((target, link.clone()));
                     }
                 }
             }
@@ -78,7 +87,34 @@ impl Graph {
                 }
             }
         }
+        // Each Go source links to every other of its package: they share one namespace.
+        for files in lookup.go_packages.values() {
+            if files.len() > MAX_PACKAGE {
+                continue;
+            }
+            for &a in files {
+                for &b in files.iter().filter(|&&b| b != a) {
+                    graph.out[a].push((b, Link::SamePackage(files.len() as u32)));
+                }
+            }
+        }
         graph
+    }
+
+    /// Adds an edge each way between files of `index` the history changed together.
+    pub fn add_changed_together(&mut self, index: &Index, together: &CoChange) {
+        let positions: HashMap<&str, usize> = index
+            .files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect();
+        for (a, b, n) in &together.pairs {
+            if let (Some(&a), Some(&b)) = (positions.get(a.as_str()), positions.get(b.as_str())) {
+                self.out[a].push((b, Link::ChangedWith(*n)));
+                self.out[b].push((a, Link::ChangedWith(*n)));
+            }
+        }
     }
 
     /// Personalized PageRank from `start` (file, weight): relevance flows along imports and uses,
@@ -99,7 +135,13 @@ impl Graph {
             for (to, link) in edges {
                 let w = match link {
                     Link::Imports => 1.0,
+                    // One import of a package ties its importer to each of its files as one
+                    // import of a file does.
+                    Link::ImportsPackage(_) => 1.0,
+                    // A file's package siblings share half an import's weight between them.
+                    Link::SamePackage(n) => 0.5 / f64::from(n - 1),
                     Link::Uses(_) => 0.6,
+                    Link::ChangedWith(n) => changed_weight(*n),
                 };
                 weighted[from].push((*to, w));
                 weighted[*to].push((from, w / 2.0));
@@ -131,6 +173,12 @@ impl Graph {
         }
         rank
     }
+}
+
+/// How much `n` commits that changed two files together tie them, against one import (1.0):
+/// one each, up to six. Chosen by `kiln bench context`.
+fn changed_weight(n: u32) -> f64 {
+    f64::from(n.min(6))
 }
 
 #[cfg(test)]
@@ -171,11 +219,48 @@ mod tests {
             Some(Parsed::default()),
             Some(Parsed::default()),
         ];
-        let graph = Graph::build(&index, &parsed, &[]);
+        let graph = Graph::build(&index, &parsed);
         assert_eq!(graph.out[0], [(1, Link::Imports)]);
         let rank = graph.rank(&[(0, 1.0)]);
         assert!(rank[0] > rank[1] && rank[1] > rank[3], "{rank:?}");
         assert!(rank[2] > 0.0 && rank[4] == 0.0, "{rank:?}");
         assert!((rank.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_go_package_links_its_files_and_a_huge_one_is_capped() {
+        let mut files = vec![
+            ("go.mod".to_string(), "module example.com/m\n"),
+            ("main.go".to_string(), ""),
+            ("pay/pay.go".to_string(), ""),
+            ("pay/intent.go".to_string(), ""),
+        ];
+        for i in 0..=MAX_PACKAGE {
+            files.push((format!("huge/f{i}.go"), ""));
+        }
+        let texts: Vec<(&str, &str)> = files.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+        let index = Index::of_texts(&texts);
+        let mut parsed = vec![Some(Parsed::default()); texts.len()];
+        parsed[1] = Some(Parsed {
+            imports: vec![
+                import("example.com/m/pay", &[]),
+                import("example.com/m/huge", &[]),
+            ],
+            ..Parsed::default()
+        });
+        let graph = Graph::build(&index, &parsed);
+        assert_eq!(graph.out[2], [(3, Link::SamePackage(2))]);
+        assert_eq!(graph.out[3], [(2, Link::SamePackage(2))]);
+        let to_pay = graph.out[1].iter().filter(|(t, _)| *t == 2 || *t == 3);
+        assert!(to_pay.clone().count() == 2);
+        assert!(
+            to_pay
+                .into_iter()
+                .all(|(_, l)| *l == Link::ImportsPackage(2))
+        );
+        // The huge package: its files link to none of each other, and its importer to the
+        // first MAX_PACKAGE only.
+        assert!(graph.out[4..].iter().all(|edges| edges.is_empty()));
+        assert_eq!(graph.out[1].len(), 2 + MAX_PACKAGE);
     }
 }

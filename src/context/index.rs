@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::Serialize;
 
+use super::tsconfig::TsPaths;
+
 /// The most files indexed; the rest of a larger tree is left out, noted.
 pub const MAX_FILES: usize = 100_000;
 /// Larger files are indexed by path only, noted.
@@ -66,6 +68,8 @@ pub struct Index {
     pub notes: Vec<Note>,
     /// Each `go.mod`'s folder and the module path it declares.
     pub go_modules: Vec<(String, String)>,
+    /// The import aliases of each `tsconfig.json` or `jsconfig.json`.
+    pub ts_paths: Vec<TsPaths>,
 }
 
 impl Index {
@@ -117,9 +121,8 @@ impl Index {
                 }
             }
             let content = content.as_ref().map(|blob| blob.content());
-            if let Some(module) = content.and_then(|c| go_module(&path, c)) {
-                let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-                index.go_modules.push((dir.to_string(), module));
+            if let Some(content) = content {
+                index.read_config(&path, content);
             }
             index
                 .files
@@ -133,6 +136,17 @@ impl Index {
             (None, Err(e)) => Err(e),
             (None, Ok(())) => Ok(index),
         }
+    }
+}
+
+impl Index {
+    /// Keeps what a `go.mod` or a `tsconfig.json` at `path` says about resolving imports.
+    fn read_config(&mut self, path: &str, content: &[u8]) {
+        if let Some(module) = go_module(path, content) {
+            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
+            self.go_modules.push((dir.to_string(), module));
+        }
+        self.ts_paths.extend(TsPaths::of_file(path, content));
     }
 }
 
@@ -206,21 +220,17 @@ pub fn terms_of(text: &str) -> Vec<String> {
 impl Index {
     /// An index of `files` (path, content) as [`Index::of_tree`] would make of them.
     pub(super) fn of_texts(files: &[(&str, &str)]) -> Index {
-        let files = files
-            .iter()
-            .map(|(path, text)| {
-                IndexedFile::new(
-                    path.to_string(),
-                    Oid::ZERO_SHA1,
-                    text.len() as u64,
-                    Some(text.as_bytes()),
-                )
-            })
-            .collect();
-        Index {
-            files,
-            ..Index::default()
+        let mut index = Index::default();
+        for (path, text) in files {
+            index.read_config(path, text.as_bytes());
+            index.files.push(IndexedFile::new(
+                path.to_string(),
+                Oid::ZERO_SHA1,
+                text.len() as u64,
+                Some(text.as_bytes()),
+            ));
         }
+        index
     }
 }
 

@@ -11,12 +11,14 @@
 
 mod analysis;
 pub mod graph;
+mod history;
 pub mod index;
 pub mod lexical;
 mod naming;
 pub mod parse;
 mod resolve;
 mod select;
+mod tsconfig;
 
 use serde::Serialize;
 

@@ -1,69 +1,116 @@
 //! Imports resolved to files the way each language does: Python packages and relative imports,
-//! JS/TS relative paths with extensions and index files (and the `@/` source alias), Rust `mod`
-//! and `crate::`/`self::`/`super::` paths, Go packages of the repository's modules.
+//! JS/TS relative paths with extensions and index files, `tsconfig` `paths` and `baseUrl` (and
+//! the `@/` source alias without them), Rust `mod` and `crate::`/`self::`/`super::` paths, Go
+//! packages of the repository's modules.
 
 use std::collections::HashMap;
 
 use super::index::Index;
 use super::parse::{Import, Lang};
+use super::tsconfig::TsPaths;
 
-/// The files `import` (written in the file at `from`) names, as `lang` resolves it.
-pub(super) fn resolve(
-    lang: Lang,
-    from: &str,
-    import: &Import,
-    paths: &HashMap<&str, usize>,
-    index: &Index,
-    go_modules: &[(String, String)],
-) -> Vec<usize> {
+/// What resolving needs of an index, gathered once: each path's position, and the files of each
+/// Go package (a folder's sources, tests aside).
+pub(super) struct Lookup<'a> {
+    index: &'a Index,
+    pub paths: HashMap<&'a str, usize>,
+    pub go_packages: HashMap<&'a str, Vec<usize>>,
+}
+
+impl<'a> Lookup<'a> {
+    pub fn new(index: &'a Index) -> Lookup<'a> {
+        let mut go_packages: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, file) in index.files.iter().enumerate() {
+            if file.path.ends_with(".go") && !file.path.ends_with("_test.go") {
+                go_packages
+                    .entry(folder_of(&file.path))
+                    .or_default()
+                    .push(i);
+            }
+        }
+        Lookup {
+            index,
+            paths: index
+                .files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (f.path.as_str(), i))
+                .collect(),
+            go_packages,
+        }
+    }
+
+    /// The files `import` (written in the file at `from`) names, as `lang` resolves it.
+    pub fn resolve(&self, lang: Lang, from: &str, import: &Import) -> Vec<usize> {
+        resolve(lang, from, import, self)
+    }
+}
+
+fn resolve(lang: Lang, from: &str, import: &Import, lookup: &Lookup<'_>) -> Vec<usize> {
+    let (paths, index) = (&lookup.paths, lookup.index);
     let dir = folder_of(from);
     match lang {
         Lang::Python => python(dir, import, paths),
         Lang::JavaScript | Lang::TypeScript | Lang::Tsx => {
             let spec = import.module.as_str();
-            let base = if spec.starts_with('.') {
-                join(dir, spec)
-            } else if let Some(rest) = spec.strip_prefix("@/").or(spec.strip_prefix("~/")) {
-                // The common tsconfig alias for the source root.
-                format!("src/{rest}")
+            let bases = if spec.starts_with('.') {
+                vec![join(dir, spec)]
             } else {
-                return Vec::new();
+                aliased(from, spec, &index.ts_paths)
             };
-            let stem = base
-                .strip_suffix(".js")
-                .or(base.strip_suffix(".jsx"))
-                .unwrap_or(&base);
-            let mut candidates = vec![base.clone()];
-            for ext in ["ts", "tsx", "d.ts", "js", "jsx", "mjs", "cjs"] {
-                candidates.push(format!("{stem}.{ext}"));
-            }
-            for ext in ["ts", "tsx", "js", "jsx"] {
-                candidates.push(format!("{base}/index.{ext}"));
-            }
-            first_file(paths, &candidates).into_iter().collect()
+            bases
+                .iter()
+                .find_map(|base| js_file(paths, base))
+                .into_iter()
+                .collect()
         }
         Lang::Rust => rust(from, dir, import, paths),
         Lang::Go => {
-            let Some((root, rest)) = go_modules.iter().find_map(|(root, module)| {
+            let Some((root, rest)) = index.go_modules.iter().find_map(|(root, module)| {
                 let rest = import.module.strip_prefix(module.as_str())?;
                 (rest.is_empty() || rest.starts_with('/')).then_some((root, rest))
             }) else {
                 return Vec::new();
             };
             let package = normalize(&join(root, rest.trim_start_matches('/')));
-            index
-                .files
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| {
-                    folder_of(&f.path) == package
-                        && f.path.ends_with(".go")
-                        && !f.path.ends_with("_test.go")
-                })
-                .map(|(i, _)| i)
-                .collect()
+            lookup
+                .go_packages
+                .get(package.as_str())
+                .cloned()
+                .unwrap_or_default()
         }
     }
+}
+
+/// Where a non-relative JS/TS import may be: by the `paths` and `baseUrl` of the nearest
+/// config file above `from`, else by the common `@/` and `~/` aliases of the source folder.
+fn aliased(from: &str, spec: &str, configs: &[TsPaths]) -> Vec<String> {
+    let nearest = configs
+        .iter()
+        .filter(|c| c.dir.is_empty() || from.starts_with(&format!("{}/", c.dir)))
+        .max_by_key(|c| c.dir.len());
+    let mut bases = nearest.map(|c| c.candidates(spec)).unwrap_or_default();
+    if let Some(rest) = spec.strip_prefix("@/").or(spec.strip_prefix("~/")) {
+        bases.push(format!("src/{rest}"));
+    }
+    bases
+}
+
+/// The file a JS/TS import of `base` is: itself, with an extension (`.js` written for a `.ts`
+/// file too), or its folder's index file.
+fn js_file(paths: &HashMap<&str, usize>, base: &str) -> Option<usize> {
+    let stem = base
+        .strip_suffix(".js")
+        .or(base.strip_suffix(".jsx"))
+        .unwrap_or(base);
+    let mut candidates = vec![base.to_string()];
+    for ext in ["ts", "tsx", "d.ts", "js", "jsx", "mjs", "cjs"] {
+        candidates.push(format!("{stem}.{ext}"));
+    }
+    for ext in ["ts", "tsx", "js", "jsx"] {
+        candidates.push(format!("{base}/index.{ext}"));
+    }
+    first_file(paths, &candidates)
 }
 
 fn python(dir: &str, import: &Import, paths: &HashMap<&str, usize>) -> Vec<usize> {
@@ -216,15 +263,10 @@ mod tests {
         Index::of_texts(&files)
     }
 
-    fn resolved(index: &Index, from: &str, import: Import, go: &[(String, String)]) -> Vec<String> {
-        let paths = index
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), i))
-            .collect();
+    fn resolved(index: &Index, from: &str, import: Import) -> Vec<String> {
         let lang = Lang::of(from).unwrap();
-        resolve(lang, from, &import, &paths, index, go)
+        Lookup::new(index)
+            .resolve(lang, from, &import)
             .into_iter()
             .map(|i| index.files[i].path.clone())
             .collect()
@@ -250,26 +292,26 @@ mod tests {
         ]);
         let from = "shop/pay/api.py";
         assert_eq!(
-            resolved(&index, from, import("shop.util", &[]), &[]),
+            resolved(&index, from, import("shop.util", &[])),
             ["shop/util.py"]
         );
         assert_eq!(
-            resolved(&index, from, import("shop.pay", &[]), &[]),
+            resolved(&index, from, import("shop.pay", &[])),
             ["shop/pay/__init__.py"]
         );
         assert_eq!(
-            resolved(&index, from, import(".", &["refund"]), &[]),
+            resolved(&index, from, import(".", &["refund"])),
             ["shop/pay/refund.py"]
         );
         assert_eq!(
-            resolved(&index, from, import("..util", &["retry"]), &[]),
+            resolved(&index, from, import("..util", &["retry"])),
             ["shop/util.py"]
         );
         assert_eq!(
-            resolved(&index, from, import("lib.core", &[]), &[]),
+            resolved(&index, from, import("lib.core", &[])),
             ["src/lib/core.py"]
         );
-        assert!(resolved(&index, from, import("os", &[]), &[]).is_empty());
+        assert!(resolved(&index, from, import("os", &[])).is_empty());
     }
 
     #[test]
@@ -282,23 +324,56 @@ mod tests {
         ]);
         let from = "src/api/routes.ts";
         assert_eq!(
-            resolved(&index, from, import("../pay", &[]), &[]),
+            resolved(&index, from, import("../pay", &[])),
             ["src/pay.ts"]
         );
         assert_eq!(
-            resolved(&index, from, import("../pay.js", &[]), &[]),
+            resolved(&index, from, import("../pay.js", &[])),
             ["src/pay.ts"]
         );
         assert_eq!(
-            resolved(&index, from, import("../lib", &[]), &[]),
+            resolved(&index, from, import("../lib", &[])),
             ["src/lib/index.js"]
         );
         assert_eq!(
-            resolved(&index, from, import("@/types", &[]), &[]),
+            resolved(&index, from, import("@/types", &[])),
             ["src/types.d.ts"]
         );
-        assert!(resolved(&index, from, import("react", &[]), &[]).is_empty());
-        assert!(resolved(&index, from, import("../../../../etc/passwd", &[]), &[]).is_empty());
+        assert!(resolved(&index, from, import("react", &[])).is_empty());
+        assert!(resolved(&index, from, import("../../../../etc/passwd", &[])).is_empty());
+    }
+
+    #[test]
+    fn typescript_paths_of_the_nearest_config() {
+        let index = Index::of_texts(&[
+            (
+                "web/tsconfig.json",
+                r#"{"compilerOptions": {"baseUrl": ".", "paths": {"@shop/*": ["lib/shop/*"]}}}"#,
+            ),
+            ("web/lib/shop/cart.ts", ""),
+            ("web/lib/shop/pay/index.ts", ""),
+            ("web/components/Cart.tsx", ""),
+            ("web/pages/checkout.tsx", ""),
+            ("api/server.ts", ""),
+            ("api/lib/shop/cart.ts", ""),
+        ]);
+        let from = "web/pages/checkout.tsx";
+        assert_eq!(
+            resolved(&index, from, import("@shop/cart", &[])),
+            ["web/lib/shop/cart.ts"]
+        );
+        assert_eq!(
+            resolved(&index, from, import("@shop/pay", &[])),
+            ["web/lib/shop/pay/index.ts"]
+        );
+        // baseUrl: a bare path under the config's folder.
+        assert_eq!(
+            resolved(&index, from, import("components/Cart", &[])),
+            ["web/components/Cart.tsx"]
+        );
+        // The config applies to files under its folder only.
+        assert!(resolved(&index, "api/server.ts", import("@shop/cart", &[])).is_empty());
+        assert!(resolved(&index, from, import("react", &[])).is_empty());
     }
 
     #[test]
@@ -316,23 +391,22 @@ mod tests {
             is_mod: true,
         };
         assert_eq!(
-            resolved(&index, "src/lib.rs", mod_of("pay"), &[]),
+            resolved(&index, "src/lib.rs", mod_of("pay")),
             ["src/pay.rs"]
         );
         assert_eq!(
-            resolved(&index, "src/lib.rs", mod_of("api"), &[]),
+            resolved(&index, "src/lib.rs", mod_of("api")),
             ["src/api/mod.rs"]
         );
         assert_eq!(
-            resolved(&index, "src/pay.rs", mod_of("refund"), &[]),
+            resolved(&index, "src/pay.rs", mod_of("refund")),
             ["src/pay/refund.rs"]
         );
         assert_eq!(
             resolved(
                 &index,
                 "src/api/routes.rs",
-                import("crate::pay::refund::{Refund,go}", &[]),
-                &[]
+                import("crate::pay::refund::{Refund,go}", &[])
             ),
             ["src/pay/refund.rs"]
         );
@@ -340,44 +414,41 @@ mod tests {
             resolved(
                 &index,
                 "src/api/routes.rs",
-                import("crate::pay::Intent", &[]),
-                &[]
+                import("crate::pay::Intent", &[])
             ),
             ["src/pay.rs"]
         );
         assert_eq!(
-            resolved(&index, "src/api/mod.rs", import("super::pay", &[]), &[]),
+            resolved(&index, "src/api/mod.rs", import("super::pay", &[])),
             ["src/pay.rs"]
         );
         assert_eq!(
             resolved(
                 &index,
                 "src/api/routes.rs",
-                import("super::super::pay", &[]),
-                &[]
+                import("super::super::pay", &[])
             ),
             ["src/pay.rs"]
         );
         assert_eq!(
-            resolved(&index, "src/api/mod.rs", import("self::routes", &[]), &[]),
+            resolved(&index, "src/api/mod.rs", import("self::routes", &[])),
             ["src/api/routes.rs"]
         );
-        assert!(resolved(&index, "src/lib.rs", import("std::io", &[]), &[]).is_empty());
+        assert!(resolved(&index, "src/lib.rs", import("std::io", &[])).is_empty());
     }
 
     #[test]
     fn go_packages_of_the_module() {
-        let index = index(&[
-            "go.mod",
-            "pay/pay.go",
-            "pay/intent.go",
-            "pay/pay_test.go",
-            "main.go",
+        let index = Index::of_texts(&[
+            ("go.mod", "module example.com/shop\n"),
+            ("pay/pay.go", ""),
+            ("pay/intent.go", ""),
+            ("pay/pay_test.go", ""),
+            ("main.go", ""),
         ]);
-        let go = [(String::new(), "example.com/shop".to_string())];
-        let mut found = resolved(&index, "main.go", import("example.com/shop/pay", &[]), &go);
+        let mut found = resolved(&index, "main.go", import("example.com/shop/pay", &[]));
         found.sort();
         assert_eq!(found, ["pay/intent.go", "pay/pay.go"]);
-        assert!(resolved(&index, "main.go", import("fmt", &[]), &go).is_empty());
+        assert!(resolved(&index, "main.go", import("fmt", &[])).is_empty());
     }
 }

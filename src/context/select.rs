@@ -14,6 +14,20 @@ const CANDIDATES: usize = 200;
 /// is mostly to code. Chosen by `kiln bench context` (README).
 const NOT_SOURCE: f64 = 0.3;
 
+/// A file's tests by naming convention rank at this share of its own score. Chosen by `kiln
+/// bench context`, like the weights below.
+const TEST_SHARE: f64 = 0.5;
+
+/// How much the prompt's words count against nearness in the graph, with no seed (the words
+/// start the walk) and with seeds (the words sort the seeds' neighbours).
+const WORDS_WEIGHT: f64 = 0.3;
+const WORDS_WEIGHT_SEEDED: f64 = 0.7;
+
+/// A file larger than [`SIZE_FREE`] ranks lower by its size to this power: of two files about
+/// as likely to be needed, the budget holds more of the smaller ones.
+const SIZE_POWER: f64 = 0.2;
+const SIZE_FREE: u64 = 4096;
+
 /// How many of the best lexical matches start the walk when no seed is given.
 const START_MATCHES: usize = 5;
 
@@ -55,7 +69,11 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         .fold(0.0, f64::max);
     // With seeds the walk starts from what the caller knows, and the prompt's words sort its
     // neighbours; without, it starts from the best word matches and the graph widens them.
-    let words_weight = if seeds.is_empty() { 0.3 } else { 0.7 };
+    let words_weight = if seeds.is_empty() {
+        WORDS_WEIGHT
+    } else {
+        WORDS_WEIGHT_SEEDED
+    };
     let mut ranked: Vec<(usize, f64)> = (0..index.files.len())
         .filter(|i| !seeds.contains(i))
         .map(|i| {
@@ -68,9 +86,11 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
                 Some(_) => 1.0,
                 None => NOT_SOURCE,
             };
+            let size =
+                (index.files[i].bytes.max(SIZE_FREE) as f64 / SIZE_FREE as f64).powf(-SIZE_POWER);
             (
                 i,
-                prior * (words_weight * words[i] + (1.0 - words_weight) * graph),
+                size * prior * (words_weight * words[i] + (1.0 - words_weight) * graph),
             )
         })
         .filter(|(_, score)| *score > 0.0)
@@ -101,13 +121,27 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         order.push((i, score / top, why));
     }
     let tests = tests_by_subject(index);
-    for (file, score, mut why) in order {
+    // Tests of chosen files wait here, most useful last, for their turn by score.
+    let mut waiting: Vec<(usize, f64, Vec<String>)> = Vec::new();
+    let mut order = order.into_iter().peekable();
+    loop {
+        let next_score = order.peek().map(|(_, score, _)| *score);
+        let (file, score, mut why) = match (waiting.last(), next_score) {
+            (Some(test), Some(score)) if test.1 > score => waiting.pop().expect("just seen"),
+            (Some(_), None) => waiting.pop().expect("just seen"),
+            _ => match order.next() {
+                Some(next) => next,
+                None => break,
+            },
+        };
         let path = index.files[file].path.clone();
         let present = selection.files.iter().any(|s| s.path == path);
         let fits = selection.used + index.files[file].bytes <= selection.budget;
         // What does not fit is passed over before any work is spent on why it would be there.
         if present || fits {
-            if let Some(reason) = linked(analysis, &chosen, &seeds, file) {
+            if let Some(reason) = linked(analysis, &chosen, &seeds, file)
+                && !why.contains(&reason)
+            {
                 why.push(reason);
             }
             if why.is_empty() {
@@ -123,16 +157,10 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             continue;
         }
         for &test in tests.get(stem_of(&path)).into_iter().flatten() {
-            if test != file
-                && take(
-                    index,
-                    &mut selection,
-                    test,
-                    score * 0.9,
-                    vec![format!("test of {path}")],
-                )
-            {
-                chosen.push(test);
+            if test != file {
+                let score = score * TEST_SHARE;
+                let at = waiting.partition_point(|w| w.1 < score);
+                waiting.insert(at, (test, score, vec![format!("test of {path}")]));
             }
         }
     }
@@ -154,7 +182,10 @@ fn linked(analysis: &Analysis, chosen: &[usize], seeds: &[usize], file: usize) -
             if *to == file {
                 return Some(match link {
                     Link::Imports => format!("imported by {from}"),
+                    Link::ImportsPackage(_) => format!("in a package imported by {from}"),
+                    Link::SamePackage(_) => format!("in the package of {from}"),
                     Link::Uses(name) => format!("defines `{name}` used by {from}"),
+                    Link::ChangedWith(n) => together(*n, from),
                 });
             }
         }
@@ -162,12 +193,20 @@ fn linked(analysis: &Analysis, chosen: &[usize], seeds: &[usize], file: usize) -
             if *to == other {
                 return Some(match link {
                     Link::Imports => format!("imports {from}"),
+                    Link::ImportsPackage(_) => format!("imports the package of {from}"),
+                    Link::SamePackage(_) => format!("in the package of {from}"),
                     Link::Uses(name) => format!("uses `{name}` from {from}"),
+                    Link::ChangedWith(n) => together(*n, from),
                 });
             }
         }
     }
     None
+}
+
+fn together(n: u32, other: &str) -> String {
+    let commits = if n == 1 { "commit" } else { "commits" };
+    format!("changed with {other} in {n} recent {commits}")
 }
 
 /// Adds file `file` to `selection` for `why`, or adds `why` to it when it is there already;
