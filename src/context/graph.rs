@@ -103,12 +103,7 @@ impl Graph {
 
     /// Adds an edge each way between files of `index` the history changed together.
     pub fn add_changed_together(&mut self, index: &Index, together: &CoChange) {
-        let positions: HashMap<&str, usize> = index
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), i))
-            .collect();
+        let positions: HashMap<&str, usize> = index.positions();
         for (a, b, n) in &together.pairs {
             if let (Some(&a), Some(&b)) = (positions.get(a.as_str()), positions.get(b.as_str())) {
                 self.out[a].push((b, Link::ChangedWith(*n)));

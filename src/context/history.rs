@@ -39,12 +39,7 @@ impl CoChange {
         commit: Oid,
         index: &Index,
     ) -> Result<CoChange, git2::Error> {
-        let positions: HashMap<&str, usize> = index
-            .files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (f.path.as_str(), i))
-            .collect();
+        let positions: HashMap<&str, usize> = index.positions();
         let mut pairs: HashMap<(usize, usize), u32> = HashMap::new();
         let started = Instant::now();
         let mut walk = repo.revwalk()?;

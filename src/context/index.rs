@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::Serialize;
 
+use super::paths::folder_of;
 use super::tsconfig::TsPaths;
 
 /// The most files indexed; the rest of a larger tree is left out, noted.
@@ -140,11 +141,19 @@ impl Index {
 }
 
 impl Index {
+    /// Each file's position in [`Index::files`], by path.
+    pub fn positions(&self) -> HashMap<&str, usize> {
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.as_str(), i))
+            .collect()
+    }
+
     /// Keeps what a `go.mod` or a `tsconfig.json` at `path` says about resolving imports.
     fn read_config(&mut self, path: &str, content: &[u8]) {
         if let Some(module) = go_module(path, content) {
-            let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
-            self.go_modules.push((dir.to_string(), module));
+            self.go_modules.push((folder_of(path).to_string(), module));
         }
         self.ts_paths.extend(TsPaths::of_file(path, content));
     }

@@ -16,6 +16,7 @@ pub mod index;
 pub mod lexical;
 mod naming;
 pub mod parse;
+mod paths;
 mod resolve;
 mod select;
 mod tsconfig;

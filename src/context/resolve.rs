@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use super::index::Index;
 use super::parse::{Import, Lang};
+use super::paths::{folder_of, join, normalize};
 use super::tsconfig::TsPaths;
 
 /// What resolving needs of an index, gathered once: each path's position, and the files of each
@@ -30,12 +31,7 @@ impl<'a> Lookup<'a> {
         }
         Lookup {
             index,
-            paths: index
-                .files
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (f.path.as_str(), i))
-                .collect(),
+            paths: index.positions(),
             go_packages,
         }
     }
@@ -214,11 +210,6 @@ fn first_file(paths: &HashMap<&str, usize>, candidates: &[String]) -> Option<usi
         .find_map(|c| paths.get(normalize(c).as_str()).copied())
 }
 
-/// The folder `path` is in; `""` at the top.
-fn folder_of(path: &str) -> &str {
-    path.rsplit_once('/').map_or("", |(d, _)| d)
-}
-
 /// The folder of the crate root above `dir`: the `src` folder it is in, else the top.
 fn crate_root(dir: &str) -> String {
     let parts: Vec<&str> = dir.split('/').collect();
@@ -226,31 +217,6 @@ fn crate_root(dir: &str) -> String {
         Some(at) => parts[..=at].join("/"),
         None => String::new(),
     }
-}
-
-fn join(dir: &str, rest: &str) -> String {
-    match (dir.is_empty(), rest.is_empty()) {
-        (true, _) => rest.to_string(),
-        (_, true) => dir.to_string(),
-        _ => format!("{dir}/{rest}"),
-    }
-}
-
-/// `a/./b/../c` as `a/c`; a path climbing above the root is left as `..` (it matches no file).
-fn normalize(path: &str) -> String {
-    let mut parts: Vec<&str> = Vec::new();
-    for part in path.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => {
-                if parts.pop().is_none() {
-                    return "..".into();
-                }
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
 }
 
 #[cfg(test)]

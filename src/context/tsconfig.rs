@@ -7,6 +7,8 @@
 
 use serde_json::Value;
 
+use super::paths::{folder_of, join};
+
 /// Aliases kept of one file, and targets of one alias.
 const MAX_ALIASES: usize = 256;
 const MAX_TARGETS: usize = 8;
@@ -28,7 +30,8 @@ impl TsPaths {
     /// The aliases of the config file at `path` with `content`; `None` for any other file, or
     /// one that gives none.
     pub fn of_file(path: &str, content: &[u8]) -> Option<TsPaths> {
-        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let dir = folder_of(path);
+        let name = path.rsplit('/').next().unwrap_or(path);
         if name != "tsconfig.json" && name != "jsconfig.json" {
             return None;
         }
@@ -139,14 +142,6 @@ fn plain_json(text: &str) -> String {
         }
     }
     out
-}
-
-fn join(dir: &str, rest: &str) -> String {
-    match (dir.is_empty(), rest.is_empty()) {
-        (true, _) => rest.to_string(),
-        (_, true) => dir.to_string(),
-        _ => format!("{dir}/{rest}"),
-    }
 }
 
 #[cfg(test)]
