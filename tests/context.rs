@@ -111,12 +111,7 @@ fn the_files_a_prompt_names_come_first_with_their_tests_and_why() {
         ],
     );
     let selection = json(&out);
-    let paths: Vec<&str> = selection["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let paths = paths_of(&selection);
     assert_eq!(paths, ["shop/catalog/items.py"]);
 
     // Text: one line per file, then the total against the budget.
@@ -178,6 +173,16 @@ fn bad_requests_exit_2_naming_what_is_wrong() {
 }
 
 /// The `why` of `path` in a selection, or a panic showing the selection.
+/// The paths of a selection's files, in its order.
+fn paths_of(selection: &Value) -> Vec<&str> {
+    selection["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect()
+}
+
 fn why_of(selection: &Value, path: &str) -> Vec<String> {
     selection["files"]
         .as_array()
@@ -292,12 +297,7 @@ fn files_the_history_changed_together_are_chosen_together_and_say_so() {
             "json",
         ],
     ));
-    let paths: Vec<&str> = selection["files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["path"].as_str().unwrap())
-        .collect();
+    let paths = paths_of(&selection);
     assert_eq!(
         paths[..2],
         ["api/handlers.py", "api/routes.py"],
@@ -330,6 +330,36 @@ fn files_the_history_changed_together_are_chosen_together_and_say_so() {
         ],
     ));
     assert!(!bare.to_string().contains("changed with"), "{bare:#}");
+
+    // A history kiln cannot read (here the first commit's object is gone, as beyond a shallow
+    // clone's depth) leaves the selection to the rest, noted.
+    let first = repo.revparse_single("HEAD~4").unwrap().id().to_string();
+    let loose = dir
+        .path()
+        .join(".git/objects")
+        .join(&first[..2])
+        .join(&first[2..]);
+    std::fs::remove_file(loose).unwrap();
+    commit_more(&repo, &[("api/more.py", "Y = 2\n")], "after the loss");
+    let cut = json(&context(
+        dir.path(),
+        &[
+            "--prompt",
+            "tidy",
+            "--seed",
+            "api/handlers.py",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(paths_of(&cut)[0], "api/handlers.py", "{cut:#}");
+    assert!(!cut.to_string().contains("changed with"), "{cut:#}");
+    assert!(
+        cut["notes"]
+            .to_string()
+            .contains("the history cannot be read"),
+        "{cut:#}"
+    );
 }
 
 #[test]

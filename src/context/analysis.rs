@@ -110,16 +110,28 @@ impl Analysis {
         if let Ok(commit) = repo.revparse_single(rev).and_then(|o| o.peel_to_commit()) {
             let kept = cache.map(|dir| CacheFile::new(dir, "history", commit.id()));
             let together = match kept.as_ref().and_then(CacheFile::load) {
-                Some(found) => found,
-                None => {
-                    let found = CoChange::of_history(&repo, commit.id(), &index)?;
-                    if let Some(kept) = &kept {
-                        kept.store(&found);
+                Some(found) => Some(found),
+                // History is a hint: one that cannot be read (a shallow clone, a missing
+                // object) leaves the imports and the words, noted.
+                None => match CoChange::of_history(&repo, commit.id(), &index) {
+                    Ok(found) => {
+                        if let Some(kept) = &kept {
+                            kept.store(&found);
+                        }
+                        Some(found)
                     }
-                    found
-                }
+                    Err(_) => {
+                        index.notes.push(Note {
+                            path: "(history)".into(),
+                            reason: "the history cannot be read: files changed together are not used",
+                        });
+                        None
+                    }
+                },
             };
-            graph.add_changed_together(&index, &together);
+            if let Some(together) = together {
+                graph.add_changed_together(&index, &together);
+            }
         }
         Ok(Analysis { index, graph })
     }
