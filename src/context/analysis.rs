@@ -16,6 +16,9 @@ use super::{ContextError, parse};
 pub struct Analysis {
     pub index: Index,
     pub graph: Graph,
+    /// For each file the history changed: how many commits back from the base its newest change
+    /// is, and how many of the newest [`RECENT_COMMITS`](super::history::RECENT_COMMITS) changed it.
+    pub recent: Vec<Option<(u32, u32)>>,
 }
 
 /// Files parsed per child process, and the most text one batch carries.
@@ -106,6 +109,7 @@ impl Analysis {
             }
         }
         let mut graph = Graph::build(&index, &parsed);
+        let mut recent = vec![None; index.files.len()];
         // A tree given by itself has no history; a commit's says what changes together.
         if let Ok(commit) = repo.revparse_single(rev).and_then(|o| o.peel_to_commit()) {
             let kept = cache.map(|dir| CacheFile::new(dir, "history", commit.id()));
@@ -131,15 +135,30 @@ impl Analysis {
             };
             if let Some(together) = together {
                 graph.add_changed_together(&index, &together);
+                let positions = index.positions();
+                for (path, back, count) in &together.recent {
+                    if let Some(&i) = positions.get(path.as_str()) {
+                        recent[i] = Some((*back, *count));
+                    }
+                }
             }
         }
-        Ok(Analysis { index, graph })
+        Ok(Analysis {
+            index,
+            graph,
+            recent,
+        })
     }
 
     /// An analysis of `index` with no graph: words only.
     pub fn lexical(index: Index) -> Analysis {
         let graph = Graph::build(&index, &vec![None; index.files.len()]);
-        Analysis { index, graph }
+        let recent = vec![None; index.files.len()];
+        Analysis {
+            index,
+            graph,
+            recent,
+        }
     }
 }
 

@@ -2,6 +2,9 @@
 //! A change to one file often needs one to another that no import shows (a handler and its
 //! route table, a type and its serializer); the commits before the base say which.
 //!
+//! It also says which files are being worked on: a file the last few commits changed is more
+//! likely to change again than one untouched for years.
+//!
 //! History is input like the tree: the walk is capped in commits and time, and a commit that
 //! changes many files (a rename, a reformat) says nothing of which belong together, so it is
 //! left out.
@@ -20,12 +23,18 @@ pub const MAX_COMMITS: usize = 1000;
 pub const MAX_FILES_PER_COMMIT: usize = 12;
 /// The walk stops after this long, with what it has.
 pub const MAX_WALK: Duration = Duration::from_secs(5);
+/// How many of the newest commits count a file's recent changes.
+pub const RECENT_COMMITS: u32 = 50;
 
 /// Files changed together: each pair of paths (in index order) with the number of commits that
 /// changed both, in index order.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct CoChange {
     pub pairs: Vec<(String, String, u32)>,
+    /// Each file changed in the walk, in index order: how many commits back from the base its
+    /// newest change is (0: the base commit itself), and how many of the newest
+    /// [`RECENT_COMMITS`] changed it.
+    pub recent: Vec<(String, u32, u32)>,
     /// Commits read, and whether a cap ended the walk before the history did.
     pub commits: usize,
     pub capped: bool,
@@ -41,6 +50,7 @@ impl CoChange {
     ) -> Result<CoChange, git2::Error> {
         let positions: HashMap<&str, usize> = index.positions();
         let mut pairs: HashMap<(usize, usize), u32> = HashMap::new();
+        let mut recent: HashMap<usize, (u32, u32)> = HashMap::new();
         let started = Instant::now();
         let mut walk = repo.revwalk()?;
         walk.set_sorting(Sort::TIME)?;
@@ -58,6 +68,7 @@ impl CoChange {
             if commit.parent_count() != 1 {
                 continue;
             }
+            let back = found.commits as u32;
             found.commits += 1;
             let parent = commit.parent(0)?.tree()?;
             let diff =
@@ -72,6 +83,12 @@ impl CoChange {
                 .collect();
             changed.sort_unstable();
             changed.dedup();
+            for &file in &changed {
+                let (_, count) = recent.entry(file).or_insert((back, 0));
+                if back < RECENT_COMMITS {
+                    *count += 1;
+                }
+            }
             if changed.len() < 2 || changed.len() > MAX_FILES_PER_COMMIT {
                 continue;
             }
@@ -86,6 +103,12 @@ impl CoChange {
         found.pairs = pairs
             .into_iter()
             .map(|((a, b), n)| (index.files[a].path.clone(), index.files[b].path.clone(), n))
+            .collect();
+        let mut recent: Vec<(usize, (u32, u32))> = recent.into_iter().collect();
+        recent.sort_unstable();
+        found.recent = recent
+            .into_iter()
+            .map(|(file, (back, count))| (index.files[file].path.clone(), back, count))
             .collect();
         Ok(found)
     }
@@ -107,13 +130,15 @@ mod tests {
         }
         index.write().unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
-        let sig = git2::Signature::now("t", "t@localhost").unwrap();
         let parents: Vec<git2::Commit> = repo
             .head()
             .ok()
             .and_then(|h| h.peel_to_commit().ok())
             .into_iter()
             .collect();
+        // A second after its parent: the walk orders commits by time.
+        let when = parents.first().map_or(1_700_000_000, |p| p.time().seconds() + 1);
+        let sig = git2::Signature::new("t", "t@localhost", &git2::Time::new(when, 0)).unwrap();
         let parents: Vec<&git2::Commit> = parents.iter().collect();
         repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
             .unwrap()
@@ -150,5 +175,16 @@ mod tests {
                 pair("f1.py", "f2.py", 1)
             ]
         );
+        // The newest commit is 0 back; a wide commit still says its files were worked on; the
+        // root commit, with no parent to compare with, does not.
+        let recent = |path: &str| {
+            let found = found.recent.iter().find(|(p, _, _)| p == path);
+            found.map(|(_, back, count)| (*back, *count))
+        };
+        assert_eq!(recent("f0.py"), Some((0, 3)));
+        assert_eq!(recent("f2.py"), Some((0, 2)));
+        assert_eq!(recent("f3.py"), Some((2, 1)));
+        assert_eq!(recent("README"), None);
+        assert_eq!(found.recent.len(), MAX_FILES_PER_COMMIT + 1);
     }
 }

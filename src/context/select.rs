@@ -3,6 +3,7 @@
 
 use super::analysis::Analysis;
 use super::graph::Link;
+use super::history::RECENT_COMMITS;
 use super::index::{Index, Note};
 use super::naming::{is_test, stem_of, tests_by_subject};
 use super::{ContextError, Request, Selected, Selection, lexical, parse};
@@ -27,6 +28,13 @@ const WORDS_WEIGHT_SEEDED: f64 = 0.7;
 /// as likely to be needed, the budget holds more of the smaller ones.
 const SIZE_POWER: f64 = 0.2;
 const SIZE_FREE: u64 = 4096;
+
+/// What the history says of a file being worked on counts this much beside the words and the
+/// graph: half for how near its newest change is to the base (1 for the base commit itself,
+/// 1/(1+n) for n commits back), half for how many of the newest commits changed it (up to
+/// [`RECENT_MANY`]).
+const RECENT_WEIGHT: f64 = 0.2;
+const RECENT_MANY: u32 = 10;
 
 /// How many of the best lexical matches start the walk when no seed is given.
 const START_MATCHES: usize = 5;
@@ -74,7 +82,8 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
     } else {
         WORDS_WEIGHT_SEEDED
     };
-    let mut ranked: Vec<(usize, f64)> = (0..index.files.len())
+    // Each file's score, and whether its history weighs more than its words and its nearness.
+    let mut ranked: Vec<(usize, f64, bool)> = (0..index.files.len())
         .filter(|i| !seeds.contains(i))
         .map(|i| {
             let graph = if nearest > 0.0 {
@@ -88,12 +97,13 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             };
             let size =
                 (index.files[i].bytes.max(SIZE_FREE) as f64 / SIZE_FREE as f64).powf(-SIZE_POWER);
-            (
-                i,
-                size * prior * (words_weight * words[i] + (1.0 - words_weight) * graph),
-            )
+            let words = words_weight * words[i];
+            let graph = (1.0 - words_weight) * graph;
+            let history = RECENT_WEIGHT * recency(analysis.recent[i]);
+            let by_history = history > words && history > graph;
+            (i, size * prior * (words + graph + history), by_history)
         })
-        .filter(|(_, score)| *score > 0.0)
+        .filter(|(_, score, _)| *score > 0.0)
         .collect();
     ranked.sort_by(|a, b| {
         b.1.total_cmp(&a.1)
@@ -112,11 +122,18 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         .iter()
         .map(|&i| (i, 1.0, vec!["seed".to_string()]))
         .collect();
-    for (i, score) in ranked {
+    for (i, score, by_history) in ranked {
         let mut why = Vec::new();
         if !matched[i].is_empty() {
             let terms: Vec<String> = matched[i].iter().map(|t| format!("`{t}`")).collect();
             why.push(format!("names {} from the prompt", terms.join(", ")));
+        }
+        if let Some((back, count)) = analysis.recent[i].filter(|_| by_history) {
+            why.push(if count > 0 {
+                format!("changed in {count} of the last {RECENT_COMMITS} commits")
+            } else {
+                format!("last changed {back} commits before the base")
+            });
         }
         order.push((i, score / top, why));
     }
@@ -167,6 +184,14 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
     // Most useful first; seeds (score 1) stay ahead of any file of the same score.
     selection.files.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok(selection)
+}
+
+/// How recently and often the history changed a file, from 0 (not in the history walked) to 1.
+fn recency(recent: Option<(u32, u32)>) -> f64 {
+    let Some((back, count)) = recent else {
+        return 0.0;
+    };
+    0.5 / f64::from(back + 1) + 0.5 * f64::from(count.min(RECENT_MANY)) / f64::from(RECENT_MANY)
 }
 
 /// How `file` is tied to a file chosen before it (or a seed), in words, if it is.
@@ -323,6 +348,38 @@ mod tests {
                 .iter()
                 .all(|f| f.score > 0.0 && f.score <= 1.0)
         );
+    }
+
+    #[test]
+    fn a_file_the_history_is_working_on_ranks_higher_and_says_so() {
+        let index = Index::of_texts(&[
+            ("src/a.py", "def refund(): pass"),
+            ("src/b.py", "def refund(): pass"),
+            ("src/c.py", "def other(): pass"),
+            ("src/d.py", "def other(): pass"),
+        ]);
+        let mut analysis = Analysis::lexical(index);
+        // b.py changed by the base commit and in 3 of the last 50; c.py 80 commits back.
+        analysis.recent[1] = Some((0, 3));
+        analysis.recent[2] = Some((80, 0));
+        let selection = select(
+            &analysis,
+            &Request {
+                prompt: "refund",
+                seeds: &[],
+                budget: ByteSize(1000),
+            },
+        )
+        .unwrap();
+        let chosen: Vec<&str> = selection.files.iter().map(|f| f.path.as_str()).collect();
+        // Of two files the words cannot tell apart, the one being worked on comes first; a file
+        // with no tie but an old change still ranks, and says why; d.py has nothing.
+        assert_eq!(chosen, ["src/b.py", "src/a.py", "src/c.py"]);
+        assert_eq!(
+            selection.files[2].why,
+            ["last changed 80 commits before the base"]
+        );
+        assert!(selection.files[0].why[0].starts_with("names `refund`"));
     }
 
     #[test]
