@@ -360,6 +360,39 @@ fn files_the_history_changed_together_are_chosen_together_and_say_so() {
             .contains("the history cannot be read"),
         "{cut:#}"
     );
+
+    // A file whose content is gone (as in a partial clone) is left out, noted; the rest answers.
+    let blob = repo
+        .revparse_single("HEAD:api/more.py")
+        .unwrap()
+        .id()
+        .to_string();
+    let loose = dir
+        .path()
+        .join(".git/objects")
+        .join(&blob[..2])
+        .join(&blob[2..]);
+    std::fs::remove_file(loose).unwrap();
+    let partial = json(&context(
+        dir.path(),
+        &[
+            "--prompt",
+            "more",
+            "--seed",
+            "api/handlers.py",
+            "--format",
+            "json",
+        ],
+    ));
+    assert_eq!(paths_of(&partial)[0], "api/handlers.py", "{partial:#}");
+    assert!(!paths_of(&partial).contains(&"api/more.py"), "{partial:#}");
+    assert!(
+        partial["notes"].to_string().contains("api/more.py")
+            && partial["notes"]
+                .to_string()
+                .contains("its content is not in the repository"),
+        "{partial:#}"
+    );
 }
 
 #[test]

@@ -137,7 +137,9 @@ mod tests {
             .into_iter()
             .collect();
         // A second after its parent: the walk orders commits by time.
-        let when = parents.first().map_or(1_700_000_000, |p| p.time().seconds() + 1);
+        let when = parents
+            .first()
+            .map_or(1_700_000_000, |p| p.time().seconds() + 1);
         let sig = git2::Signature::new("t", "t@localhost", &git2::Time::new(when, 0)).unwrap();
         let parents: Vec<&git2::Commit> = parents.iter().collect();
         repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)

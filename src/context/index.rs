@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use git2::{ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
+use git2::{ErrorCode, ObjectType, Oid, Repository, TreeWalkMode, TreeWalkResult};
 use serde::Serialize;
 
 use super::paths::folder_of;
@@ -99,8 +99,18 @@ impl Index {
                 capped = true;
                 return TreeWalkResult::Abort;
             }
+            // A file whose content is not in the repository (a partial clone, a lost object)
+            // is left out, noted; anything else git cannot read fails the index.
+            let missing = |index: &mut Index, path: String| {
+                index.notes.push(Note {
+                    path,
+                    reason: "its content is not in the repository (a partial clone?): not indexed",
+                });
+                TreeWalkResult::Ok
+            };
             let size = match odb.read_header(entry.id()) {
                 Ok((size, _)) => size,
+                Err(e) if e.code() == ErrorCode::NotFound => return missing(&mut index, path),
                 Err(e) => {
                     failure = Some(e);
                     return TreeWalkResult::Abort;
@@ -115,6 +125,7 @@ impl Index {
             } else {
                 match repo.find_blob(entry.id()) {
                     Ok(blob) => content = Some(blob),
+                    Err(e) if e.code() == ErrorCode::NotFound => return missing(&mut index, path),
                     Err(e) => {
                         failure = Some(e);
                         return TreeWalkResult::Abort;
