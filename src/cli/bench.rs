@@ -130,11 +130,16 @@ fn context(
         seeded_recall += f.kiln_seeded.mean().0;
         n += 1.0;
     }
+    // A ratio over a baseline that found nothing says nothing.
+    let ratio = if bm25_recall > 0.0 {
+        format!("{:.2}", kiln_recall / bm25_recall)
+    } else {
+        "n/a (BM25 found none)".into()
+    };
     println!(
-        "mean recall: kiln {:.2}, BM25 {:.2}, ratio kiln/BM25 {:.2}; kiln with one seed {:.2}",
+        "mean recall: kiln {:.2}, BM25 {:.2}, ratio kiln/BM25 {ratio}; kiln with one seed {:.2}",
         kiln_recall / n,
         bm25_recall / n,
-        kiln_recall / bm25_recall.max(1e-9),
         seeded_recall / n
     );
     Ok(ExitCode::Success)
