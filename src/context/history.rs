@@ -33,7 +33,8 @@ pub struct CoChange {
     pub pairs: Vec<(String, String, u32)>,
     /// Each file changed in the walk, in index order: how many commits back from the base its
     /// newest change is (0: the base commit itself), and how many of the newest
-    /// [`RECENT_COMMITS`] changed it.
+    /// [`RECENT_COMMITS`] changed it. A commit too wide for pairs still counts here, unless it
+    /// changes more than four times [`MAX_FILES_PER_COMMIT`] paths (a reformat says nothing).
     pub recent: Vec<(String, u32, u32)>,
     /// Commits read, and whether a cap ended the walk before the history did.
     pub commits: usize,
