@@ -6,6 +6,7 @@ use super::graph::Link;
 use super::history::RECENT_COMMITS;
 use super::index::{Index, Note};
 use super::naming::{is_test, stem_of, tests_by_subject};
+use super::paths::folder_nearness;
 use super::{ContextError, Request, Selected, Selection, lexical, parse};
 
 /// How many of the best lexical matches are considered for the budget.
@@ -35,6 +36,11 @@ const SIZE_FREE: u64 = 4096;
 /// [`RECENT_MANY`]).
 const RECENT_WEIGHT: f64 = 0.2;
 const RECENT_MANY: u32 = 10;
+
+/// With seeds, a file counts this much more the nearer its folder is to a seed's (see
+/// [`folder_nearness`]): a change stays near where it starts (an analyzer and its test data, a
+/// handler and its neighbours).
+const FOLDER_WEIGHT: f64 = 0.2;
 
 /// How many of the best lexical matches start the walk when no seed is given.
 const START_MATCHES: usize = 5;
@@ -82,8 +88,8 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
     } else {
         WORDS_WEIGHT_SEEDED
     };
-    // Each file's score, and whether its history weighs more than its words and its nearness.
-    let mut ranked: Vec<(usize, f64, bool)> = (0..index.files.len())
+    // Each file's score, and what weighs most in it when that is not its words or the graph.
+    let mut ranked: Vec<(usize, f64, Lead)> = (0..index.files.len())
         .filter(|i| !seeds.contains(i))
         .map(|i| {
             let graph = if nearest > 0.0 {
@@ -100,8 +106,20 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             let words = words_weight * words[i];
             let graph = (1.0 - words_weight) * graph;
             let history = RECENT_WEIGHT * recency(analysis.recent[i]);
-            let by_history = history > words && history > graph;
-            (i, size * prior * (words + graph + history), by_history)
+            let path = &index.files[i].path;
+            let (folder, nearest_seed) = seeds
+                .iter()
+                .map(|&s| (folder_nearness(path, &index.files[s].path), s))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or((0.0, None), |(near, s)| (FOLDER_WEIGHT * near, Some(s)));
+            let lead = if history > words.max(graph).max(folder) {
+                Lead::History
+            } else if folder > words.max(graph) {
+                Lead::Folder(nearest_seed.expect("a folder term needs a seed"))
+            } else {
+                Lead::Other
+            };
+            (i, size * prior * (words + graph + history + folder), lead)
         })
         .filter(|(_, score, _)| *score > 0.0)
         .collect();
@@ -122,18 +140,25 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         .iter()
         .map(|&i| (i, 1.0, vec!["seed".to_string()]))
         .collect();
-    for (i, score, by_history) in ranked {
+    for (i, score, lead) in ranked {
         let mut why = Vec::new();
         if !matched[i].is_empty() {
             let terms: Vec<String> = matched[i].iter().map(|t| format!("`{t}`")).collect();
             why.push(format!("names {} from the prompt", terms.join(", ")));
         }
-        if let Some((back, count)) = analysis.recent[i].filter(|_| by_history) {
-            why.push(if count > 0 {
-                format!("changed in {count} of the last {RECENT_COMMITS} commits")
-            } else {
-                format!("last changed {back} commits before the base")
-            });
+        match (lead, analysis.recent[i]) {
+            (Lead::History, Some((_, count))) if count > 0 => {
+                why.push(format!(
+                    "changed in {count} of the last {RECENT_COMMITS} commits"
+                ));
+            }
+            (Lead::History, Some((back, _))) => {
+                why.push(format!("last changed {back} commits before the base"));
+            }
+            (Lead::Folder(seed), _) => {
+                why.push(format!("near {} in the tree", index.files[seed].path));
+            }
+            _ => {}
         }
         order.push((i, score / top, why));
     }
@@ -184,6 +209,15 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
     // Most useful first; seeds (score 1) stay ahead of any file of the same score.
     selection.files.sort_by(|a, b| b.score.total_cmp(&a.score));
     Ok(selection)
+}
+
+/// What weighs most in a file's score when it is neither the prompt's words nor the file graph.
+#[derive(Clone, Copy)]
+enum Lead {
+    History,
+    /// Its folder's nearness to this seed's.
+    Folder(usize),
+    Other,
 }
 
 /// How recently and often the history changed a file, from 0 (not in the history walked) to 1.
@@ -380,6 +414,41 @@ mod tests {
             ["last changed 80 commits before the base"]
         );
         assert!(selection.files[0].why[0].starts_with("names `refund`"));
+    }
+
+    #[test]
+    fn with_a_seed_files_near_it_in_the_tree_come_first_and_say_so() {
+        let index = Index::of_texts(&[
+            ("pass/lint/lint.go", "package lint"),
+            ("pass/lint/testdata/a.go", "package a"),
+            ("pass/other/other.go", "package other"),
+            ("zz/far.go", "package far"),
+        ]);
+        let seeds = ["pass/lint/lint.go".to_string()];
+        let selection = select(
+            &Analysis::lexical(index),
+            &Request {
+                prompt: "fix it",
+                seeds: &seeds,
+                budget: ByteSize(1000),
+            },
+        )
+        .unwrap();
+        let chosen: Vec<&str> = selection.files.iter().map(|f| f.path.as_str()).collect();
+        // Its test data (2 of 3 folders shared), then a sibling analyzer (1 of 2); a file in
+        // another top folder has nothing to rank by.
+        assert_eq!(
+            chosen,
+            [
+                "pass/lint/lint.go",
+                "pass/lint/testdata/a.go",
+                "pass/other/other.go"
+            ]
+        );
+        assert_eq!(
+            selection.files[1].why,
+            ["near pass/lint/lint.go in the tree"]
+        );
     }
 
     #[test]
