@@ -6,7 +6,7 @@ use super::graph::Link;
 use super::history::RECENT_COMMITS;
 use super::index::{Index, Note};
 use super::naming::{is_test, stem_of, tests_by_subject};
-use super::paths::folder_nearness;
+use super::paths::{folder_nearness, folder_of};
 use super::{ContextError, Request, Selected, Selection, lexical, parse};
 
 /// How many of the best lexical matches are considered for the budget.
@@ -88,6 +88,14 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
     } else {
         WORDS_WEIGHT_SEEDED
     };
+    // The seeds' folders, each once (many seeds often share one), with a seed in it.
+    let mut seed_folders: Vec<(&str, usize)> = Vec::new();
+    for &seed in &seeds {
+        let dir = folder_of(&index.files[seed].path);
+        if !seed_folders.iter().any(|(d, _)| *d == dir) {
+            seed_folders.push((dir, seed));
+        }
+    }
     // Each file's score, and what weighs most in it when that is not its words or the graph.
     let mut ranked: Vec<(usize, f64, Lead)> = (0..index.files.len())
         .filter(|i| !seeds.contains(i))
@@ -107,15 +115,15 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             let graph = (1.0 - words_weight) * graph;
             let history = RECENT_WEIGHT * recency(analysis.recent[i]);
             let path = &index.files[i].path;
-            let (folder, nearest_seed) = seeds
+            let (folder, nearest_seed) = seed_folders
                 .iter()
-                .map(|&s| (folder_nearness(path, &index.files[s].path), s))
+                .map(|&(dir, s)| (FOLDER_WEIGHT * folder_nearness(folder_of(path), dir), s))
                 .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map_or((0.0, None), |(near, s)| (FOLDER_WEIGHT * near, Some(s)));
+                .unwrap_or((0.0, 0));
             let lead = if history > words.max(graph).max(folder) {
                 Lead::History
             } else if folder > words.max(graph) {
-                Lead::Folder(nearest_seed.expect("a folder term needs a seed"))
+                Lead::Folder(nearest_seed)
             } else {
                 Lead::Other
             };
@@ -136,9 +144,9 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         notes: Vec::new(),
     };
     let mut chosen: Vec<usize> = Vec::new();
-    let mut order: Vec<(usize, f64, Vec<String>)> = seeds
+    let mut order: Vec<(usize, f64, Vec<String>, Lead)> = seeds
         .iter()
-        .map(|&i| (i, 1.0, vec!["seed".to_string()]))
+        .map(|&i| (i, 1.0, vec!["seed".to_string()], Lead::Other))
         .collect();
     for (i, score, lead) in ranked {
         let mut why = Vec::new();
@@ -146,29 +154,15 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             let terms: Vec<String> = matched[i].iter().map(|t| format!("`{t}`")).collect();
             why.push(format!("names {} from the prompt", terms.join(", ")));
         }
-        match (lead, analysis.recent[i]) {
-            (Lead::History, Some((_, count))) if count > 0 => {
-                why.push(format!(
-                    "changed in {count} of the last {RECENT_COMMITS} commits"
-                ));
-            }
-            (Lead::History, Some((back, _))) => {
-                why.push(format!("last changed {back} commits before the base"));
-            }
-            (Lead::Folder(seed), _) => {
-                why.push(format!("near {} in the tree", index.files[seed].path));
-            }
-            _ => {}
-        }
-        order.push((i, score / top, why));
+        order.push((i, score / top, why, lead));
     }
     let tests = tests_by_subject(index);
     // Tests of chosen files wait here, most useful last, for their turn by score.
-    let mut waiting: Vec<(usize, f64, Vec<String>)> = Vec::new();
+    let mut waiting: Vec<(usize, f64, Vec<String>, Lead)> = Vec::new();
     let mut order = order.into_iter().peekable();
     loop {
-        let next_score = order.peek().map(|(_, score, _)| *score);
-        let (file, score, mut why) = match (waiting.last(), next_score) {
+        let next_score = order.peek().map(|(_, score, _, _)| *score);
+        let (file, score, mut why, lead) = match (waiting.last(), next_score) {
             (Some(test), Some(score)) if test.1 > score => waiting.pop().expect("just seen"),
             (Some(_), None) => waiting.pop().expect("just seen"),
             _ => match order.next() {
@@ -181,6 +175,9 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
         let fits = selection.used + index.files[file].bytes <= selection.budget;
         // What does not fit is passed over before any work is spent on why it would be there.
         if present || fits {
+            if let Some(reason) = lead_reason(analysis, file, lead) {
+                why.push(reason);
+            }
             if let Some(reason) = linked(analysis, &chosen, &seeds, file)
                 && !why.contains(&reason)
             {
@@ -202,7 +199,10 @@ pub fn select(analysis: &Analysis, request: &Request<'_>) -> Result<Selection, C
             if test != file {
                 let score = score * TEST_SHARE;
                 let at = waiting.partition_point(|w| w.1 < score);
-                waiting.insert(at, (test, score, vec![format!("test of {path}")]));
+                waiting.insert(
+                    at,
+                    (test, score, vec![format!("test of {path}")], Lead::Other),
+                );
             }
         }
     }
@@ -218,6 +218,23 @@ enum Lead {
     /// Its folder's nearness to this seed's.
     Folder(usize),
     Other,
+}
+
+/// The reason `lead` gives for `file`, if it gives one.
+fn lead_reason(analysis: &Analysis, file: usize, lead: Lead) -> Option<String> {
+    match (lead, analysis.recent[file]) {
+        (Lead::History, Some((_, count))) if count > 0 => Some(format!(
+            "changed in {count} of the last {RECENT_COMMITS} commits"
+        )),
+        (Lead::History, Some((back, _))) => {
+            Some(format!("last changed {back} commits before the base"))
+        }
+        (Lead::Folder(seed), _) => Some(format!(
+            "near {} in the tree",
+            analysis.index.files[seed].path
+        )),
+        _ => None,
+    }
 }
 
 /// How recently and often the history changed a file, from 0 (not in the history walked) to 1.
