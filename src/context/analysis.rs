@@ -134,8 +134,8 @@ impl Analysis {
                 },
             };
             if let Some(together) = together {
-                graph.add_changed_together(&index, &together);
                 let positions = index.positions();
+                graph.add_changed_together(&positions, &together);
                 for (path, back, count) in &together.recent {
                     if let Some(&i) = positions.get(path.as_str()) {
                         recent[i] = Some((*back, *count));

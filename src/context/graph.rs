@@ -101,9 +101,9 @@ impl Graph {
         graph
     }
 
-    /// Adds an edge each way between files of `index` the history changed together.
-    pub fn add_changed_together(&mut self, index: &Index, together: &CoChange) {
-        let positions: HashMap<&str, usize> = index.positions();
+    /// Adds an edge each way between files the history changed together (`positions`: each
+    /// file's position by path, [`Index::positions`]).
+    pub fn add_changed_together(&mut self, positions: &HashMap<&str, usize>, together: &CoChange) {
         for (a, b, n) in &together.pairs {
             if let (Some(&a), Some(&b)) = (positions.get(a.as_str()), positions.get(b.as_str())) {
                 self.out[a].push((b, Link::ChangedWith(*n)));
