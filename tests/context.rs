@@ -264,6 +264,14 @@ fn commit_more(repo: &git2::Repository, files: &[(&str, &str)], message: &str) {
         .unwrap();
 }
 
+/// Deletes the loose object `id` of the repository at `root`, as a shallow or partial clone
+/// would lack it.
+fn lose_object(root: &Path, id: git2::Oid) {
+    let id = id.to_string();
+    let loose = root.join(".git/objects").join(&id[..2]).join(&id[2..]);
+    std::fs::remove_file(loose).unwrap();
+}
+
 #[test]
 fn files_the_history_changed_together_are_chosen_together_and_say_so() {
     // No import, no shared name: only the history ties the handler to its route table.
@@ -333,13 +341,7 @@ fn files_the_history_changed_together_are_chosen_together_and_say_so() {
 
     // A history kiln cannot read (here the first commit's object is gone, as beyond a shallow
     // clone's depth) leaves the selection to the rest, noted.
-    let first = repo.revparse_single("HEAD~4").unwrap().id().to_string();
-    let loose = dir
-        .path()
-        .join(".git/objects")
-        .join(&first[..2])
-        .join(&first[2..]);
-    std::fs::remove_file(loose).unwrap();
+    lose_object(dir.path(), repo.revparse_single("HEAD~4").unwrap().id());
     commit_more(&repo, &[("api/more.py", "Y = 2\n")], "after the loss");
     let cut = json(&context(
         dir.path(),
@@ -362,17 +364,10 @@ fn files_the_history_changed_together_are_chosen_together_and_say_so() {
     );
 
     // A file whose content is gone (as in a partial clone) is left out, noted; the rest answers.
-    let blob = repo
-        .revparse_single("HEAD:api/more.py")
-        .unwrap()
-        .id()
-        .to_string();
-    let loose = dir
-        .path()
-        .join(".git/objects")
-        .join(&blob[..2])
-        .join(&blob[2..]);
-    std::fs::remove_file(loose).unwrap();
+    lose_object(
+        dir.path(),
+        repo.revparse_single("HEAD:api/more.py").unwrap().id(),
+    );
     let partial = json(&context(
         dir.path(),
         &[
