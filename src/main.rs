@@ -70,6 +70,11 @@ enum Command {
     /// Talk to `kiln serve`: submit, status, list, cancel, logs, wait.
     #[command(flatten)]
     Client(cli::client::ClientCommand),
+    /// The job store of `kiln serve`: set up or upgrade its schema.
+    Store {
+        #[command(subcommand)]
+        command: cli::store::StoreCommand,
+    },
     /// The audit log: check its hash chain.
     Audit {
         #[command(subcommand)]
@@ -153,6 +158,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
         Command::Approve(args) => cli::escalations::approve(&config, args).await,
         Command::Reject(args) => cli::escalations::reject(&config, args).await,
         Command::Audit { command } => cli::audit::exec(&config, command),
+        Command::Store { command } => {
+            cli::store::exec(&config, cli.remote.state_dir.clone(), command)
+        }
         Command::Serve(args) => cli::serve::exec(&config, cli.remote.state_dir.clone(), args).await,
         Command::Client(command) => cli::client::exec(&cli.remote, command).await,
         Command::Bench { command } => cli::bench::exec(command).await,

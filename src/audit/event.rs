@@ -54,6 +54,9 @@ pub struct JobState {
     pub runs: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
+    /// The `kiln serve` that moved it (its server id), when servers share a store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 impl JobState {

@@ -10,17 +10,23 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 mod event;
+mod shared;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use event::{Event, JobState, PolicyRecord, Push};
+pub use shared::verify_shared;
+
+use shared::SharedChain;
 
 use crate::model::JobId;
 use crate::model::fs::create_private_dir;
 use crate::secrets::Redactor;
+use crate::store::{PgTarget, StoreError};
 
 /// `prev` of the first record.
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -68,6 +74,8 @@ pub enum AuditError {
     },
     #[error("audit log {path}: its last record is unreadable ({why}); run `kiln audit verify`")]
     Corrupt { path: PathBuf, why: String },
+    #[error("the audit chain in {0}: {1}")]
+    Shared(String, #[source] StoreError),
 }
 
 /// The first record that breaks the chain, and how.
@@ -89,12 +97,19 @@ pub struct Verified {
     pub broken: Option<Broken>,
 }
 
-/// An audit log file, appended to under a lock.
+/// An audit log, appended to under a lock: a file, or the chain in a shared store.
 #[derive(Clone, Debug)]
 pub struct AuditLog {
-    path: PathBuf,
+    target: Target,
     /// Applied to each record's data before it is hashed and written.
     redactor: Redactor,
+}
+
+#[derive(Clone, Debug)]
+enum Target {
+    File(PathBuf),
+    /// The store's `audit` table, one chain for every server sharing it.
+    Shared(Arc<Mutex<SharedChain>>),
 }
 
 impl AuditLog {
@@ -108,7 +123,16 @@ impl AuditLog {
             create_private_dir(dir).map_err(io)?;
         }
         Ok(AuditLog {
-            path: path.into(),
+            target: Target::File(path.into()),
+            redactor: Redactor::default(),
+        })
+    }
+
+    /// The chain kept in the shared store at `store`; connects now, so that a store that cannot
+    /// be reached is found before anything is recorded.
+    pub fn shared(store: &PgTarget) -> Result<AuditLog, AuditError> {
+        Ok(AuditLog {
+            target: Target::Shared(Arc::new(Mutex::new(SharedChain::open(store)?))),
             redactor: Redactor::default(),
         })
     }
@@ -119,49 +143,21 @@ impl AuditLog {
     }
 
     /// Appends `event` about `job`, durably, off the async threads (the append locks and syncs
-    /// the file).
+    /// the file, or waits for the database).
     pub async fn record(&self, job: Option<&JobId>, event: Event) -> Result<Record, AuditError> {
         let (log, job) = (self.clone(), job.cloned());
         tokio::task::spawn_blocking(move || log.append(job.as_ref(), &event))
             .await
             .map_err(|e| AuditError::Io {
-                path: self.path.clone(),
+                path: self.to_string().into(),
                 source: std::io::Error::other(e),
             })?
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends `event` about `job` after the last record, durably, and returns the record.
     /// Blocking: from async code, use [`AuditLog::record`].
     pub fn append(&self, job: Option<&JobId>, event: &Event) -> Result<Record, AuditError> {
         let (kind, data) = event.parts();
-        let io = |source| AuditError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        let file = File::options()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(&self.path)
-            .map_err(io)?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
-        let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
-        let (seq, prev) = match last_record(&mut file).map_err(io)? {
-            None => (1, GENESIS.to_string()),
-            Some(Ok(last)) => (last.seq + 1, last.hash),
-            Some(Err(why)) => {
-                return Err(AuditError::Corrupt {
-                    path: self.path.clone(),
-                    why,
-                });
-            }
-        };
         let data = if self.redactor.is_empty() {
             data
         } else {
@@ -169,22 +165,79 @@ impl AuditLog {
             serde_json::from_str(&self.redactor.text(&text))
                 .unwrap_or_else(|_| serde_json::json!("[REDACTED: data withheld]"))
         };
-        let mut record = Record {
-            seq,
-            at: crate::model::time::now(),
-            kind,
-            job: job.map(JobId::to_string),
-            data,
-            prev,
-            hash: String::new(),
+        let seal = |seq: u64, prev: String| {
+            let mut record = Record {
+                seq,
+                at: crate::model::time::now(),
+                kind,
+                job: job.map(JobId::to_string),
+                data,
+                prev,
+                hash: String::new(),
+            };
+            record.hash = record.digest();
+            record
         };
-        record.hash = record.digest();
-        let mut line = serde_json::to_vec(&record).expect("a record serializes");
-        line.push(b'\n');
-        file.write_all(&line).map_err(io)?;
-        file.sync_data().map_err(io)?;
-        Ok(record)
+        match &self.target {
+            Target::File(path) => append_to_file(path, seal),
+            Target::Shared(chain) => chain
+                .lock()
+                .expect("the audit chain's lock is never poisoned")
+                .append(seal),
+        }
     }
+}
+
+impl std::fmt::Display for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.target {
+            Target::File(path) => write!(f, "{}", path.display()),
+            Target::Shared(chain) => f.write_str(
+                &chain
+                    .lock()
+                    .expect("the audit chain's lock is never poisoned")
+                    .shown(),
+            ),
+        }
+    }
+}
+
+/// Appends the record `seal` makes (from the next seq and the last hash) to the file at `path`,
+/// under an exclusive lock, synced before it returns.
+fn append_to_file(
+    path: &Path,
+    seal: impl FnOnce(u64, String) -> Record,
+) -> Result<Record, AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.into(),
+        source,
+    };
+    let file = File::options()
+        .create(true)
+        .append(true)
+        .read(true)
+        .open(path)
+        .map_err(io)?;
+    use std::os::unix::fs::PermissionsExt;
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
+    let mut file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io(std::io::Error::from(errno)))?;
+    let (seq, prev) = match last_record(&mut file).map_err(io)? {
+        None => (1, GENESIS.to_string()),
+        Some(Ok(last)) => (last.seq + 1, last.hash),
+        Some(Err(why)) => {
+            return Err(AuditError::Corrupt {
+                path: path.into(),
+                why,
+            });
+        }
+    };
+    let record = seal(seq, prev);
+    let mut line = serde_json::to_vec(&record).expect("a record serializes");
+    line.push(b'\n');
+    file.write_all(&line).map_err(io)?;
+    file.sync_data().map_err(io)?;
+    Ok(record)
 }
 
 /// The last record of the log, if it has any; `Err` when the last line is not a record.
@@ -215,8 +268,7 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
         source,
     })?;
     let mut reader = BufReader::new(file);
-    let mut head = GENESIS.to_string();
-    let mut records = 0;
+    let mut chain = Chain::default();
     let mut line = Vec::new();
     loop {
         line.clear();
@@ -230,26 +282,39 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
         if read == 0 {
             break;
         }
-        let number = records + 1;
-        let broken = |seq: Option<u64>, why: String| Verified {
-            records,
-            head: head.clone(),
-            broken: Some(Broken {
-                line: number,
-                seq,
-                why,
-            }),
-        };
         if line.len() > MAX_LINE {
-            return Ok(broken(None, "the line is over 1 MiB".into()));
+            return Ok(chain.broken(None, "the line is over 1 MiB".into()));
         }
         let record: Record = match serde_json::from_slice(&line) {
             Ok(record) => record,
-            Err(e) => return Ok(broken(None, format!("not a record: {e}"))),
+            Err(e) => return Ok(chain.broken(None, format!("not a record: {e}"))),
         };
+        if let Err(broken) = chain.add(record) {
+            return Ok(broken);
+        }
+    }
+    Ok(chain.whole())
+}
+
+/// A chain checked record by record, from the first.
+#[derive(Default)]
+struct Chain {
+    records: usize,
+    /// The last good record's hash (all zeros before the first).
+    head: Option<String>,
+}
+
+impl Chain {
+    fn head(&self) -> String {
+        self.head.clone().unwrap_or_else(|| GENESIS.to_string())
+    }
+
+    /// Adds the next record, or says how it breaks the chain.
+    fn add(&mut self, record: Record) -> Result<(), Verified> {
+        let number = self.records + 1;
         let seq = Some(record.seq);
         if record.seq != number as u64 {
-            return Ok(broken(
+            return Err(self.broken(
                 seq,
                 format!(
                     "seq is {}, expected {number}: a record was removed, inserted or moved",
@@ -257,27 +322,44 @@ pub fn verify(path: &Path) -> Result<Verified, AuditError> {
                 ),
             ));
         }
-        if record.prev != head {
-            return Ok(broken(
+        if record.prev != self.head() {
+            return Err(self.broken(
                 seq,
                 "prev is not the hash of the record before: a record before it was removed or replaced"
                     .into(),
             ));
         }
         if record.digest() != record.hash {
-            return Ok(broken(
+            return Err(self.broken(
                 seq,
                 "its hash does not match its contents: it was edited".into(),
             ));
         }
-        head = record.hash;
-        records += 1;
+        self.head = Some(record.hash);
+        self.records += 1;
+        Ok(())
     }
-    Ok(Verified {
-        records,
-        head,
-        broken: None,
-    })
+
+    /// What verifying found when the next record (line `records + 1`) breaks the chain.
+    fn broken(&self, seq: Option<u64>, why: String) -> Verified {
+        Verified {
+            records: self.records,
+            head: self.head(),
+            broken: Some(Broken {
+                line: self.records + 1,
+                seq,
+                why,
+            }),
+        }
+    }
+
+    fn whole(self) -> Verified {
+        Verified {
+            records: self.records,
+            head: self.head(),
+            broken: None,
+        }
+    }
 }
 
 #[cfg(test)]

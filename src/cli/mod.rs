@@ -11,6 +11,7 @@ pub mod image;
 pub mod policy;
 pub mod run;
 pub mod serve;
+pub mod store;
 
 use kiln::Error;
 

@@ -55,6 +55,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     let opts = RunOptions {
         artifacts_root: artifacts.unwrap_or_else(|| config.artifacts_dir.clone()),
         out: out.map(|o| Destination::parse(&o)),
+        holds: None,
     };
     let sandbox = Sandbox::connect().await?;
     kiln::run::preflight(&job, &ctx, &sandbox, &opts).await?;

@@ -40,6 +40,21 @@ pub struct ServeArgs {
     /// Docker is removed before it exits.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    #[command(flatten)]
+    store: super::store::StoreArgs,
+    /// With a shared store: how long a running job's lease lasts without this server's
+    /// heartbeat (a server that dies loses its jobs to the others after it). Default: the
+    /// config's [store] lease (30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    lease: Option<Duration>,
+    /// The bearer token's file (at least 32 characters), the same for every server of one
+    /// store. Default: the state folder's `token`, made once.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Where the other servers of a shared store reach this one's API (they pass on a running
+    /// job's live log from it), e.g. http://10.0.0.5:7878. Default: the listening address.
+    #[arg(long, value_name = "URL")]
+    advertise: Option<String>,
 }
 
 /// The state folder a server uses when none is given.
@@ -77,6 +92,11 @@ pub async fn exec(
     if repos.is_empty() {
         tracing::warn!("no --repos given: every submitted job will be refused");
     }
+    let store = args.store.location(config, &state_dir.join("kiln.db"))?;
+    let lease = args.lease.unwrap_or(config.store.lease);
+    if !(Duration::from_secs(2)..=Duration::from_secs(3600)).contains(&lease) {
+        return Err(Error::Usage("--lease: must be between 2s and 1h".into()));
+    }
     let options = ServeOptions {
         state_dir,
         listen: args.listen,
@@ -88,6 +108,10 @@ pub async fn exec(
         out: args.out.as_deref().map(kiln::publish::Destination::parse),
         repos,
         grace: args.grace,
+        store,
+        lease,
+        token_file: args.token_file,
+        advertise: args.advertise,
     };
     kiln::serve::serve(options, config.clone(), gate).await?;
     Ok(ExitCode::Success)

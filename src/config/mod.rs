@@ -13,12 +13,14 @@ mod notify;
 mod publish;
 mod sandbox;
 mod secrets;
+mod store;
 
 pub use egress::EgressConfig;
 pub use notify::NotifyConfig;
 pub use publish::PublishConfig;
 pub use sandbox::SandboxConfig;
 pub use secrets::SecretSource;
+pub use store::StoreConfig;
 
 use crate::model::fs::read_capped;
 use crate::model::{ByteSize, Limits, StageSpec};
@@ -70,6 +72,9 @@ pub struct Config {
     pub policy: PolicyConfig,
     /// `[sandbox]`: the OCI runtimes stages run under (gVisor's `runsc`). Default: the engine's.
     pub sandbox: SandboxConfig,
+    /// `[store]`: the job queue `kiln serve` uses; SQLite in its state folder unless a shared
+    /// PostgreSQL is named.
+    pub store: StoreConfig,
     /// `[secrets.NAME]`: credentials read on the host, which a stage's `[x.network] secrets`
     /// may use through the egress proxy without ever holding them. Every value is redacted from
     /// everything kiln writes. Default: none.
@@ -149,6 +154,7 @@ impl Default for Config {
             secrets: std::collections::BTreeMap::new(),
             policy: PolicyConfig::default(),
             sandbox: SandboxConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -217,6 +223,7 @@ impl Config {
         self.notify.check()?;
         self.publish.check()?;
         self.sandbox.check().map_err(|e| format!("[sandbox] {e}"))?;
+        self.store.check()?;
         self.egress.check().map_err(|e| format!("[egress] {e}"))?;
         secrets::check(&self.secrets).map_err(|e| format!("[secrets] {e}"))?;
         self.limits.check().map_err(|e| format!("[limits]: {e}"))

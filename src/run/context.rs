@@ -15,6 +15,9 @@ pub struct Context {
     pub secrets: Secrets,
     /// The operator's audit log, if the config names one.
     pub audit: Option<AuditLog>,
+    /// The id of the `kiln serve` this runs under, named in the job's audit records when
+    /// servers share a store.
+    pub server: Option<String>,
 }
 
 impl Context {
@@ -29,6 +32,7 @@ impl Context {
             config: Arc::new(config),
             secrets,
             audit,
+            server: None,
         })
     }
 

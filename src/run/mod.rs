@@ -45,12 +45,19 @@ use crate::report::{AttemptReport, CommitReport, JobSummary, SandboxSummary, Tim
 use crate::sandbox::{self, Sandbox};
 
 /// Where a run writes: artifacts root and, optionally, the repository that gets the branch.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RunOptions {
     pub artifacts_root: PathBuf,
     /// Where the work branch is published; default `<artifacts>/<id>/repo.git`.
     pub out: Option<Destination>,
+    /// Asked (on a blocking thread) before anything is published or merged: whether this
+    /// process may still act for the job. Under `kiln serve` on a shared store, whether its
+    /// lease holds; `Err` says why not, and the job ends with nothing published.
+    pub holds: Option<Holds>,
 }
+
+/// See [`RunOptions::holds`].
+pub type Holds = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// Checks what must hold before anything runs: the engine applies seccomp profiles, the images
 /// exist (a missing one's error says how to build it) and `--out` can take the branch.
@@ -114,6 +121,7 @@ pub async fn run_job(
         .record(Event::JobState(JobState {
             repo: Some(job.repo.path().display().to_string()),
             branch: Some(job.branch.to_string()),
+            server: ctx.server.clone(),
             ..JobState::to("running")
         }))
         .await?;
@@ -186,6 +194,7 @@ pub async fn run_job(
         .record(Event::JobState(JobState {
             reason: Some(report.reason.clone()),
             exit_code: Some(report.exit_code as u8),
+            server: ctx.server.clone(),
             ..JobState::to(report.status.as_str())
         }))
         .await?;

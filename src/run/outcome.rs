@@ -100,6 +100,7 @@ impl Runner<'_> {
             return Ok(AfterPass::End(end));
         }
         let change = self.commit(ws, tree, n).await?;
+        still_held(opts).await?;
         let turn = MergeTurn {
             stages: self.stages(),
             repo: &ws.repo_path(),
@@ -216,6 +217,7 @@ impl Runner<'_> {
             None => self.commit(ws, tree, attempts).await?,
         };
         let dest = self.destination(opts);
+        still_held(opts).await?;
         let (source, branch, config, to) = (
             ws.repo_path(),
             job.branch.clone(),
@@ -292,6 +294,15 @@ pub(super) async fn escalate(
         notified: deliveries.iter().any(|d| d.ok),
         deliveries,
     })
+}
+
+/// Refuses to go on when this process no longer holds the job (`RunOptions::holds`).
+async fn still_held(opts: &RunOptions) -> Result<(), Error> {
+    let Some(holds) = opts.holds.clone() else {
+        return Ok(());
+    };
+    blocking(move || holds().map_err(|why| Error::Server(format!("nothing was published: {why}"))))
+        .await
 }
 
 /// Why a passing change is held back rather than published, if it is: the gate's decision and

@@ -28,12 +28,12 @@ pub struct Running {
     pub touches: Touches,
 }
 
-/// The server's limits.
+/// The limits: `global` is one server's, the others hold across every server sharing a queue.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Jobs running at once, across repositories.
+    /// Jobs running at once on this server, across repositories.
     pub global: usize,
-    /// Jobs running at once on one repository.
+    /// Jobs running at once on one repository, on all servers together.
     pub per_repo: usize,
     /// Each full `aging` a job waits makes it one priority level more urgent.
     pub aging: Duration,
@@ -102,10 +102,16 @@ impl Queued {
     }
 }
 
-/// The queued jobs to start now, in the order to start them: most urgent first (effective
-/// priority, then the longest wait), each only if the limits allow it and it overlaps no running
-/// job, nor one picked before it, on the same repository.
-pub fn pick<'q>(queued: &'q [Queued], running: &[Running], limits: Limits) -> Vec<&'q Queued> {
+/// The queued jobs to start now, at most `free` of them, in the order to start them: most urgent
+/// first (effective priority, then the longest wait), each only if the per-repository limit
+/// allows it and it overlaps no running job (`running`: on every server sharing the queue), nor
+/// one picked before it, on the same repository.
+pub fn pick<'q>(
+    queued: &'q [Queued],
+    running: &[Running],
+    free: usize,
+    limits: Limits,
+) -> Vec<&'q Queued> {
     let mut order: Vec<&Queued> = queued.iter().collect();
     order.sort_by(|a, b| {
         a.effective_priority(limits.aging)
@@ -116,7 +122,7 @@ pub fn pick<'q>(queued: &'q [Queued], running: &[Running], limits: Limits) -> Ve
     let mut busy: Vec<Running> = running.to_vec();
     let mut picked = Vec::new();
     for job in order {
-        if busy.len() >= limits.global {
+        if picked.len() >= free {
             break;
         }
         let same_repo: Vec<&Running> = busy.iter().filter(|r| r.repo == job.repo).collect();
@@ -165,7 +171,7 @@ mod tests {
             job("urgent", 0, 0, "r2", &["b/**"]),
             job("mid", 2, 0, "r3", &["c/**"]),
         ];
-        assert_eq!(ids(pick(&queued, &[], LIMITS)), ["urgent", "mid"]);
+        assert_eq!(ids(pick(&queued, &[], 2, LIMITS)), ["urgent", "mid"]);
     }
 
     #[test]
@@ -178,7 +184,7 @@ mod tests {
             job("old-low", 5, 10 * 60, "r1", &["a/**"]),
             job("new-urgent", 1, 0, "r2", &["b/**"]),
         ];
-        assert_eq!(ids(pick(&queued, &[], limits)), ["old-low"]);
+        assert_eq!(ids(pick(&queued, &[], limits.global, limits)), ["old-low"]);
     }
 
     #[test]
@@ -199,7 +205,7 @@ mod tests {
             job("anything", 0, 0, "r", &[]),
         ];
         assert_eq!(
-            ids(pick(&queued, &running, limits)),
+            ids(pick(&queued, &running, 3, limits)),
             ["other-files", "other-repo"]
         );
     }
@@ -210,7 +216,7 @@ mod tests {
             job("first", 1, 0, "r", &["src/**"]),
             job("second", 1, 0, "r", &["src/lib.rs"]),
         ];
-        assert_eq!(ids(pick(&queued, &[], LIMITS)), ["first"]);
+        assert_eq!(ids(pick(&queued, &[], 2, LIMITS)), ["first"]);
     }
 
     #[test]
@@ -224,7 +230,7 @@ mod tests {
             job("a", 0, 0, "r", &["a/**"]),
             job("b", 0, 0, "r", &["b/**"]),
         ];
-        assert_eq!(ids(pick(&queued, &[], limits)), ["a"]);
+        assert_eq!(ids(pick(&queued, &[], limits.global, limits)), ["a"]);
     }
 
     #[test]

@@ -1,9 +1,13 @@
-//! `kiln serve`: many jobs on one machine. Jobs arrive through the HTTP API (`api`), wait in the
-//! durable store, and the scheduler starts them within the limits; each runs as `kiln run` would,
-//! with its artifacts under the state folder. Startup reaps what a dead server left in Docker and
-//! applies the store's restart rule.
+//! `kiln serve`: many jobs on one machine, or on many sharing one PostgreSQL store. Jobs arrive
+//! through the HTTP API (`api`), wait in the durable store, and the scheduler claims them within
+//! the limits; each runs as `kiln run` would, with its artifacts under the state folder (and,
+//! with a shared store, kept in it: `kept`). A running job is held under a lease its heartbeat
+//! renews (`lease`). Startup reaps what a dead server left in Docker and applies the store's
+//! restart rule to the jobs this server left running.
 
 mod api;
+mod kept;
+mod lease;
 mod metrics;
 mod schedule;
 mod shutdown;
@@ -13,11 +17,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::audit::{Event, JobState};
+use crate::audit::{AuditLog, Event, JobState};
 use crate::config::Config;
 use crate::error::Error;
 use crate::model::JobId;
@@ -27,7 +31,7 @@ use crate::publish::Destination;
 use crate::run::Context;
 use crate::sandbox::Sandbox;
 use crate::scheduler;
-use crate::store::{Store, StoreError};
+use crate::store::{Location, Store, StoreError};
 
 /// How `kiln serve` runs.
 #[derive(Clone, Debug)]
@@ -43,11 +47,34 @@ pub struct ServeOptions {
     /// On SIGTERM or SIGINT, how long running jobs get to end before they are stopped and
     /// handed back to the queue.
     pub grace: Duration,
+    /// The job store: SQLite in the state folder, or a PostgreSQL shared with other servers.
+    pub store: Location,
+    /// How long a running job's lease lasts without a heartbeat.
+    pub lease: Duration,
+    /// The bearer token's file, shared by the servers of one store; default: the state
+    /// folder's `token`, made once.
+    pub token_file: Option<PathBuf>,
+    /// Where other servers reach this one's API (a running job's live log is asked of the
+    /// server running it); default: the address it listens on.
+    pub advertise: Option<String>,
+}
+
+/// A job this server runs: its task, and when it was claimed.
+pub(crate) struct Task {
+    abort: tokio::task::AbortHandle,
+    since: Instant,
 }
 
 /// What every request handler and job task shares.
 pub(crate) struct Server {
     store: Mutex<Store>,
+    /// This server's id in the store (its state folder's `server-id`, kept across restarts).
+    id: String,
+    /// Whether the store is shared with other servers (PostgreSQL).
+    shared: bool,
+    lease: Duration,
+    /// When a heartbeat last renewed this server's leases.
+    renewed: Mutex<Instant>,
     /// The operator config, the secrets, and the state folder's audit log.
     ctx: Context,
     sandbox: Sandbox,
@@ -57,8 +84,8 @@ pub(crate) struct Server {
     limits: scheduler::Limits,
     out: Option<Destination>,
     repos: Vec<PathBuf>,
-    /// The tasks of running jobs, to abort on cancel.
-    running: Mutex<HashMap<String, tokio::task::AbortHandle>>,
+    /// The tasks of running jobs, to abort on cancel or a lost lease.
+    running: Mutex<HashMap<String, Task>>,
     /// Set once the server is told to stop: no job starts after it.
     stopping: AtomicBool,
     wake: Notify,
@@ -93,13 +120,47 @@ impl Server {
         ))
     }
 
-    /// Runs `f` on the store, off the async threads' toes (SQLite syncs to disk).
-    fn db<T>(&self, f: impl FnOnce(&Store) -> Result<T, StoreError>) -> Result<T, Error> {
+    /// Runs `f` on the store, off the async threads' toes (SQLite syncs to disk, PostgreSQL is
+    /// a round trip away).
+    fn db<T>(&self, f: impl FnOnce(&mut Store) -> Result<T, StoreError>) -> Result<T, Error> {
         // Waiting for the lock blocks too: it happens inside block_in_place with the query.
-        Ok(tokio::task::block_in_place(|| {
-            let store = self.store.lock().expect("the store lock is never poisoned");
-            f(&store)
-        })?)
+        tokio::task::block_in_place(|| self.db_blocking(f))
+    }
+
+    /// [`Server::db`] from a thread that may block.
+    fn db_blocking<T>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, StoreError>,
+    ) -> Result<T, Error> {
+        let mut store = self.store.lock().expect("the store lock is never poisoned");
+        Ok(f(&mut store)?)
+    }
+
+    /// The ids of the jobs this server runs.
+    fn running_ids(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .expect("the running lock is never poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops job `id`'s task, if this server runs it, and removes its containers; true if it
+    /// ran here.
+    async fn stop_job(&self, id: &str) -> Result<bool, Error> {
+        let task = self
+            .running
+            .lock()
+            .expect("the running lock is never poisoned")
+            .remove(id);
+        if let Some(task) = &task {
+            task.abort.abort();
+        }
+        if let Some(job) = JobId::parse(id) {
+            self.sandbox.reap_job(&job).await?;
+        }
+        Ok(task.is_some())
     }
 
     /// Appends a `job.state` record about `job` to the audit log.
@@ -125,10 +186,20 @@ pub async fn serve(
         "cannot make the state folder {}",
         dir.display()
     )))?;
-    let token = token(&dir.join("token"))?;
+    let token = match &options.token_file {
+        Some(path) => shared_token(path)?,
+        None => token(&dir.join("token"))?,
+    };
+    let id = server_id(&dir.join("server-id"))?;
+    let shared = options.store.is_shared();
+    // Servers sharing a store share its audit chain; a server alone keeps it in its folder.
     config.audit_log = Some(dir.join("audit.jsonl"));
-    let ctx = Context::open(config)?;
-    let store = Store::open(&dir.join("kiln.db"))?;
+    let mut ctx = Context::open(config)?;
+    let mut store = Store::open(&options.store)?;
+    if let Location::Postgres(target) = &options.store {
+        ctx.audit = Some(AuditLog::shared(target)?.redacting(ctx.redactor().clone()));
+    }
+    ctx.server = Some(id.clone());
     let sandbox = Sandbox::connect()
         .await?
         .with_volumes_per_holder(VOLUMES_PER_HOLDER);
@@ -138,7 +209,7 @@ pub async fn serve(
         .await?;
     // A dead server's containers go first, then its jobs follow the restart rule.
     let reaped = sandbox.gc(false).await?;
-    let recovered = store.recover()?;
+    let recovered = tokio::task::block_in_place(|| store.recover(&id))?;
     for r in &recovered {
         let Some(job) = JobId::parse(&r.id) else {
             continue;
@@ -146,12 +217,17 @@ pub async fn serve(
         let state = JobState {
             runs: Some(r.runs.into()),
             why: Some("server restart".into()),
+            server: Some(id.clone()),
             ..JobState::to(r.to.as_str())
         };
         ctx.record(&job, Event::JobState(state)).await?;
     }
     let server = Arc::new(Server {
         store: Mutex::new(store),
+        id,
+        shared,
+        lease: options.lease,
+        renewed: Mutex::new(Instant::now()),
         ctx,
         sandbox,
         gate,
@@ -177,12 +253,25 @@ pub async fn serve(
         format!("http://{address}\n").as_bytes(),
     )
     .map_err(Error::io("cannot write the address file"))?;
+    if shared {
+        let url = options
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{address}"));
+        server.db(|s| match s.shared() {
+            Some(pg) => pg.announce(&server.id, &url),
+            None => Ok(()),
+        })?;
+    }
     eprintln!(
-        "kiln serve: listening on http://{address}; state {}; {reaped} stale containers reaped, {} jobs recovered",
+        "kiln serve: listening on http://{address}; server {}; store {}; state {}; {reaped} stale containers reaped, {} jobs recovered",
+        server.id,
+        options.store,
         dir.display(),
         recovered.len()
     );
     tokio::spawn(schedule::schedule(server.clone()));
+    tokio::spawn(lease::heartbeat(server.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut until_stopped = stopped.clone();
     let http =
@@ -215,11 +304,56 @@ fn token(path: &Path) -> Result<String, Error> {
             return Ok(token);
         }
     }
-    let mut bytes = [0u8; 32];
+    let token = random_hex(32)?;
+    write_private(path, &token)?;
+    Ok(token)
+}
+
+/// The token the servers of one store share, from the file the operator made.
+fn shared_token(path: &Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(Error::io(format!(
+        "cannot read the token file {}",
+        path.display()
+    )))?;
+    let token = text.trim().to_string();
+    if token.len() < 32 {
+        return Err(Error::Usage(format!(
+            "--token-file {}: a token must be at least 32 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// This server's id, kept in `path` (made once): the host's name and 8 random hex digits.
+fn server_id(path: &Path) -> Result<String, Error> {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        let id = text.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "kiln".into());
+    let id = format!("{host}-{}", random_hex(4)?);
+    write_private(path, &id)?;
+    Ok(id)
+}
+
+/// `n` random bytes as hex.
+fn random_hex(n: usize) -> Result<String, Error> {
+    let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(Error::io("cannot read /dev/urandom"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes `text` and a newline to `path`, mode 0600.
+fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
@@ -228,7 +362,6 @@ fn token(path: &Path) -> Result<String, Error> {
         .mode(0o600)
         .open(path)
         .map_err(Error::io(format!("cannot write {}", path.display())))?;
-    std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
-        .map_err(Error::io(format!("cannot write {}", path.display())))?;
-    Ok(token)
+    std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes())
+        .map_err(Error::io(format!("cannot write {}", path.display())))
 }

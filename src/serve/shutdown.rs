@@ -51,11 +51,11 @@ pub(super) async fn stop(server: &Arc<Server>, grace: Duration) {
         .drain()
         .collect();
     for (_, task) in &cut {
-        task.abort();
+        task.abort.abort();
     }
     // A stopped job is still `running` in the store: the restart rule hands it back now, as a
     // restart would, so that the next server (or this one, started again) runs it.
-    match server.db(|s| s.recover()) {
+    match server.db(|s| s.recover(&server.id)) {
         Ok(recovered) => {
             for r in recovered {
                 let Some(job) = JobId::parse(&r.id) else {
@@ -64,6 +64,7 @@ pub(super) async fn stop(server: &Arc<Server>, grace: Duration) {
                 let state = JobState {
                     runs: Some(r.runs.into()),
                     why: Some("server stopped".into()),
+                    server: Some(server.id.clone()),
                     ..JobState::to(r.to.as_str())
                 };
                 if let Err(e) = server.ctx.record(&job, Event::JobState(state)).await {

@@ -18,7 +18,8 @@ use super::{Answer, ApiError, row_of};
 use crate::artifacts::Artifacts;
 use crate::model::Stage;
 use crate::secrets::Redactor;
-use crate::serve::Server;
+use crate::serve::{Server, kept};
+use crate::store::State;
 
 /// The largest report the API serves.
 const MAX_REPORT: u64 = 64 << 20;
@@ -31,9 +32,11 @@ const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// The stage logs of an attempt, in the order they are written.
 const LOG_STAGES: [Stage; 3] = [Stage::Generate, Stage::Test, Stage::Review];
 
-/// The job's artifacts folder, once the job exists.
-fn artifacts_of(server: &Server, id: &str) -> Result<Artifacts, ApiError> {
+/// The job's artifacts folder, once the job exists; with a shared store, the store's latest files
+/// of it are brought here first.
+async fn artifacts_of(server: &Arc<Server>, id: &str) -> Result<Artifacts, ApiError> {
     row_of(server, id)?;
+    kept::fetch(server, id).await?;
     Ok(Artifacts::at(
         server.artifacts().join(id),
         Redactor::default(),
@@ -44,7 +47,7 @@ pub(super) async fn report(
     Shared(server): Shared<Arc<Server>>,
     UrlPath(id): UrlPath<String>,
 ) -> Answer {
-    let path = artifacts_of(&server, &id)?.report();
+    let path = artifacts_of(&server, &id).await?.report();
     let body = stream_file(&path, MAX_REPORT).await.map_err(|e| match e {
         Unserved::Missing => ApiError(
             StatusCode::NOT_FOUND,
@@ -61,7 +64,7 @@ pub(super) async fn artifact(
     Shared(server): Shared<Arc<Server>>,
     UrlPath((id, path)): UrlPath<(String, String)>,
 ) -> Answer {
-    let dir = artifacts_of(&server, &id)?;
+    let dir = artifacts_of(&server, &id).await?;
     let relative = Path::new(&path);
     if relative
         .components()
@@ -159,7 +162,14 @@ pub(super) async fn logs(
     UrlPath(id): UrlPath<String>,
     Query(q): Query<LogsQuery>,
 ) -> Answer {
-    let artifacts = artifacts_of(&server, &id)?;
+    let row = row_of(&server, &id)?;
+    if let Some(owner) = row.server.as_deref().filter(|owner| {
+        server.shared && row.state == State::Running && *owner != server.id.as_str()
+    }) {
+        // A running stage's log is on the server running it: its answer is passed on.
+        return relay_logs(&server, owner, &id, q.follow.unwrap_or(false)).await;
+    }
+    let artifacts = artifacts_of(&server, &id).await?;
     let follow = q.follow.unwrap_or(false);
     let reader = LogReader::new(artifacts);
     let stream = futures_util::stream::unfold(Some(reader), move |reader| {
@@ -191,6 +201,37 @@ pub(super) async fn logs(
     });
     let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
     Ok((plain, Body::from_stream(stream)).into_response())
+}
+
+/// GET /jobs/{id}/logs of the server `owner`, which runs the job, passed on as it comes (the
+/// servers of one store share one token).
+async fn relay_logs(server: &Arc<Server>, owner: &str, id: &str, follow: bool) -> Answer {
+    let url = server
+        .db(|s| match s.shared() {
+            Some(pg) => pg.server_url(owner),
+            None => Ok(None),
+        })?
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_GATEWAY,
+                format!("job `{id}` runs on server {owner}, which gave no address"),
+            )
+        })?;
+    let unreachable = |e: reqwest::Error| {
+        ApiError(
+            StatusCode::BAD_GATEWAY,
+            format!("job `{id}` runs on server {owner} at {url}, which did not answer: {e}"),
+        )
+    };
+    let answer = reqwest::Client::new()
+        .get(format!("{url}/jobs/{id}/logs?follow={follow}"))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .map_err(unreachable)?;
+    let status = StatusCode::from_u16(answer.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let plain = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    Ok((status, plain, Body::from_stream(answer.bytes_stream())).into_response())
 }
 
 /// Reads a job's stage logs in the order they are written, each from where it last stopped.

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Bytes;
@@ -13,11 +14,13 @@ use serde_json::json;
 
 use super::{Answer, ApiError, not_found, row_of};
 use crate::audit::JobState;
-use crate::error::Error;
 use crate::job::{Format, Job};
 use crate::model::JobId;
-use crate::serve::Server;
+use crate::serve::{Server, lease};
 use crate::store::{NewJob, State};
+
+/// How long a cancel waits for another server to stop the job it runs.
+const CANCEL_WAIT: Duration = Duration::from_secs(15);
 
 /// POST /jobs: a job file (TOML), or the seed article's record (`Content-Type: application/json`).
 pub(super) async fn submit(
@@ -104,8 +107,9 @@ pub(super) async fn status(
     Ok(Json(row_of(&server, &id)?).into_response())
 }
 
-/// POST /jobs/{id}/cancel: a queued job at once; a running one's task is stopped and its
-/// containers removed before this answers.
+/// POST /jobs/{id}/cancel: a queued job at once; a running one is stopped and its containers
+/// removed before this answers, by this server if it runs it, else by the server that does (its
+/// heartbeat sees the request within seconds; this answer waits for it, up to [`CANCEL_WAIT`]).
 pub(super) async fn cancel(
     Shared(server): Shared<Arc<Server>>,
     UrlPath(id): UrlPath<String>,
@@ -113,27 +117,18 @@ pub(super) async fn cancel(
     let now = server
         .db(|s| s.cancel(&id))?
         .ok_or_else(|| not_found(&id))?;
-    let job = JobId::parse(&id);
     if now == State::Running {
-        let task = server
-            .running
-            .lock()
-            .expect("the running lock is never poisoned")
-            .remove(&id);
-        if let Some(task) = task {
-            task.abort();
+        let here = server.running_ids().contains(&id);
+        if here {
+            lease::cancel_here(&server, &id).await?;
+        } else {
+            let deadline = Instant::now() + CANCEL_WAIT;
+            while Instant::now() < deadline && row_of(&server, &id)?.state == State::Running {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
-        if let Some(job) = &job {
-            server.sandbox.reap_job(job).await.map_err(Error::from)?;
-        }
-        let ended =
-            server.db(|s| s.finish(&id, State::Cancelled, None, 130, "cancelled by request"));
-        if let (Ok(()), Some(job)) = (ended, &job) {
-            server.record(job, JobState::to("cancelled")).await?;
-        }
-        server.wake.notify_one();
-    } else if let (State::Cancelled, Some(job)) = (now, &job) {
-        server.record(job, JobState::to("cancelled")).await?;
+    } else if let (State::Cancelled, Some(job)) = (now, JobId::parse(&id)) {
+        server.record(&job, JobState::to("cancelled")).await?;
     }
     Ok(Json(row_of(&server, &id)?).into_response())
 }

@@ -1,4 +1,4 @@
-//! The store's schema, versioned with SQLite's `user_version`: a new store is made at the latest
+//! The SQLite store's schema, versioned with SQLite's `user_version`: a new store is made at the latest
 //! version, an older one is brought up to it by the migrations in order, one newer than this
 //! kiln knows is refused (it would be misread).
 
@@ -8,7 +8,7 @@ use super::StoreError;
 
 /// Each migration takes the schema from its index to the next version. Version 1 is the schema
 /// every store had before versions were kept.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// The version this kiln writes and reads.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
@@ -36,8 +36,15 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs (state, priority, submitted_ms);
 ";
 
+/// Version 2: the server that runs a job and its lease, and the server deciding it.
+const V2: &str = "
+ALTER TABLE jobs ADD COLUMN server TEXT;
+ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER;
+ALTER TABLE jobs ADD COLUMN deciding TEXT;
+";
+
 /// Brings the store on `db` to [`VERSION`], each migration in one transaction with its version.
-pub fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+pub fn migrate(db: &mut Connection) -> Result<u32, StoreError> {
     let found: u32 = db.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > VERSION {
         return Err(StoreError::TooNew {
@@ -51,5 +58,5 @@ pub fn migrate(db: &mut Connection) -> Result<(), StoreError> {
         tx.pragma_update(None, "user_version", from as u32 + 1)?;
         tx.commit()?;
     }
-    Ok(())
+    Ok(found)
 }
