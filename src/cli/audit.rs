@@ -33,6 +33,8 @@ pub fn exec(config: &Config, command: AuditCommand) -> Result<ExitCode, Error> {
         store_password_file,
         json,
     } = command;
+    // A file's records are its lines; a store's, its rows in order.
+    let place = if store.is_some() { "record" } else { "line" };
     let (shown, verified) = if store.is_some() {
         let args = super::store::StoreArgs {
             store,
@@ -64,7 +66,7 @@ pub fn exec(config: &Config, command: AuditCommand) -> Result<ExitCode, Error> {
         }
         Some(broken) => {
             eprintln!(
-                "{shown}: broken at record {}{}: {}; the {} records before it are intact",
+                "{shown}: broken at {place} {}{}: {}; the {} records before it are intact",
                 broken.line,
                 broken
                     .seq

@@ -27,12 +27,17 @@ pub enum BenchCommand {
         bundle: std::path::PathBuf,
     },
     /// Trivial jobs through kiln serve against an xargs -P2 loop of docker run; server memory
-    /// with many jobs queued.
+    /// with many jobs queued. With --store, the same jobs through a server on that shared
+    /// PostgreSQL (an empty database; it is migrated), and the claim latency of each store with
+    /// 10,000 jobs queued.
     Serve {
         #[arg(long, default_value_t = 200)]
         jobs: usize,
         #[arg(long, default_value_t = 1000)]
         queued: usize,
+        /// A PostgreSQL to measure against SQLite: postgres://USER@HOST[:PORT]/DB.
+        #[arg(long, value_name = "URL")]
+        store: Option<String>,
     },
     /// Context selection on real history: recall and precision of kiln's pick against BM25's
     /// and the top source folder's, at each commit's parent with its message as the prompt.
@@ -62,7 +67,11 @@ pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
         BenchCommand::Policy { runs, bundle } => {
             tokio::task::block_in_place(|| policy(runs, &bundle))
         }
-        BenchCommand::Serve { jobs, queued } => super::bench_serve::exec(jobs, queued).await,
+        BenchCommand::Serve {
+            jobs,
+            queued,
+            store,
+        } => super::bench_serve::exec(jobs, queued, store).await,
         BenchCommand::Egress { requests } => egress(requests).await,
         BenchCommand::Context {
             repos,

@@ -1,11 +1,14 @@
 //! `kiln bench serve`: many trivial jobs through a real `kiln serve` (this binary, a temporary
 //! state folder) at concurrency 2, against a plain `xargs -P2` loop of `docker run --rm` doing the
 //! same two containers per job, in the same run; then the server's memory with 1,000 jobs queued.
+//! With `--store`, the same jobs through a server on a shared PostgreSQL, and each store's claim
+//! latency with 10,000 jobs queued.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kiln::store::{End, Location, NewJob, State, Store};
 use kiln::{Error, ExitCode};
 use serde_json::Value;
 
@@ -108,7 +111,7 @@ fn job(repo: &Path, n: usize, sleep: u32) -> String {
     )
 }
 
-pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
+pub async fn exec(jobs: usize, queued: usize, store: Option<String>) -> Result<ExitCode, Error> {
     if jobs == 0 {
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
@@ -153,6 +156,12 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
     let through_kiln = started.elapsed();
     let failed = served.count("failed").await?;
     drop(served);
+    let shared = match &store {
+        Some(url) => {
+            Some(through_shared(url, &dir.path().join("state-shared"), &repo, root, jobs).await?)
+        }
+        None => None,
+    };
 
     // Memory: one job holds the repository (it touches everything), the rest wait behind it.
     let served = Served::start(
@@ -198,12 +207,133 @@ pub async fn exec(jobs: usize, queued: usize) -> Result<ExitCode, Error> {
         "ratio kiln/bare throughput: {:.2}",
         per_minute(through_kiln) / per_minute(bare)
     );
+    if let Some((took, failed)) = shared {
+        println!(
+            "  kiln serve on the shared PostgreSQL store                   {:>7.1} s   {:>6.1} jobs/min   {failed} failed",
+            took.as_secs_f64(),
+            per_minute(took)
+        );
+        println!(
+            "ratio PostgreSQL/SQLite throughput: {:.2}",
+            per_minute(took) / per_minute(through_kiln)
+        );
+    }
     println!(
         "server RSS: idle {:.1} MiB, with {waiting} jobs queued {:.1} MiB",
         idle as f64 / 1024.0,
         rss as f64 / 1024.0
     );
+    if let Some(url) = &store {
+        let sqlite = Location::Sqlite(dir.path().join("claims.db"));
+        let shared = shared_location(url)?;
+        for (name, at) in [("SQLite", sqlite), ("PostgreSQL", shared)] {
+            let (p50, p99) = tokio::task::block_in_place(|| claim_latency(&at))?;
+            println!(
+                "claim latency, {CLAIM_QUEUE} jobs queued, {name}: p50 {:.2} ms, p99 {:.2} ms",
+                p50.as_secs_f64() * 1000.0,
+                p99.as_secs_f64() * 1000.0
+            );
+        }
+    }
     Ok(ExitCode::Success)
+}
+
+/// Jobs queued while claim latency is measured.
+const CLAIM_QUEUE: usize = 10_000;
+/// Claims timed.
+const CLAIMS: usize = 200;
+
+fn shared_location(url: &str) -> Result<Location, Error> {
+    let at = Location::resolve(
+        Some(url),
+        &kiln::config::StoreConfig::default(),
+        Path::new(""),
+    )
+    .map_err(|e| Error::Usage(e.to_string()))?;
+    Store::migrate(&at)?;
+    Ok(at)
+}
+
+/// The same jobs through one server on the shared store at `url`: how long, how many failed.
+async fn through_shared(
+    url: &str,
+    state: &Path,
+    repo: &Path,
+    root: &str,
+    jobs: usize,
+) -> Result<(Duration, usize), Error> {
+    shared_location(url)?;
+    let served = Served::start(
+        state,
+        &[
+            "--concurrency",
+            "2",
+            "--per-repo",
+            "2",
+            "--repos",
+            root,
+            "--store",
+            url,
+        ],
+    )
+    .await?;
+    let before = served.count("succeeded").await? + served.count("failed").await?;
+    let failed_before = served.count("failed").await?;
+    let started = Instant::now();
+    for n in 0..jobs {
+        served.submit(job(repo, n, 0)).await?;
+    }
+    while served.count("succeeded").await? + served.count("failed").await? < before + jobs {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok((
+        started.elapsed(),
+        served.count("failed").await? - failed_before,
+    ))
+}
+
+/// p50 and p99 of one claim (of one job, then ended) on the store at `at`, with
+/// [`CLAIM_QUEUE`] jobs queued on 100 repositories; the jobs it queued are cancelled after.
+fn claim_latency(at: &Location) -> Result<(Duration, Duration), Error> {
+    let mut store = Store::open(at)?;
+    let ids: Vec<String> = (0..CLAIM_QUEUE)
+        .map(|_| kiln::model::JobId::new().to_string())
+        .collect();
+    for (n, id) in ids.iter().enumerate() {
+        store.submit(NewJob {
+            id,
+            priority: (n % 5) as i64,
+            repo: &format!("/kiln-bench-claims/{}", n % 100),
+            touches: &[format!("f{n}")],
+            spec: "",
+            spec_format: kiln::job::Format::Toml,
+        })?;
+    }
+    let limits = kiln::scheduler::Limits {
+        global: 1,
+        per_repo: 1,
+        aging: Duration::from_secs(60),
+    };
+    let mut took = Vec::with_capacity(CLAIMS);
+    let end = End {
+        state: State::Succeeded,
+        status: None,
+        exit_code: 0,
+        reason: "benchmark",
+    };
+    for _ in 0..CLAIMS {
+        let started = Instant::now();
+        let claimed = store.claim("kiln-bench", limits, Duration::from_secs(60))?;
+        took.push(started.elapsed());
+        for row in claimed.started {
+            store.finish(&row.id, "kiln-bench", &end)?;
+        }
+    }
+    for id in &ids {
+        store.cancel(id)?;
+    }
+    took.sort();
+    Ok((took[CLAIMS / 2], took[CLAIMS * 99 / 100]))
 }
 
 /// Whether a kiln generator container is running (the benchmark's server is the only kiln).

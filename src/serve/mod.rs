@@ -195,9 +195,11 @@ pub async fn serve(
     // Servers sharing a store share its audit chain; a server alone keeps it in its folder.
     config.audit_log = Some(dir.join("audit.jsonl"));
     let mut ctx = Context::open(config)?;
-    let mut store = Store::open(&options.store)?;
+    // The PostgreSQL client blocks on its own runtime: never on this one's threads.
+    let mut store = tokio::task::block_in_place(|| Store::open(&options.store))?;
     if let Location::Postgres(target) = &options.store {
-        ctx.audit = Some(AuditLog::shared(target)?.redacting(ctx.redactor().clone()));
+        let audit = tokio::task::block_in_place(|| AuditLog::shared(target))?;
+        ctx.audit = Some(audit.redacting(ctx.redactor().clone()));
     }
     ctx.server = Some(id.clone());
     let sandbox = Sandbox::connect()

@@ -167,9 +167,11 @@ impl PgStore {
                 let page = tx.query(
                     "SELECT id, priority, submitted_ms, repo, touches FROM jobs
                      WHERE state = 'queued'
-                     ORDER BY priority - CASE WHEN $2 > 0 THEN ($1 - submitted_ms) / $2 ELSE 0 END,
+                     ORDER BY priority - CASE WHEN $2::bigint > 0
+                                              THEN ($1::bigint - submitted_ms) / $2::bigint
+                                              ELSE 0 END,
                               submitted_ms, id
-                     LIMIT $3 OFFSET $4 FOR UPDATE SKIP LOCKED",
+                     LIMIT $3::bigint OFFSET $4::bigint FOR UPDATE SKIP LOCKED",
                     &[&now, &aging, &PAGE, &offset],
                 )?;
                 let queued: Vec<Candidate> = page.iter().map(candidate).collect();
@@ -186,7 +188,7 @@ impl PgStore {
             } else {
                 tx.query(
                     "UPDATE jobs SET state = 'running', started_ms = $2, runs = runs + 1,
-                                     server = $3, lease_until_ms = $2 + $4
+                                     server = $3, lease_until_ms = $2::bigint + $4::bigint
                      WHERE id = ANY($1) AND state = 'queued' RETURNING *",
                     &[&ids, &now, &server, &lease],
                 )?
@@ -205,7 +207,7 @@ impl PgStore {
         let rows = self.with(|db| {
             db.query(
                 &format!(
-                    "UPDATE jobs SET lease_until_ms = {NOW_MS} + $2
+                    "UPDATE jobs SET lease_until_ms = {NOW_MS} + $2::bigint
                      WHERE state = 'running' AND server = $1 AND lease_until_ms > {NOW_MS}
                      RETURNING id, cancel_asked"
                 ),
@@ -453,7 +455,7 @@ fn restart(
     let (to, reason) = restart_rule(runs as u32, cancel_asked);
     tx.execute(
         "UPDATE jobs SET state = $2, stage = NULL, reason = NULLIF($3, ''), lease_until_ms = NULL,
-                         finished_ms = CASE WHEN $2 = 'queued' THEN NULL ELSE $4 END
+                         finished_ms = CASE WHEN $2 = 'queued' THEN NULL ELSE $4::bigint END
          WHERE id = $1",
         &[&id, &to.as_str(), &reason, &now],
     )?;

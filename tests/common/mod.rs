@@ -2,6 +2,9 @@
 //! Docker engine, real git repositories made in temp folders, and kiln's own images.
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod serve;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -135,7 +135,7 @@ async fn deciding<T>(
 ) -> Result<T, ApiError> {
     server
         .db(|s| s.claim_decision(id, &server.id))
-        .map_err(|e| ApiError(StatusCode::CONFLICT, e.to_string()))?;
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let made = match kept::fetch(server, id).await {
         Ok(()) => decide.await,
         Err(e) => Err(e),
