@@ -222,7 +222,10 @@ fn a_killed_server_s_job_is_finished_by_the_other_after_its_lease() {
     let victim_state = victim.state.clone();
     let victim_pid = victim.child.id();
     victim.kill();
-    assert!(!left_by(victim_pid).is_empty(), "the killed run left its containers");
+    assert!(
+        !left_by(victim_pid).is_empty(),
+        "the killed run left its containers"
+    );
     assert_eq!(survivor.wait(&id), 0, "{}", survivor.job(&id));
     let job = survivor.job(&id);
     assert_eq!(job["runs"], 2, "{job}");

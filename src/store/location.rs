@@ -22,7 +22,7 @@ pub enum Location {
 /// A PostgreSQL database to connect to, the password already read.
 #[derive(Clone)]
 pub struct PgTarget {
-    config: postgres::Config,
+    config: Box<postgres::Config>,
     /// `postgres://user@host:port/db`, without the password: what errors and logs name.
     shown: String,
 }
@@ -91,7 +91,10 @@ impl Location {
             hosts_shown(&pg),
             pg.get_dbname().unwrap_or_default()
         );
-        Ok(Location::Postgres(PgTarget { config: pg, shown }))
+        Ok(Location::Postgres(PgTarget {
+            config: Box::new(pg),
+            shown,
+        }))
     }
 
     pub fn is_shared(&self) -> bool {

@@ -135,7 +135,7 @@ pub struct NewJob<'a> {
 /// The job store: one connection, used from one place at a time.
 pub enum Store {
     Sqlite(sqlite::SqliteStore),
-    Postgres(PgStore),
+    Postgres(Box<PgStore>),
 }
 
 /// Calls the same method on whichever store this is.
@@ -155,7 +155,9 @@ impl Store {
     pub fn open(at: &Location) -> Result<Store, StoreError> {
         let opened = match at {
             Location::Sqlite(path) => sqlite::SqliteStore::open(path).map(Store::Sqlite),
-            Location::Postgres(target) => PgStore::open(target).map(Store::Postgres),
+            Location::Postgres(target) => {
+                PgStore::open(target).map(|pg| Store::Postgres(Box::new(pg)))
+            }
         };
         opened.map_err(|e| StoreError::Open {
             path: at.to_string(),
@@ -179,7 +181,7 @@ impl Store {
     pub fn shared(&mut self) -> Option<&mut PgStore> {
         match self {
             Store::Sqlite(_) => None,
-            Store::Postgres(pg) => Some(pg),
+            Store::Postgres(pg) => Some(pg.as_mut()),
         }
     }
 
