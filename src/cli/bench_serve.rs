@@ -115,6 +115,10 @@ pub async fn exec(jobs: usize, queued: usize, store: Option<String>) -> Result<E
     if jobs == 0 {
         return Err(Error::Usage("--jobs must be at least 1".into()));
     }
+    // A store that cannot be used is found before the long runs.
+    if let Some(url) = &store {
+        shared_location(url)?;
+    }
     let dir = tempfile::tempdir().map_err(Error::io("cannot make a temporary folder"))?;
     let repo = dir.path().join("repo");
     std::fs::create_dir_all(&repo).map_err(Error::io("cannot make the repository"))?;
@@ -250,7 +254,8 @@ fn shared_location(url: &str) -> Result<Location, Error> {
         Path::new(""),
     )
     .map_err(|e| Error::Usage(e.to_string()))?;
-    Store::migrate(&at)?;
+    // The PostgreSQL client runs a runtime of its own: not on this one's threads.
+    tokio::task::block_in_place(|| Store::migrate(&at))?;
     Ok(at)
 }
 

@@ -426,32 +426,37 @@ impl Sandbox {
         remove_container(&self.docker, id).await;
     }
 
-    /// Removes every container, network and volume labelled with `job`; safe to call more than
-    /// once.
+    /// Removes every container, network and volume this kiln process made for `job`; safe to
+    /// call more than once. Another process's objects for the same job (a server that lost the
+    /// job's lease, on the same engine) are left to that process or to `kiln gc`.
     pub async fn reap_job(&self, job: &JobId) -> Result<usize, SandboxError> {
-        self.reap(&format!("{LABEL_JOB}={job}"), |_| true).await
+        let pid = format!("{LABEL_PID}={}", std::process::id());
+        self.reap(&[&format!("{LABEL_JOB}={job}"), &pid], |_| true)
+            .await
     }
 
     /// Removes every container, volume and network this kiln process made (a stopping server's
     /// pooled holders among them).
     pub async fn reap_own(&self) -> Result<usize, SandboxError> {
-        self.reap(&format!("{LABEL_PID}={}", std::process::id()), |_| true)
+        self.reap(&[&format!("{LABEL_PID}={}", std::process::id())], |_| true)
             .await
     }
 
     /// Removes kiln-labelled containers and volumes whose owning kiln process is gone
     /// (or all of them with `all`). Returns how many objects were removed.
     pub async fn gc(&self, all: bool) -> Result<usize, SandboxError> {
-        self.reap(LABEL_JOB, |labels| all || !owner_alive(labels))
+        self.reap(&[LABEL_JOB], |labels| all || !owner_alive(labels))
             .await
     }
 
+    /// Removes what carries every one of `labels` and is `doomed`.
     async fn reap(
         &self,
-        label: &str,
+        labels: &[&str],
         doomed: impl Fn(&HashMap<String, String>) -> bool,
     ) -> Result<usize, SandboxError> {
-        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
+        let wanted = labels.iter().map(|l| l.to_string()).collect();
+        let filters = HashMap::from([("label".to_string(), wanted)]);
         let list = ListContainersOptions {
             all: true,
             filters: Some(filters.clone()),
