@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 mod event;
+mod read;
 mod shared;
 
 use serde::{Deserialize, Serialize};

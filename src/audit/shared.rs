@@ -37,6 +37,20 @@ impl SharedChain {
         self.target.shown().into()
     }
 
+    /// The first `max` records about `job`, oldest first.
+    pub(super) fn of_job(&mut self, job: &str, max: usize) -> Result<Vec<Record>, StoreError> {
+        let client = match &mut self.client {
+            Some(client) if !client.is_closed() => client,
+            slot => slot.insert(self.target.connect()?),
+        };
+        let rows = client.query(
+            "SELECT seq, at, kind, job, data, prev, hash FROM audit
+             WHERE job = $1 ORDER BY seq LIMIT $2",
+            &[&job, &(max as i64)],
+        )?;
+        rows.iter().map(super::read::from_row).collect()
+    }
+
     /// Appends the record `seal` makes from the next seq and the last hash.
     pub(super) fn append(
         &mut self,

@@ -6,6 +6,8 @@
 //! restart rule to the jobs this server left running.
 
 mod api;
+mod console;
+mod decide;
 mod kept;
 mod lease;
 mod metrics;
@@ -80,6 +82,11 @@ pub(crate) struct Server {
     sandbox: Sandbox,
     gate: Option<Arc<Gate>>,
     token: String,
+    /// The console's sign-in sessions, signed with the token.
+    sessions: console::Sessions,
+    /// Whether clients reach this server over https (`--advertise https://...`): the console's
+    /// cookie is then `Secure`.
+    https: bool,
     state_dir: PathBuf,
     limits: scheduler::Limits,
     out: Option<Destination>,
@@ -95,6 +102,17 @@ pub(crate) struct Server {
 impl Server {
     fn artifacts(&self) -> PathBuf {
         self.state_dir.join("jobs")
+    }
+
+    /// Whether `given` is this server's token (compared in constant time).
+    fn token_is(&self, given: &str) -> bool {
+        let expected = self.token.as_bytes();
+        given.len() == expected.len()
+            && given
+                .bytes()
+                .zip(expected)
+                .fold(0u8, |diff, (a, b)| diff | (a ^ b))
+                == 0
     }
 
     /// `repo` with every link resolved, when it lies under a folder the operator lets jobs
@@ -233,6 +251,11 @@ pub async fn serve(
         ctx,
         sandbox,
         gate,
+        sessions: console::Sessions::new(&token),
+        https: options
+            .advertise
+            .as_deref()
+            .is_some_and(|url| url.starts_with("https://")),
         token,
         state_dir: dir.clone(),
         limits: options.limits,
@@ -276,10 +299,13 @@ pub async fn serve(
     tokio::spawn(lease::heartbeat(server.clone()));
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut until_stopped = stopped.clone();
-    let http =
-        axum::serve(listener, api::router(server.clone())).with_graceful_shutdown(async move {
-            let _ = until_stopped.wait_for(|stop| *stop).await;
-        });
+    let http = axum::serve(
+        listener,
+        api::router(server.clone()).merge(console::router(server.clone())),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = until_stopped.wait_for(|stop| *stop).await;
+    });
     let mut http = tokio::spawn(std::future::IntoFuture::into_future(http));
     tokio::select! {
         () = shutdown::signalled() => {}

@@ -63,6 +63,7 @@ CREATE TABLE audit (
     prev  TEXT NOT NULL,
     hash  TEXT NOT NULL
 );
+CREATE INDEX audit_by_job ON audit (job, seq);
 ";
 
 /// The schema version of the store on `db`; 0 when it has none yet.

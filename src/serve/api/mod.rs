@@ -89,14 +89,7 @@ async fn authorize(Shared(server): Shared<Arc<Server>>, request: Request, next: 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    let expected = server.token.as_bytes();
-    let same = given.len() == expected.len()
-        && given
-            .bytes()
-            .zip(expected)
-            .fold(0u8, |diff, (a, b)| diff | (a ^ b))
-            == 0;
-    if !same {
+    if !server.token_is(given) {
         return ApiError(
             StatusCode::UNAUTHORIZED,
             "a bearer token is required: Authorization: Bearer <the token in the state folder>"
