@@ -2,6 +2,7 @@
 //! Docker engine, real git repositories made in temp folders, and kiln's own images.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod postgres;
 pub mod serve;
 

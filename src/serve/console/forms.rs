@@ -58,7 +58,7 @@ pub(super) async fn sign_out(
     Extension(session): Extension<Session>,
     Form(form): Form<Csrf>,
 ) -> Response {
-    if let Err(refusal) = check_csrf(&server, &session, &form.csrf) {
+    if let Some(refusal) = check_csrf(&server, &session, &form.csrf) {
         return refusal;
     }
     server.sessions.end(&session, now());
@@ -87,7 +87,7 @@ pub(super) async fn approve(
     UrlPath(id): UrlPath<String>,
     Form(form): Form<Decision>,
 ) -> Response {
-    if let Err(refusal) = check_csrf(&server, &session, &form.csrf) {
+    if let Some(refusal) = check_csrf(&server, &session, &form.csrf) {
         return refusal;
     }
     let note = Some(form.note).filter(|n| !n.trim().is_empty());
@@ -101,21 +101,20 @@ pub(super) async fn reject(
     UrlPath(id): UrlPath<String>,
     Form(form): Form<Decision>,
 ) -> Response {
-    if let Err(refusal) = check_csrf(&server, &session, &form.csrf) {
+    if let Some(refusal) = check_csrf(&server, &session, &form.csrf) {
         return refusal;
     }
     answer(&id, decide::reject(&server, &id, &form.by, form.note).await)
 }
 
-fn check_csrf(server: &Server, session: &Session, given: &str) -> Result<(), Response> {
-    if server.sessions.csrf_matches(session, given) {
-        Ok(())
-    } else {
-        Err(refused(
+/// The refusal of a form whose CSRF token is not `session`'s, if it is not.
+fn check_csrf(server: &Server, session: &Session, given: &str) -> Option<Response> {
+    (!server.sessions.csrf_matches(session, given)).then(|| {
+        refused(
             StatusCode::FORBIDDEN,
             "This form's CSRF token is missing or not this session's; reload the page and try again.",
-        ))
-    }
+        )
+    })
 }
 
 /// After a decision: back to the job's page, which shows what came of it; or why not.

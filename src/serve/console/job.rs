@@ -241,7 +241,7 @@ fn published(report: Option<&Value>, records: &Result<Vec<Record>, String>) -> M
         ul.published {
             @for p in &pushes {
                 li {
-                    code { (text(&p.data["refname"])) } " in " span.path { (text(&p.data["dest"])) }
+                    code { (text(&p.data["ref"])) } " in " span.path { (text(&p.data["dest"])) }
                     " at " code { (text(&p.data["new"])) }
                 }
             }

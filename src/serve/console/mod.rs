@@ -103,9 +103,16 @@ async fn same_origin_only(request: Request, next: Next) -> Response {
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let headers = request.headers();
         let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
-        let foreign = match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+        let foreign = match origin.filter(|o| *o != "null") {
             Some(origin) => Some(origin) != own_origin(headers).as_deref(),
-            None => site.is_some_and(|s| s != "same-origin" && s != "none"),
+            // No origin said (or `null`): a browser says where the request came from in
+            // `Sec-Fetch-Site`; a client that is no browser says neither, and has no cookie
+            // a page could have lent it.
+            None => match site {
+                Some(site) => site != "same-origin" && site != "none",
+                None => origin.is_some(),
+            },
         };
         if foreign {
             return refused(
@@ -143,7 +150,8 @@ async fn headers(request: Request, next: Next) -> Response {
         ("content-security-policy", CSP),
         ("x-content-type-options", "nosniff"),
         ("x-frame-options", "DENY"),
-        ("referrer-policy", "no-referrer"),
+        // same-origin, not no-referrer: with no-referrer a browser sends `Origin: null`.
+        ("referrer-policy", "same-origin"),
         ("cross-origin-opener-policy", "same-origin"),
     ] {
         h.insert(name, HeaderValue::from_static(value));

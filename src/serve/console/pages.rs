@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::session::Session;
 use super::text::{ago, spec_field};
 use super::{ROOT, refused};
+use crate::error::Error;
 use crate::model::time::now_ms;
 use crate::serve::{Server, decide};
 use crate::store::{JobRow, State};
@@ -99,7 +100,8 @@ impl Listed {
                 format!("attempt {} · {}", row.attempt, stage.as_str())
             }
             (State::Running, None) => "starting".into(),
-            _ if row.attempt > 0 => format!("{} attempts", row.attempt),
+            _ if row.attempt == 1 => "1 attempt".into(),
+            _ if row.attempt > 1 => format!("{} attempts", row.attempt),
             _ => String::new(),
         };
         Listed {
@@ -114,10 +116,8 @@ impl Listed {
 }
 
 /// The newest jobs in `state` (any, when none), newest first.
-pub(super) fn listed(server: &Server, state: Option<State>) -> Result<Vec<Listed>, Response> {
-    let rows = server
-        .db(|s| s.list(state, 10_000))
-        .map_err(|e| refused(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
+pub(super) fn listed(server: &Server, state: Option<State>) -> Result<Vec<Listed>, Error> {
+    let rows = server.db(|s| s.list(state, 10_000))?;
     let now = now_ms();
     Ok(rows
         .iter()
@@ -160,7 +160,7 @@ pub(super) async fn jobs(
     let state = filter.state();
     let jobs = match listed(&server, state) {
         Ok(jobs) => jobs,
-        Err(refusal) => return refusal,
+        Err(e) => return refused(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     let csrf = server.sessions.csrf(&session);
     let events = match state {
