@@ -199,6 +199,15 @@ impl Store {
         each!(self, s => s.list(state, limit))
     }
 
+    /// Jobs in `state` (all when `None`), newest first, at most `limit`.
+    pub fn newest(
+        &mut self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        each!(self, s => s.newest(state, limit))
+    }
+
     /// How many jobs are in each state.
     pub fn counts(&mut self) -> Result<Vec<(State, i64)>, StoreError> {
         each!(self, s => s.counts())

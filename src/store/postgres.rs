@@ -115,6 +115,22 @@ impl PgStore {
         rows.iter().map(row).collect()
     }
 
+    pub fn newest(
+        &mut self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        let state = state.map(State::as_str);
+        let rows = self.with(|db| {
+            db.query(
+                "SELECT * FROM jobs WHERE ($1::text IS NULL OR state = $1)
+                 ORDER BY submitted_ms DESC, id DESC LIMIT $2",
+                &[&state, &(limit as i64)],
+            )
+        })?;
+        rows.iter().map(row).collect()
+    }
+
     pub fn counts(&mut self) -> Result<Vec<(State, i64)>, StoreError> {
         let rows =
             self.with(|db| db.query("SELECT state, COUNT(*) FROM jobs GROUP BY state", &[]))?;

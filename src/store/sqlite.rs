@@ -72,6 +72,21 @@ impl SqliteStore {
         Ok(rows)
     }
 
+    pub fn newest(
+        &mut self,
+        state: Option<State>,
+        limit: usize,
+    ) -> Result<Vec<JobRow>, StoreError> {
+        let mut query = self.db.prepare(
+            "SELECT * FROM jobs WHERE (?1 IS NULL OR state = ?1)
+             ORDER BY submitted_ms DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = query
+            .query_map(params![state, limit as i64], row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
     pub fn counts(&mut self) -> Result<Vec<(State, i64)>, StoreError> {
         let mut query = self
             .db
@@ -406,6 +421,21 @@ mod tests {
         let job = store.get("a").unwrap().unwrap();
         assert_eq!((job.state, job.exit_code), (State::Succeeded, Some(0)));
         assert!(store.get("nope").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_newest_jobs_come_first_within_a_state() {
+        let (_dir, mut store) = store();
+        for id in ["a", "b", "c"] {
+            submit(&mut store, id, &format!("{id}/**"));
+        }
+        store.cancel("c").unwrap();
+        let ids = |rows: Vec<JobRow>| rows.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.newest(None, 2).unwrap()), ["c", "b"]);
+        assert_eq!(
+            ids(store.newest(Some(State::Queued), 5).unwrap()),
+            ["b", "a"]
+        );
     }
 
     #[test]

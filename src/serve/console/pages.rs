@@ -117,14 +117,9 @@ impl Listed {
 
 /// The newest jobs in `state` (any, when none), newest first.
 pub(super) fn listed(server: &Server, state: Option<State>) -> Result<Vec<Listed>, Error> {
-    let rows = server.db(|s| s.list(state, 10_000))?;
+    let rows = server.db(|s| s.newest(state, LISTED))?;
     let now = now_ms();
-    Ok(rows
-        .iter()
-        .rev()
-        .take(LISTED)
-        .map(|r| Listed::of(r, now))
-        .collect())
+    Ok(rows.iter().map(|r| Listed::of(r, now)).collect())
 }
 
 #[derive(Deserialize)]
