@@ -14,6 +14,7 @@ pub mod policy;
 mod pump;
 mod record;
 mod resolve;
+pub mod usage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

@@ -11,6 +11,7 @@ pub mod limits;
 pub mod pipe;
 pub mod process;
 pub mod size;
+pub mod spend;
 pub mod stage;
 pub mod status;
 pub mod text;
