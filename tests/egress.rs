@@ -74,6 +74,7 @@ fn rules(server: SocketAddr, listed: &[&str]) -> Rules {
         clients: None,
         secrets: Vec::new(),
         intercept: None,
+        spend: None,
         redactor: Default::default(),
     }
 }

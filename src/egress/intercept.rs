@@ -21,8 +21,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 
+use super::budget::{Metered, SpendMeter, refusal};
 use super::ca::JobCa;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Request, Shared, stopped};
+use crate::model::spend::Usage;
 use crate::secrets::Binding;
 
 /// Most exchanges recorded per tunnel.
@@ -45,6 +47,17 @@ pub struct Exchange {
     /// Names of the secrets whose placeholder was replaced in this request.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// To a model host: the tokens the response used, and what they cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+    /// The usage could not be read from the response and was estimated (`egress::usage`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub estimated: bool,
+    /// Not sent: the job's model budget was spent (it was answered 429).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_refused: Option<String>,
 }
 
 /// Serves one CONNECT to `host`, whose TCP connection `upstream` kiln has opened, with the
@@ -92,7 +105,11 @@ pub(super) async fn serve(
             .server_config(host)
             .map_err(|e| e.to_string())?,
     );
-    let exchanges = std::sync::Mutex::new(Vec::new());
+    let exchanges = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let model = shared.rules.spend.as_ref().and_then(|meter| {
+        let host = meter.model(host)?;
+        Some((meter.clone(), host))
+    });
     let outcome = async {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted))
             .await
@@ -104,7 +121,7 @@ pub(super) async fn serve(
         let served = async {
             let sender = Mutex::new(sender);
             let service = hyper::service::service_fn(|request| {
-                forward(request, &sender, &bindings, &exchanges)
+                forward(request, &sender, &bindings, &exchanges, model.clone())
             });
             hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
@@ -124,7 +141,7 @@ pub(super) async fn serve(
     };
     record.bytes_up += up.load(Ordering::Relaxed);
     record.bytes_down += down.load(Ordering::Relaxed);
-    record.exchanges = exchanges.into_inner().unwrap_or_else(|e| e.into_inner());
+    record.exchanges = std::mem::take(&mut *exchanges.lock().unwrap_or_else(|e| e.into_inner()));
     if shared.up.load(Ordering::Relaxed) > shared.rules.max_bytes
         || shared.down.load(Ordering::Relaxed) > shared.rules.max_bytes
     {
@@ -138,20 +155,41 @@ pub(super) async fn serve(
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
-/// One request from the sandbox: placeholders replaced, sent on, the answer returned as is.
+/// One request from the sandbox: placeholders replaced, sent on, the answer returned as is
+/// (metered, when the host is a model API the job's spend is counted for; refused 429 once
+/// that spend reaches the budget).
 async fn forward(
     mut request: hyper::Request<Incoming>,
     sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
     bindings: &[Binding],
-    exchanges: &std::sync::Mutex<Vec<Exchange>>,
+    exchanges: &Arc<std::sync::Mutex<Vec<Exchange>>>,
+    model: Option<(Arc<SpendMeter>, super::budget::ModelHost)>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     let mut exchange = Exchange {
         method: request.method().to_string(),
         path: request.uri().path().chars().take(200).collect(),
         status: None,
         secrets: Vec::new(),
+        usage: None,
+        usd: None,
+        estimated: false,
+        budget_refused: None,
     };
+    if let Some((meter, host)) = &model
+        && let Err(why) = meter.begin()
+    {
+        exchange.status = Some(429);
+        exchange.budget_refused = Some(why.clone());
+        keep(exchanges, exchange);
+        return Ok(refusal(host.kind, &why));
+    }
     exchange.secrets = add_secrets(request.headers_mut(), bindings);
+    let request_bytes = request
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
     let answer = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -173,11 +211,27 @@ async fn forward(
             response
         }
     };
+    let index = keep(exchanges, exchange);
+    Ok(match model {
+        Some((meter, host)) => Metered::wrap(
+            response,
+            host,
+            request_bytes,
+            meter,
+            exchanges.clone(),
+            index,
+        ),
+        None => response,
+    })
+}
+
+/// Records `exchange` (up to the cap); its place in the record.
+fn keep(exchanges: &std::sync::Mutex<Vec<Exchange>>, exchange: Exchange) -> Option<usize> {
     let mut exchanges = exchanges.lock().unwrap_or_else(|e| e.into_inner());
-    if exchanges.len() < MAX_EXCHANGES {
+    (exchanges.len() < MAX_EXCHANGES).then(|| {
         exchanges.push(exchange);
-    }
-    Ok(response)
+        exchanges.len() - 1
+    })
 }
 
 /// Replaces each binding's placeholder with its secret in the headers it is for; returns the

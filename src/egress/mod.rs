@@ -5,6 +5,7 @@
 //! request, allowed or refused, with the bytes each way. A tunnel to a host a secret is bound to
 //! is opened so the secret can be added (intercept.rs); every other tunnel stays opaque.
 
+mod budget;
 mod ca;
 mod connection;
 mod head;
@@ -28,6 +29,7 @@ use tokio::task::JoinSet;
 use crate::config::EgressConfig;
 use crate::model::Allow;
 
+pub use budget::{ModelHost, SpendMeter};
 pub use ca::{CaError, JobCa, upstream_client};
 pub use intercept::{Exchange, Intercept};
 pub use network::StageNetwork;
@@ -69,6 +71,10 @@ pub struct Rules {
     /// with `intercept`.
     pub secrets: Vec<crate::secrets::Binding>,
     pub intercept: Option<Arc<Intercept>>,
+    /// The job's model spend and budget: responses from its model hosts are metered, and
+    /// requests past the budget refused (only in opened tunnels: a model host is metered when
+    /// a secret is bound to it).
+    pub spend: Option<Arc<SpendMeter>>,
     /// Hides secrets in what the proxy records and logs (a target or path is the sandbox's
     /// text, and may carry a key a bound host reflected).
     pub redactor: crate::secrets::Redactor,
@@ -85,6 +91,7 @@ impl Rules {
             clients: None,
             secrets: Vec::new(),
             intercept: None,
+            spend: None,
             redactor: crate::secrets::Redactor::default(),
         }
     }

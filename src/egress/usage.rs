@@ -6,10 +6,9 @@
 
 use std::io::Write;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::model::spend::Usage;
+use crate::model::spend::{ApiKind, Usage};
 
 /// The most of a whole (not streamed) JSON body kept for reading its usage.
 const MAX_JSON: usize = 8 << 20;
@@ -17,16 +16,6 @@ const MAX_JSON: usize = 8 << 20;
 const MAX_LINE: usize = 1 << 20;
 /// The most bytes a gzip'd response is inflated to.
 const MAX_INFLATED: u64 = 64 << 20;
-
-/// Which API a model host speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApiKind {
-    /// The Messages API.
-    Anthropic,
-    /// Chat Completions and Responses.
-    Openai,
-}
 
 /// The usage kiln counts for a call whose response says none it can read: one token for every
 /// two bytes of the request and of the response. Real tokenizers average three to four bytes a

@@ -5,6 +5,16 @@ use serde::{Deserialize, Serialize};
 
 use super::Invalid;
 
+/// Which API a model host speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKind {
+    /// The Messages API.
+    Anthropic,
+    /// Chat Completions and Responses.
+    Openai,
+}
+
 /// The tokens one response used, as the API reported them (or as kiln estimated them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {

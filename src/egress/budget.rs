@@ -1,0 +1,236 @@
+//! A job's spending limit on model calls, enforced where the agent cannot reach: in the tunnels
+//! kiln opens to add a model API's key. Every response from a model host is metered as it
+//! passes (`usage`), its cost added to the job's spend; once the budget is spent, the next
+//! request to a model host is not sent on but answered 429 with a JSON error saying so.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::intercept::Exchange;
+use super::usage::{Meter, estimate};
+use crate::model::spend::{ApiKind, Budget, Price, Spend};
+
+/// What kiln knows of one model API host.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ModelHost {
+    pub kind: ApiKind,
+    pub price: Price,
+}
+
+/// One job's (or one job's reviewer's) model spend, shared by the proxies of all its stages
+/// across attempts, and the budget it is held to.
+#[derive(Debug)]
+pub struct SpendMeter {
+    hosts: HashMap<String, ModelHost>,
+    budget: Budget,
+    spend: Mutex<Spend>,
+}
+
+impl SpendMeter {
+    pub fn new(hosts: HashMap<String, ModelHost>, budget: Budget) -> Arc<SpendMeter> {
+        Arc::new(SpendMeter {
+            hosts,
+            budget,
+            spend: Mutex::new(Spend::default()),
+        })
+    }
+
+    /// The model API at `host`, if it is one.
+    pub fn model(&self, host: &str) -> Option<ModelHost> {
+        self.hosts.get(host).copied()
+    }
+
+    /// What has been spent so far.
+    pub fn spent(&self) -> Spend {
+        *self.spend.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    /// Why no further request may be made, once the budget is spent.
+    pub fn exhausted(&self) -> Option<String> {
+        self.spent().exhausted(&self.budget)
+    }
+
+    /// Counts a request about to be sent, unless the budget is spent (then why not): checked
+    /// and counted at once, so that requests sent together cannot pass the limit together.
+    pub(super) fn begin(&self) -> Result<(), String> {
+        let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = spend.exhausted(&self.budget) {
+            return Err(why);
+        }
+        spend.requests += 1;
+        Ok(())
+    }
+
+    fn add(&self, spend: &Spend) {
+        self.spend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .merge(spend);
+    }
+}
+
+type Boxed = BoxBody<Bytes, hyper::Error>;
+
+/// The answer to a request made after the budget is spent: 429, with an error in the API's own
+/// shape so that an agent reports it rather than retrying blindly.
+pub(super) fn refusal(kind: ApiKind, why: &str) -> hyper::Response<Boxed> {
+    let message = format!("kiln: this job's model budget is spent ({why}); no further requests");
+    let body = match kind {
+        ApiKind::Anthropic => serde_json::json!({
+            "type": "error",
+            "error": {"type": "budget_exhausted", "message": message},
+        }),
+        ApiKind::Openai => serde_json::json!({
+            "error": {"type": "budget_exhausted", "code": "budget_exhausted", "message": message},
+        }),
+    };
+    let body = Full::new(Bytes::from(body.to_string()))
+        .map_err(|never| match never {})
+        .boxed();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() = hyper::StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "x-kiln-budget",
+        hyper::header::HeaderValue::from_static("exhausted"),
+    );
+    response
+}
+
+/// A model host's response body on its way to the sandbox, metered as it passes; as its last
+/// bytes pass (or when it is dropped half-way), its usage (or the estimate) is added to the
+/// job's spend and to its exchange's record.
+pub(super) struct Metered {
+    inner: Boxed,
+    meter: Option<Meter>,
+    price: Price,
+    request_bytes: u64,
+    response_bytes: u64,
+    spend: Arc<SpendMeter>,
+    record: Arc<Mutex<Vec<Exchange>>>,
+    index: Option<usize>,
+}
+
+impl Metered {
+    /// Wraps `response` from `host`, whose request carried `request_bytes` of body; its usage
+    /// goes to `spend` and to `record[index]`.
+    pub(super) fn wrap(
+        response: hyper::Response<Boxed>,
+        host: ModelHost,
+        request_bytes: u64,
+        spend: Arc<SpendMeter>,
+        record: Arc<Mutex<Vec<Exchange>>>,
+        index: Option<usize>,
+    ) -> hyper::Response<Boxed> {
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let meter = Meter::new(
+            host.kind,
+            header(hyper::header::CONTENT_TYPE).as_deref(),
+            header(hyper::header::CONTENT_ENCODING).as_deref(),
+        );
+        response.map(|inner| {
+            Metered {
+                inner,
+                meter: Some(meter),
+                price: host.price,
+                request_bytes,
+                response_bytes: 0,
+                spend,
+                record,
+                index,
+            }
+            .boxed()
+        })
+    }
+}
+
+impl Body for Metered {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.response_bytes += data.len() as u64;
+                    if let Some(meter) = &mut this.meter {
+                        meter.feed(data);
+                    }
+                }
+                // Counted before the last bytes go out: a request the sandbox sends as soon
+                // as it has them finds the spend already added.
+                if this.inner.is_end_stream() {
+                    this.settle();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.settle(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Metered {
+    /// Adds the response's usage (or the estimate) to the spend and its record, once.
+    fn settle(&mut self) {
+        let Some(meter) = self.meter.take() else {
+            return;
+        };
+        let (usage, estimated) = match meter.finish() {
+            Some(usage) => (usage, false),
+            None => (estimate(self.request_bytes, self.response_bytes), true),
+        };
+        let usd = self.price.cost(&usage);
+        // The request itself was counted as it began.
+        let mut spend = Spend::default();
+        spend.add(usage, usd, estimated);
+        spend.requests = 0;
+        self.spend.add(&spend);
+        let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(exchange) = self.index.and_then(|i| record.get_mut(i)) {
+            exchange.usage = Some(usage);
+            exchange.usd = Some(usd);
+            exchange.estimated = estimated;
+        }
+    }
+}
+
+/// A body dropped half-way (the sandbox went away) is counted for what passed.
+impl Drop for Metered {
+    fn drop(&mut self) {
+        self.settle();
+    }
+}

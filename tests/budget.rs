@@ -1,0 +1,203 @@
+//! A job's model budget, enforced by the egress proxy against an HTTPS stand-in for a model
+//! API on loopback: usage read from streamed and whole responses is counted exactly, a request
+//! past the budget is answered 429 by kiln and never reaches the host, and a response whose
+//! usage cannot be read is counted by the estimate and flagged.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use common::HttpsStandIn;
+use kiln::config::EgressConfig;
+use kiln::egress::{Intercept, JobCa, ModelHost, Proxy, Rules, SpendMeter};
+use kiln::model::Allow;
+use kiln::model::spend::{ApiKind, Budget, Price, Spend};
+use kiln::secrets::Binding;
+
+const KEY: &str = "sk-test-real-key";
+const PLACEHOLDER: &str = "kiln-placeholder-model-key";
+const PRICE: Price = Price {
+    input_per_mtok: 3.0,
+    output_per_mtok: 15.0,
+    cached_per_mtok: Some(0.3),
+};
+
+/// What the stand-in answers: by path, an Anthropic stream, an OpenAI whole response, or a
+/// body with no usage in it.
+fn answer(head: &str, _body: &str) -> (String, String) {
+    if head.starts_with("POST /v1/messages") {
+        let stream = "event: message_start\n\
+            data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1000,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}\n\n\
+            event: message_delta\n\
+            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":500}}\n\n\
+            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        ("text/event-stream".into(), stream.into())
+    } else if head.starts_with("POST /v1/chat/completions") {
+        let whole = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":400,"completion_tokens":100,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        ("application/json".into(), whole.into())
+    } else {
+        ("text/plain".into(), "no usage here".repeat(10))
+    }
+}
+
+/// A proxy for `model.test` (the stand-in) with its key bound, counting spend into `meter`;
+/// and the PEM of the CA it signs the sandbox's side with.
+async fn proxy(standin: &HttpsStandIn, meter: Arc<SpendMeter>) -> (Proxy, String) {
+    let loopback: IpAddr = Ipv4Addr::LOCALHOST.into();
+    let operator = EgressConfig {
+        allow_addresses: vec![loopback],
+        hosts: HashMap::from([("model.test".to_string(), loopback)]),
+        ..Default::default()
+    };
+    let allow = vec![Allow::parse(&format!("model.test:{}", standin.port)).unwrap()];
+    let mut rules = Rules::new(allow, &operator);
+    let ca = Arc::new(JobCa::new("budget-test", &["model.test".into()]).unwrap());
+    rules.secrets = vec![Binding {
+        name: "MODEL_KEY".into(),
+        placeholder: PLACEHOLDER.into(),
+        value: KEY.into(),
+        hosts: vec!["model.test".into()],
+        headers: vec!["authorization".into()],
+    }];
+    rules.intercept = Some(Arc::new(Intercept {
+        ca: ca.clone(),
+        upstream: kiln::egress::upstream_client(Some(standin.ca_pem.as_bytes())).unwrap(),
+    }));
+    rules.spend = Some(meter);
+    let proxy = Proxy::start((loopback, 0).into(), rules).await.unwrap();
+    (proxy, ca.cert_pem().to_string())
+}
+
+fn client(proxy: &Proxy, ca_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(format!("http://{}", proxy.addr())).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn post(client: &reqwest::Client, port: u16, path: &str) -> (u16, String) {
+    let response = client
+        .post(format!("https://model.test:{port}{path}"))
+        .header("authorization", format!("Bearer {PLACEHOLDER}"))
+        .body(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_is_counted_exactly_and_the_request_past_the_budget_never_leaves() {
+    let standin = HttpsStandIn::start("model.test", "127.0.0.1:0".parse().unwrap(), answer);
+    let hosts = HashMap::from([(
+        "model.test".to_string(),
+        ModelHost {
+            kind: ApiKind::Anthropic,
+            price: PRICE,
+        },
+    )]);
+    let budget = Budget {
+        requests: Some(3),
+        ..Budget::default()
+    };
+    let meter = SpendMeter::new(hosts, budget);
+    let (proxy, ca) = proxy(&standin, meter.clone()).await;
+    let client = client(&proxy, &ca);
+    for _ in 0..3 {
+        let (status, body) = post(&client, standin.port, "/v1/messages").await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("message_stop"));
+    }
+    for _ in 0..2 {
+        let (status, body) = post(&client, standin.port, "/v1/messages").await;
+        assert_eq!(status, 429, "{body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["type"], "budget_exhausted");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("3 of 3 requests")
+        );
+    }
+    assert_eq!(
+        standin.requests.lock().unwrap().len(),
+        3,
+        "no request after the 429"
+    );
+    assert_eq!(
+        standin.header("authorization"),
+        vec![format!("Bearer {KEY}"); 3]
+    );
+    let spent = meter.spent();
+    assert_eq!(spent.requests, 3);
+    assert_eq!(
+        (spent.usage.input, spent.usage.cached, spent.usage.output),
+        (3000, 6000, 1500)
+    );
+    let each = (1000.0 * 3.0 + 2000.0 * 0.3 + 500.0 * 15.0) / 1e6;
+    assert!((spent.usd - 3.0 * each).abs() < 1e-9, "{spent:?}");
+    assert_eq!(spent.estimated, 0);
+
+    let (records, _) = proxy.stop().await;
+    let exchanges: Vec<_> = records.iter().flat_map(|r| r.exchanges.clone()).collect();
+    assert_eq!(exchanges.len(), 5);
+    let metered = exchanges.iter().filter(|e| e.usage.is_some()).count();
+    let refused = exchanges
+        .iter()
+        .filter(|e| e.budget_refused.is_some())
+        .count();
+    assert_eq!((metered, refused), (3, 2));
+    assert!(
+        exchanges
+            .iter()
+            .all(|e| e.usd.is_none_or(|usd| (usd - each).abs() < 1e-9))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dollar_budget_cuts_and_unreadable_usage_is_estimated_and_flagged() {
+    let standin = HttpsStandIn::start("model.test", "127.0.0.1:0".parse().unwrap(), answer);
+    let hosts = HashMap::from([(
+        "model.test".to_string(),
+        ModelHost {
+            kind: ApiKind::Openai,
+            price: PRICE,
+        },
+    )]);
+    // One chat call costs (400 * 3 + 100 * 15) / 1e6 = $0.0027: the budget allows two.
+    let budget = Budget {
+        usd: Some(0.005),
+        ..Budget::default()
+    };
+    let meter = SpendMeter::new(hosts, budget);
+    let (proxy, ca) = proxy(&standin, meter.clone()).await;
+    let client = client(&proxy, &ca);
+    let (status, _) = post(&client, standin.port, "/v1/other").await;
+    assert_eq!(status, 200);
+    let after_unreadable: Spend = meter.spent();
+    assert_eq!(after_unreadable.estimated, 1, "{after_unreadable:?}");
+    // The estimate: one token per two bytes of request and response.
+    let request_bytes = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#.len() as u64;
+    let response_bytes = "no usage here".repeat(10).len() as u64;
+    assert_eq!(after_unreadable.usage.input, request_bytes.div_ceil(2));
+    assert_eq!(after_unreadable.usage.output, response_bytes.div_ceil(2));
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(post(&client, standin.port, "/v1/chat/completions").await.0);
+    }
+    assert_eq!(statuses, [200, 200, 429, 429], "{:?}", meter.spent());
+    assert_eq!(standin.requests.lock().unwrap().len(), 3);
+    assert!(meter.spent().usd >= 0.005);
+    let (records, _) = proxy.stop().await;
+    let flagged = records
+        .iter()
+        .flat_map(|r| &r.exchanges)
+        .filter(|e| e.estimated)
+        .count();
+    assert_eq!(flagged, 1);
+}
