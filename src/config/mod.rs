@@ -15,7 +15,7 @@ mod sandbox;
 mod secrets;
 mod store;
 
-pub use egress::EgressConfig;
+pub use egress::{EgressConfig, ModelConfig};
 pub use notify::NotifyConfig;
 pub use publish::PublishConfig;
 pub use sandbox::SandboxConfig;

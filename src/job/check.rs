@@ -80,8 +80,15 @@ impl JobFile {
                 format!("is {priority}; it must be 0 (soonest) to 9"),
             ));
         }
-        let generate = stage(self.generate, &config.defaults.generate, "generate")?;
+        let mut generate = stage(self.generate, &config.defaults.generate, "generate")?;
         let test = stage(self.test, &config.defaults.test, "test")?;
+        if test.budget.is_some() {
+            return Err((
+                "test.budget",
+                "belongs in [generate] or [review]: the tests make no model calls kiln counts"
+                    .into(),
+            ));
+        }
         if !generate.protect.is_empty() {
             return Err((
                 "generate.protect",
@@ -92,12 +99,14 @@ impl JobFile {
         for (field, spec) in [("generate.network", &generate), ("test.network", &test)] {
             check_network(spec, config, secrets).map_err(|m| (field, m))?;
         }
-        let review = match self.review {
+        budget(&mut generate, config).map_err(|m| ("generate.budget", m))?;
+        let mut review = match self.review {
             Some(spec) => Some(stage(Some(spec), &None, "review")?),
             None => None,
         };
-        if let Some(review) = &review {
+        if let Some(review) = &mut review {
             check_network(review, config, secrets).map_err(|m| ("review.network", m))?;
+            budget(review, config).map_err(|m| ("review.budget", m))?;
         }
         if review.as_ref().is_some_and(|r| !r.protect.is_empty()) {
             return Err((
@@ -286,6 +295,49 @@ fn loosenings(sandbox: &SandboxFile) -> Vec<Loosening> {
         loosened.push(Loosening::RootUser);
     }
     loosened
+}
+
+/// Settles a stage's budget: the job's own (at most the operator's ceiling), each field it
+/// leaves out from the operator's default; none when nothing limits it. A budget is counted in
+/// the tunnels kiln opens to add a model API's key, so every model host the stage may reach
+/// must have its key bound (`secrets`): otherwise its calls could not be counted.
+fn budget(spec: &mut StageSpec, config: &Config) -> Result<(), String> {
+    let asked = spec.budget.unwrap_or_default();
+    asked
+        .check(&config.egress.budget_ceiling)
+        .map_err(|e| e.0)?;
+    let budget = asked.or(config.egress.budget);
+    if budget.is_unlimited() {
+        spec.budget = None;
+        return Ok(());
+    }
+    if config.egress.models.is_empty() {
+        return Err(
+            "the operator config lists no model host ([egress.models]) whose spend kiln could count"
+                .into(),
+        );
+    }
+    if let Some(network) = &spec.network {
+        for allow in &network.allow {
+            let Host::Name(host) = &allow.host else {
+                continue;
+            };
+            let keyed = network.secrets.iter().any(|name| {
+                config
+                    .secrets
+                    .get(name)
+                    .is_some_and(|s| s.hosts.contains(host))
+            });
+            if config.egress.models.contains_key(host) && !keyed {
+                return Err(format!(
+                    "`{host}` is a model host, and a budget is counted only where kiln adds its \
+                     key: bind the key with `secrets` (or leave the host out)"
+                ));
+            }
+        }
+    }
+    spec.budget = Some(budget);
+    Ok(())
 }
 
 /// An allowlist names at least one `host:port`, each one the operator permits (`[egress]

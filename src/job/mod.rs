@@ -222,15 +222,79 @@ mod tests {
     use super::*;
 
     fn load(text: &str) -> Result<Job, JobError> {
+        load_with(text, &Config::default())
+    }
+
+    fn load_with(text: &str, config: &Config) -> Result<Job, JobError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("repo")).unwrap();
         let path = dir.path().join("job.toml");
         std::fs::write(&path, text).unwrap();
-        Job::load(
-            &path,
-            &Config::default(),
-            &crate::secrets::Secrets::default(),
-        )
+        Job::load(&path, config, &crate::secrets::Secrets::default())
+    }
+
+    #[test]
+    fn a_budget_is_settled_from_the_operator_default_under_its_ceiling() {
+        use crate::config::ModelConfig;
+        use crate::model::spend::{ApiKind, Budget};
+        let mut config = Config::default();
+        let head = "repo = 'repo'\nbranch = 'factory/x'\nprompt = 'p'";
+        let with_budget = |budget: &str| {
+            job(head).replace(
+                "[generate]\n",
+                &format!("[generate]\n        budget = {budget}\n"),
+            )
+        };
+        let err = load_with(&with_budget("{ usd = 1.0 }"), &config).unwrap_err();
+        assert!(err.to_string().contains("[egress.models]"), "{err}");
+        config.egress.models.insert(
+            "model.test".into(),
+            ModelConfig {
+                kind: ApiKind::Anthropic,
+                input_per_mtok: 3.0,
+                output_per_mtok: 15.0,
+                cached_per_mtok: None,
+            },
+        );
+        config.egress.budget = Budget {
+            tokens: Some(1000),
+            ..Budget::default()
+        };
+        config.egress.budget_ceiling = Budget {
+            usd: Some(5.0),
+            ..Budget::default()
+        };
+        let job_ = load_with(&with_budget("{ usd = 1.0 }"), &config).unwrap();
+        assert_eq!(
+            job_.generate.budget,
+            Some(Budget {
+                usd: Some(1.0),
+                tokens: Some(1000),
+                requests: None
+            })
+        );
+        let err = load_with(&with_budget("{ usd = 10.0 }"), &config).unwrap_err();
+        assert!(err.to_string().contains("generate.budget"), "{err}");
+        assert!(err.to_string().contains("ceiling"), "{err}");
+        let err = load_with(&with_budget("{ dollars = 1.0 }"), &config).unwrap_err();
+        assert!(err.to_string().contains("dollars"), "{err}");
+        let on_test = job(head).replace(
+            "timeout = \"30s\"",
+            "timeout = \"30s\"\n        budget = { requests = 1 }",
+        );
+        let err = load_with(&on_test, &config).unwrap_err();
+        assert!(err.to_string().contains("test.budget"), "{err}");
+        // A model host reached without kiln adding its key could not be counted.
+        config
+            .egress
+            .permit
+            .push(crate::model::Allow::parse("model.test:443").unwrap());
+        let unkeyed = with_budget("{ usd = 1.0 }").replace(
+            "[test]",
+            "[generate.network]\n        allow = [\"model.test:443\"]\n        [test]",
+        );
+        let err = load_with(&unkeyed, &config).unwrap_err();
+        assert!(err.to_string().contains("bind the key"), "{err}");
     }
 
     const STAGES: &str = r#"

@@ -45,6 +45,11 @@ pub struct StageSpec {
     /// proxy, and nothing else. Absent: no network at all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkSpec>,
+    /// `[generate]` and `[review]`: what the stage may spend on model calls over the whole job
+    /// (every attempt), counted by kiln's egress proxy; any of `usd`, `tokens`, `requests`.
+    /// Default: the operator's `[egress] budget`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<crate::model::spend::Budget>,
 }
 
 /// A stage's egress allowlist.
