@@ -27,6 +27,25 @@ pub struct Report {
     pub exit_code: ExitCode,
     /// Where the escalation went, when the job ended for a human to decide.
     pub escalation: Option<EscalationReport>,
+    /// What the generator and the reviewer spent on model calls, when their calls were counted
+    /// (a stage with a budget); each request's share is in its stage's egress record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendReport>,
+}
+
+/// A job's model spend, by the stage that made the calls, with the budget each was held to.
+#[derive(Clone, Debug, Serialize)]
+pub struct SpendReport {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generate: Option<StageSpend>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub review: Option<StageSpend>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StageSpend {
+    pub budget: crate::model::spend::Budget,
+    pub spent: crate::model::spend::Spend,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -201,3 +201,152 @@ async fn a_dollar_budget_cuts_and_unreadable_usage_is_estimated_and_flagged() {
         .count();
     assert_eq!(flagged, 1);
 }
+
+const DEBIAN: &str = "kiln/debian:bookworm";
+
+/// A job whose generator (the Debian image's curl, through kiln's proxy, the key added by kiln)
+/// calls the stand-in's Messages API up to `calls` times, a second apart, then writes its
+/// change; its budget is `budget`.
+fn spending_job(
+    fixture: &common::Fixture,
+    port: u16,
+    calls: u32,
+    budget: &str,
+) -> std::path::PathBuf {
+    let script = format!(
+        r#"cd "$KILN_WORKSPACE"
+for i in $(seq 1 {calls}); do
+  code=$(curl -sS --max-time 20 -o /tmp/answer -w '%{{http_code}}' -X POST \
+    "https://model.test:{port}/v1/messages" -H "Authorization: Bearer $MODEL_KEY" \
+    -H 'Content-Type: application/json' -d '{{"model":"m","messages":[]}}')
+  echo "call $i: $code"
+  sleep 1
+done
+echo "loop done"
+echo spent > spent.txt
+"#
+    );
+    let job = fixture.job(
+        "branch = \"factory/spend\"\nprompt = \"x\"",
+        &script,
+        "true",
+        "",
+    );
+    fixture.edit_job(
+        &job,
+        "[generate]\nimage = \"kiln/busybox:latest\"",
+        "[generate]\nimage = \"kiln/debian:bookworm\"",
+    );
+    fixture.edit_job(
+        &job,
+        "[test]",
+        &format!(
+            "budget = {budget}\n\n[generate.network]\nallow = [\"model.test:{port}\"]\nsecrets = [\"MODEL_KEY\"]\n\n[test]"
+        ),
+    );
+    job
+}
+
+/// The operator config: the stand-in as a model host with its prices, its key bound.
+fn operator(fixture: &common::Fixture, standin: &HttpsStandIn) -> std::path::PathBuf {
+    std::fs::write(fixture.path("model.key"), format!("{KEY}\n")).unwrap();
+    std::fs::write(fixture.path("test-ca.pem"), &standin.ca_pem).unwrap();
+    let config = fixture.path("kiln.toml");
+    let port = standin.port;
+    std::fs::write(
+        &config,
+        format!(
+            "[egress]\npermit = [\"model.test:{port}\"]\n\
+             allow_addresses = [\"127.0.0.1\"]\nhosts = {{ \"model.test\" = \"127.0.0.1\" }}\n\
+             upstream_ca = {ca:?}\n\n\
+             [egress.models.\"model.test\"]\nkind = \"anthropic\"\ninput_per_mtok = 3.0\n\
+             output_per_mtok = 15.0\ncached_per_mtok = 0.3\n\n\
+             [secrets.MODEL_KEY]\nfile = {file:?}\nhosts = [\"model.test\"]\n",
+            ca = fixture.path("test-ca.pem"),
+            file = fixture.path("model.key"),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn a_job_under_budget_succeeds_and_reports_its_spend_exactly() {
+    common::require_image(DEBIAN, "debian");
+    let standin = HttpsStandIn::start("model.test", "127.0.0.1:0".parse().unwrap(), answer);
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let config = operator(&fixture, &standin);
+    let job = spending_job(&fixture, standin.port, 2, "{ requests = 5, usd = 1.0 }");
+    let ran = fixture.run_configured(&config, &job);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let spent = &ran.report()["spend"]["generate"]["spent"];
+    assert_eq!(spent["requests"], 2, "{spent}");
+    assert_eq!(spent["usage"]["input"], 2000);
+    assert_eq!(spent["usage"]["cached"], 4000);
+    assert_eq!(spent["usage"]["output"], 1000);
+    let each = (1000.0 * 3.0 + 2000.0 * 0.3 + 500.0 * 15.0) / 1e6;
+    assert!((spent["usd"].as_f64().unwrap() - 2.0 * each).abs() < 1e-9);
+    assert_eq!(ran.report()["spend"]["generate"]["budget"]["requests"], 5);
+    // Each request's share is in the stage's egress record.
+    let artifacts = ran.artifacts.clone().unwrap();
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifacts.join("attempt-1/generate.egress.json")).unwrap(),
+    )
+    .unwrap();
+    let metered: Vec<&serde_json::Value> = record["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["exchanges"].as_array().unwrap())
+        .filter(|e| e["usage"].is_object())
+        .collect();
+    assert_eq!(metered.len(), 2);
+}
+
+#[test]
+fn a_job_whose_agent_keeps_calling_is_cut_at_its_budget_and_escalated() {
+    common::require_image(DEBIAN, "debian");
+    let standin = HttpsStandIn::start("model.test", "127.0.0.1:0".parse().unwrap(), answer);
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let config = operator(&fixture, &standin);
+    let job = spending_job(&fixture, standin.port, 30, "{ requests = 3 }");
+    let ran = fixture.run_configured(&config, &job);
+    assert_eq!(ran.code, 10, "{}", ran.stderr);
+    let report = ran.report();
+    assert_eq!(report["status"], "budget_exhausted", "{report}");
+    assert_eq!(
+        standin.requests.lock().unwrap().len(),
+        3,
+        "no request after the 429"
+    );
+    assert_eq!(report["spend"]["generate"]["spent"]["requests"], 3);
+    assert_eq!(
+        report["spend"]["generate"]["spent"]["usage"]["output"],
+        1500
+    );
+    let artifacts = ran.artifacts.clone().unwrap();
+    let log = std::fs::read_to_string(artifacts.join("attempt-1/generate.log")).unwrap();
+    assert!(log.contains("call 3: 200"), "{log}");
+    // The stage is stopped as the refusal goes out: the agent may not even print it.
+    assert!(!log.contains("call 4: 200"), "{log}");
+    assert!(!log.contains("loop done"), "the stage was stopped: {log}");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifacts.join("attempt-1/generate.egress.json")).unwrap(),
+    )
+    .unwrap();
+    let refused: Vec<&serde_json::Value> = record["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["exchanges"].as_array().unwrap())
+        .filter(|e| e["budget_refused"].is_string())
+        .collect();
+    assert_eq!(refused.len(), 1, "{record}");
+    assert_eq!(refused[0]["status"], 429);
+    assert!(!artifacts.join("repo.git").exists(), "nothing published");
+    let escalation: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(artifacts.join("escalation/escalation.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(escalation["kind"], "budget");
+}

@@ -30,6 +30,8 @@ pub struct SpendMeter {
     hosts: HashMap<String, ModelHost>,
     budget: Budget,
     spend: Mutex<Spend>,
+    /// Why the first request was refused, once one was: the stage making it is stopped.
+    cut: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl SpendMeter {
@@ -38,6 +40,7 @@ impl SpendMeter {
             hosts,
             budget,
             spend: Mutex::new(Spend::default()),
+            cut: tokio::sync::watch::channel(None).0,
         })
     }
 
@@ -65,10 +68,36 @@ impl SpendMeter {
     pub(super) fn begin(&self) -> Result<(), String> {
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = spend.exhausted(&self.budget) {
+            self.cut.send_if_modified(|cut| {
+                let first = cut.is_none();
+                if first {
+                    *cut = Some(why.clone());
+                }
+                first
+            });
             return Err(why);
         }
         spend.requests += 1;
         Ok(())
+    }
+
+    /// Why a request was refused for the budget, once one was.
+    pub fn cut_short(&self) -> Option<String> {
+        self.cut.borrow().clone()
+    }
+
+    /// Resolves once a request has been refused for the budget, with why.
+    pub async fn cut(&self) -> String {
+        let mut watching = self.cut.subscribe();
+        let cut = match watching.wait_for(Option::is_some).await {
+            Ok(cut) => cut.clone(),
+            // The sender lives as long as `self`: this is never reached while waiting.
+            Err(_) => None,
+        };
+        match cut {
+            Some(why) => why,
+            None => std::future::pending().await,
+        }
     }
 
     fn add(&self, spend: &Spend) {

@@ -41,6 +41,8 @@ pub enum Kind {
     NotConverging,
     /// The merge queue could not land the change and no attempts were left.
     Merge,
+    /// The job's model budget was spent.
+    Budget,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
             Kind::Reviewer => "reviewer",
             Kind::NotConverging => "not_converging",
             Kind::Merge => "merge",
+            Kind::Budget => "budget",
         }
     }
 
@@ -63,6 +66,7 @@ impl Kind {
             Status::ReviewEscalated => Some(Kind::Reviewer),
             Status::NotConverging => Some(Kind::NotConverging),
             Status::MergeEscalated => Some(Kind::Merge),
+            Status::BudgetExhausted => Some(Kind::Budget),
             _ => None,
         }
     }

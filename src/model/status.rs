@@ -73,6 +73,9 @@ pub enum Status {
     /// Tests passed; the reviewer escalated (or its verdict was unusable, or it still requested
     /// changes after the last attempt). Nothing was published.
     ReviewEscalated,
+    /// The job's model budget was spent and a call refused: the stage making it was stopped.
+    /// Nothing was published; a human decides what next.
+    BudgetExhausted,
     Error,
 }
 
@@ -88,6 +91,7 @@ impl Status {
             Status::PolicyDenied => "policy_denied",
             Status::ReviewEscalated => "review_escalated",
             Status::MergeEscalated => "merge_escalated",
+            Status::BudgetExhausted => "budget_exhausted",
             Status::Error => "error",
         }
     }
@@ -102,6 +106,7 @@ impl Status {
             Status::PolicyDenied,
             Status::ReviewEscalated,
             Status::MergeEscalated,
+            Status::BudgetExhausted,
             Status::Error,
         ]
         .into_iter()
@@ -114,9 +119,10 @@ impl Status {
             Status::Succeeded => ExitCode::Success,
             Status::TestsFailed | Status::NotConverging => ExitCode::TestsFailed,
             Status::AwaitingReview => ExitCode::AwaitingReview,
-            Status::PolicyEscalated | Status::ReviewEscalated | Status::MergeEscalated => {
-                ExitCode::PolicyEscalate
-            }
+            Status::PolicyEscalated
+            | Status::ReviewEscalated
+            | Status::MergeEscalated
+            | Status::BudgetExhausted => ExitCode::PolicyEscalate,
             Status::PolicyDenied => ExitCode::PolicyDeny,
             Status::Error => ExitCode::Internal,
         }

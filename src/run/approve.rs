@@ -178,6 +178,7 @@ pub async fn approve(
             loosened: &merge.loosened,
             artifacts: None,
             ctx,
+            spend: None,
         },
         repo: &source,
         change: commit,

@@ -59,8 +59,19 @@ impl Runner<'_> {
                 .attempt(&ws, n, &trees, &deltas, feedback.as_ref())
                 .instrument(span)
                 .await?;
+            if let Some(why) = self.spend.cut_short() {
+                return Ok(stamp(budget_spent(n, &why)));
+            }
             match step {
                 Attempted::Passed(passed) => match self.after_pass(&ws, n, *passed, opts).await? {
+                    // The reviewer stopped for the budget: that, not its missing verdict, is
+                    // why the job ends.
+                    AfterPass::End(ended) if ended.status != Status::Succeeded => {
+                        match self.spend.cut_short() {
+                            Some(why) => return Ok(stamp(budget_spent(n, &why))),
+                            None => return Ok(stamp(ended)),
+                        }
+                    }
                     AfterPass::End(ended) => return Ok(stamp(ended)),
                     AfterPass::Retry(retry) => {
                         trees.push(retry.tree);
@@ -316,6 +327,7 @@ impl Runner<'_> {
             loosened: &self.job.loosened,
             artifacts: Some(&self.artifacts),
             ctx: self.ctx,
+            spend: Some(&self.spend),
         }
     }
 }
@@ -388,5 +400,13 @@ fn diff_note(diff: &Diff) -> String {
         if s.files_changed == 1 { "" } else { "s" },
         s.additions,
         s.deletions
+    )
+}
+
+/// How a job ends when a model call of attempt `n` was refused for the budget.
+fn budget_spent(n: u32, why: &str) -> End {
+    End::new(
+        Status::BudgetExhausted,
+        format!("the model budget was spent in attempt {n} ({why}); the stage was stopped"),
     )
 }

@@ -17,6 +17,7 @@ mod outcome;
 mod progress;
 mod review;
 mod selection;
+mod spend;
 mod stage;
 
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ pub async fn run_job(
         selection: None,
         gate,
         gate_result: None,
+        spend: spend::JobSpend::new(job, &ctx.config),
     };
     let span = info_span!("job", job_id = %job.id);
     runner
@@ -170,6 +172,7 @@ pub async fn run_job(
         },
         exit_code: exit,
         escalation: None,
+        spend: runner.spend.report(),
     };
     if Kind::of(report.status).is_some() {
         let out = runner.destination(opts);
@@ -215,6 +218,8 @@ struct Runner<'a> {
     selection: Option<(crate::context::Selection, Vec<(String, u64)>)>,
     gate: Option<Arc<Gate>>,
     gate_result: Option<GateResult>,
+    /// What the generator and reviewer spend on model calls, against their budgets.
+    spend: spend::JobSpend,
 }
 
 impl Runner<'_> {

@@ -10,6 +10,7 @@ use tracing::{Instrument, info_span};
 
 use bytes::Bytes;
 
+use super::spend::JobSpend;
 use super::{Context, blocking};
 use crate::artifacts::Artifacts;
 use crate::config::Loosening;
@@ -53,6 +54,9 @@ pub(crate) struct Stages<'a> {
     /// The operator's `[egress]` and secrets for stages with an allowlist, and the redactor
     /// for everything a stage gives back.
     pub ctx: &'a Context,
+    /// The job's model spend: a stage with a budget has its calls counted, and is stopped
+    /// when one is refused.
+    pub spend: Option<&'a JobSpend>,
 }
 
 impl Stages<'_> {
@@ -126,7 +130,7 @@ impl Stages<'_> {
         let (network, secret_env) = match &spec.network {
             Some(network) => {
                 let (opened, env) = self
-                    .open_network(&format!("{stage}-{n}"), network, volume, &redactor)
+                    .open_network(stage, n, network, volume, &redactor)
                     .await?;
                 (Some(opened), env)
             }
@@ -178,11 +182,33 @@ impl Stages<'_> {
             path,
             redactor: redactor.clone(),
         });
-        let outcome = self
+        let run = self
             .sandbox
             .run_live(&container, spec.timeout, live)
-            .instrument(span)
-            .await;
+            .instrument(span);
+        let outcome = match self.spend.and_then(|s| s.of(stage)) {
+            // A call refused for the budget stops the stage: its container is killed, and the
+            // run ends as a killed command's does.
+            Some(meter) => {
+                tokio::pin!(run);
+                tokio::select! {
+                    outcome = &mut run => outcome,
+                    why = meter.cut() => {
+                        tracing::info!(job_id = %self.job, attempt = n, %stage, "budget spent ({why}): stopping the stage");
+                        let labels: Vec<String> = container
+                            .labels
+                            .iter()
+                            .map(|(k, v)| format!("{k}={v}"))
+                            .collect();
+                        if let Err(e) = self.sandbox.kill_labelled(&labels).await {
+                            tracing::warn!("could not stop the stage: {e}; its timeout will");
+                        }
+                        run.await
+                    }
+                }
+            }
+            None => run.await,
+        };
         let egress = match network {
             Some(network) => {
                 let (requests, unrecorded) = network.finish().await;
@@ -207,7 +233,8 @@ impl Stages<'_> {
     /// where the CA file is.
     async fn open_network(
         &self,
-        role: &str,
+        stage: Stage,
+        n: u32,
         network: &NetworkSpec,
         volume: &WorkVolume,
         redactor: &Redactor,
@@ -215,6 +242,7 @@ impl Stages<'_> {
         let config = &self.ctx.config;
         let mut rules = Rules::new(network.allow.clone(), &config.egress);
         rules.redactor = redactor.clone();
+        rules.spend = self.spend.and_then(|s| s.of(stage)).cloned();
         let mut env = Vec::new();
         if !network.secrets.is_empty() {
             let bindings = network
@@ -248,7 +276,8 @@ impl Stages<'_> {
                 upstream,
             }));
         }
-        let opened = StageNetwork::create(self.sandbox, self.job, role, rules).await?;
+        let role = format!("{stage}-{n}");
+        let opened = StageNetwork::create(self.sandbox, self.job, &role, rules).await?;
         Ok((opened, env))
     }
 

@@ -426,6 +426,41 @@ impl Sandbox {
         remove_container(&self.docker, id).await;
     }
 
+    /// Kills the running containers this process made that carry every one of `labels` (a
+    /// stage stopped before its end); their runs then end as if the command had been killed.
+    pub async fn kill_labelled(&self, labels: &[String]) -> Result<usize, SandboxError> {
+        let mut wanted = labels.to_vec();
+        wanted.push(format!("{LABEL_PID}={}", std::process::id()));
+        let filters = HashMap::from([
+            ("label".to_string(), wanted),
+            ("status".to_string(), vec!["running".to_string()]),
+        ]);
+        let list = ListContainersOptions {
+            all: false,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let running = bounded("list containers", self.docker.list_containers(Some(list)))
+            .await?
+            .map_err(docker_err("list containers"))?;
+        let mut killed = 0;
+        for id in running.into_iter().filter_map(|c| c.id) {
+            let kill = KillContainerOptions {
+                signal: "KILL".into(),
+            };
+            match bounded(
+                "kill container",
+                self.docker.kill_container(&id, Some(kill)),
+            )
+            .await?
+            {
+                Ok(()) => killed += 1,
+                Err(e) => debug!(container = id, "kill: {e}"),
+            }
+        }
+        Ok(killed)
+    }
+
     /// Removes every container, network and volume this kiln process made for `job`; safe to
     /// call more than once. Another process's objects for the same job (a server that lost the
     /// job's lease, on the same engine) are left to that process or to `kiln gc`.

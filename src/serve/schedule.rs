@@ -194,7 +194,8 @@ fn state_of(status: Status) -> State {
         Status::PolicyEscalated
         | Status::ReviewEscalated
         | Status::MergeEscalated
-        | Status::NotConverging => State::Escalated,
+        | Status::NotConverging
+        | Status::BudgetExhausted => State::Escalated,
         Status::TestsFailed | Status::PolicyDenied | Status::Error => State::Failed,
     }
 }

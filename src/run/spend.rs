@@ -1,0 +1,74 @@
+//! A job's model spend: one meter for its generator's calls and one for its reviewer's, each
+//! held to its stage's budget over every attempt, counted by the egress proxies of the stages
+//! (`egress::SpendMeter`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::egress::{ModelHost, SpendMeter};
+use crate::job::Job;
+use crate::model::Stage;
+use crate::report::{SpendReport, StageSpend};
+
+/// The meters of one job; a stage without a budget has none (its calls are not counted).
+#[derive(Debug, Default)]
+pub(crate) struct JobSpend {
+    generate: Option<Arc<SpendMeter>>,
+    review: Option<Arc<SpendMeter>>,
+}
+
+impl JobSpend {
+    pub fn new(job: &Job, config: &Config) -> JobSpend {
+        let hosts: HashMap<String, ModelHost> = config
+            .egress
+            .models
+            .iter()
+            .map(|(host, m)| {
+                let model = ModelHost {
+                    kind: m.kind,
+                    price: m.price(),
+                };
+                (host.clone(), model)
+            })
+            .collect();
+        let meter = |budget: Option<_>| budget.map(|b| SpendMeter::new(hosts.clone(), b));
+        JobSpend {
+            generate: meter(job.generate.budget),
+            review: job.review.as_ref().and_then(|r| meter(r.budget)),
+        }
+    }
+
+    /// The meter of `stage`'s calls, if its calls are counted.
+    pub fn of(&self, stage: Stage) -> Option<&Arc<SpendMeter>> {
+        match stage {
+            Stage::Generate => self.generate.as_ref(),
+            Stage::Review => self.review.as_ref(),
+            Stage::Test | Stage::MergeTest => None,
+        }
+    }
+
+    /// Why a call was refused for the budget, once one was.
+    pub fn cut_short(&self) -> Option<String> {
+        [&self.generate, &self.review]
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.cut_short())
+    }
+
+    /// What the generator and the reviewer spent, for the report; none when neither was
+    /// counted.
+    pub fn report(&self) -> Option<SpendReport> {
+        let stage = |m: &Option<Arc<SpendMeter>>| {
+            m.as_ref().map(|m| StageSpend {
+                budget: m.budget(),
+                spent: m.spent(),
+            })
+        };
+        let report = SpendReport {
+            generate: stage(&self.generate),
+            review: stage(&self.review),
+        };
+        (report.generate.is_some() || report.review.is_some()).then_some(report)
+    }
+}
