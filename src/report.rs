@@ -46,6 +46,15 @@ pub struct SpendReport {
 pub struct StageSpend {
     pub budget: crate::model::spend::Budget,
     pub spent: crate::model::spend::Spend,
+    /// The same spend by model host.
+    pub hosts: Vec<HostSpend>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostSpend {
+    pub host: String,
+    pub kind: crate::model::spend::ApiKind,
+    pub spent: crate::model::spend::Spend,
 }
 
 #[derive(Clone, Debug, Serialize)]

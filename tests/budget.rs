@@ -349,4 +349,46 @@ fn a_job_whose_agent_keeps_calling_is_cut_at_its_budget_and_escalated() {
     )
     .unwrap();
     assert_eq!(escalation["kind"], "budget");
+    assert_eq!(escalation["spend"]["generate"]["spent"]["requests"], 3);
+}
+
+#[test]
+fn under_kiln_serve_the_spend_is_in_metrics_by_host_and_kind() {
+    common::require_image(DEBIAN, "debian");
+    let standin = HttpsStandIn::start("model.test", "127.0.0.1:0".parse().unwrap(), answer);
+    let fixture = common::Fixture::with_files(&[("README", "hello\n")]);
+    let config = operator(&fixture, &standin);
+    let job = spending_job(&fixture, standin.port, 30, "{ requests = 2 }");
+    let repo = fixture.path("repo");
+    fixture.edit_job(&job, "repo = \"repo\"", &format!("repo = {repo:?}"));
+    let server = common::serve::Server::start(
+        &fixture.path("state"),
+        &["--config", config.to_str().unwrap()],
+    );
+    let id = server.submit(&job);
+    assert_eq!(server.wait(&id), 10);
+    let row = server.job(&id);
+    assert_eq!(row["state"], "escalated", "{row}");
+    assert_eq!(row["status"], "budget_exhausted", "{row}");
+    let token = server.token.clone();
+    let (code, metrics) = server.http("GET", "/metrics", Some(&token), None, false);
+    assert_eq!(code, 200);
+    let labels = "host=\"model.test\",kind=\"anthropic\"";
+    for line in [
+        format!("kiln_model_requests_total{{{labels}}} 2"),
+        format!("kiln_model_tokens_total{{{labels},type=\"input\"}} 2000"),
+        format!("kiln_model_tokens_total{{{labels},type=\"output\"}} 1000"),
+        format!("kiln_model_estimated_total{{{labels}}} 0"),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
+    let cost = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("kiln_model_cost_usd_total{{{labels}}} ")))
+        .unwrap();
+    let each = (1000.0 * 3.0 + 2000.0 * 0.3 + 500.0 * 15.0) / 1e6;
+    assert!(
+        (cost.parse::<f64>().unwrap() - 2.0 * each).abs() < 1e-9,
+        "{cost}"
+    );
 }

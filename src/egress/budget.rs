@@ -3,7 +3,7 @@
 //! passes (`usage`), its cost added to the job's spend; once the budget is spent, the next
 //! request to a model host is not sent on but answered 429 with a JSON error saying so.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -30,6 +30,8 @@ pub struct SpendMeter {
     hosts: HashMap<String, ModelHost>,
     budget: Budget,
     spend: Mutex<Spend>,
+    /// The same, by model host.
+    by_host: Mutex<BTreeMap<String, Spend>>,
     /// Why the first request was refused, once one was: the stage making it is stopped.
     cut: tokio::sync::watch::Sender<Option<String>>,
 }
@@ -40,6 +42,7 @@ impl SpendMeter {
             hosts,
             budget,
             spend: Mutex::new(Spend::default()),
+            by_host: Mutex::new(BTreeMap::new()),
             cut: tokio::sync::watch::channel(None).0,
         })
     }
@@ -65,7 +68,7 @@ impl SpendMeter {
 
     /// Counts a request about to be sent, unless the budget is spent (then why not): checked
     /// and counted at once, so that requests sent together cannot pass the limit together.
-    pub(super) fn begin(&self) -> Result<(), String> {
+    pub(super) fn begin(&self, host: &str) -> Result<(), String> {
         let mut spend = self.spend.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(why) = spend.exhausted(&self.budget) {
             self.cut.send_if_modified(|cut| {
@@ -78,7 +81,19 @@ impl SpendMeter {
             return Err(why);
         }
         spend.requests += 1;
+        drop(spend);
+        let mut by_host = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
+        by_host.entry(host.to_string()).or_default().requests += 1;
         Ok(())
+    }
+
+    /// What has been spent so far, by model host, with the API each speaks.
+    pub fn by_host(&self) -> Vec<(String, ApiKind, Spend)> {
+        let by_host = self.by_host.lock().unwrap_or_else(|e| e.into_inner());
+        by_host
+            .iter()
+            .filter_map(|(host, spent)| Some((host.clone(), self.model(host)?.kind, *spent)))
+            .collect()
     }
 
     /// Why a request was refused for the budget, once one was.
@@ -100,10 +115,16 @@ impl SpendMeter {
         }
     }
 
-    fn add(&self, spend: &Spend) {
+    fn add(&self, host: &str, spend: &Spend) {
         self.spend
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .merge(spend);
+        self.by_host
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_default()
             .merge(spend);
     }
 }
@@ -145,6 +166,7 @@ pub(super) fn refusal(kind: ApiKind, why: &str) -> hyper::Response<Boxed> {
 /// job's spend and to its exchange's record.
 pub(super) struct Metered {
     inner: Boxed,
+    host: String,
     meter: Option<Meter>,
     price: Price,
     request_bytes: u64,
@@ -159,6 +181,7 @@ impl Metered {
     /// goes to `spend` and to `record[index]`.
     pub(super) fn wrap(
         response: hyper::Response<Boxed>,
+        name: &str,
         host: ModelHost,
         request_bytes: u64,
         spend: Arc<SpendMeter>,
@@ -180,6 +203,7 @@ impl Metered {
         response.map(|inner| {
             Metered {
                 inner,
+                host: name.to_string(),
                 meter: Some(meter),
                 price: host.price,
                 request_bytes,
@@ -247,7 +271,7 @@ impl Metered {
         let mut spend = Spend::default();
         spend.add(usage, usd, estimated);
         spend.requests = 0;
-        self.spend.add(&spend);
+        self.spend.add(&self.host, &spend);
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(exchange) = self.index.and_then(|i| record.get_mut(i)) {
             exchange.usage = Some(usage);

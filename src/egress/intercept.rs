@@ -107,8 +107,8 @@ pub(super) async fn serve(
     );
     let exchanges = Arc::new(std::sync::Mutex::new(Vec::new()));
     let model = shared.rules.spend.as_ref().and_then(|meter| {
-        let host = meter.model(host)?;
-        Some((meter.clone(), host))
+        let model = meter.model(host)?;
+        Some((meter.clone(), host.to_string(), model))
     });
     let outcome = async {
         let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(counted))
@@ -163,7 +163,7 @@ async fn forward(
     sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
     bindings: &[Binding],
     exchanges: &Arc<std::sync::Mutex<Vec<Exchange>>>,
-    model: Option<(Arc<SpendMeter>, super::budget::ModelHost)>,
+    model: Option<(Arc<SpendMeter>, String, super::budget::ModelHost)>,
 ) -> Result<hyper::Response<Body>, std::convert::Infallible> {
     let mut exchange = Exchange {
         method: request.method().to_string(),
@@ -175,8 +175,8 @@ async fn forward(
         estimated: false,
         budget_refused: None,
     };
-    if let Some((meter, host)) = &model
-        && let Err(why) = meter.begin()
+    if let Some((meter, name, host)) = &model
+        && let Err(why) = meter.begin(name)
     {
         exchange.status = Some(429);
         exchange.budget_refused = Some(why.clone());
@@ -213,8 +213,9 @@ async fn forward(
     };
     let index = keep(exchanges, exchange);
     Ok(match model {
-        Some((meter, host)) => Metered::wrap(
+        Some((meter, name, host)) => Metered::wrap(
             response,
+            &name,
             host,
             request_bytes,
             meter,

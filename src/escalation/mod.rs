@@ -113,6 +113,10 @@ pub struct Escalation {
     pub merge: Option<MergeRecord>,
     /// The job's artifacts folder.
     pub artifacts: String,
+    /// What the generator and the reviewer spent on model calls, with their budgets (the
+    /// report's `spend`), when counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -297,6 +301,10 @@ pub fn write(
             loosened: job.loosened.clone(),
         }),
         artifacts: report.artifacts.clone(),
+        spend: report
+            .spend
+            .as_ref()
+            .and_then(|s| serde_json::to_value(s).ok()),
     };
     let redactor = artifacts.redactor();
     let escalation = if redactor.is_empty() {

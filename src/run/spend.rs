@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::egress::{ModelHost, SpendMeter};
 use crate::job::Job;
 use crate::model::Stage;
-use crate::report::{SpendReport, StageSpend};
+use crate::report::{HostSpend, SpendReport, StageSpend};
 
 /// The meters of one job; a stage without a budget has none (its calls are not counted).
 #[derive(Debug, Default)]
@@ -63,6 +63,11 @@ impl JobSpend {
             m.as_ref().map(|m| StageSpend {
                 budget: m.budget(),
                 spent: m.spent(),
+                hosts: m
+                    .by_host()
+                    .into_iter()
+                    .map(|(host, kind, spent)| HostSpend { host, kind, spent })
+                    .collect(),
             })
         };
         let report = SpendReport {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 
+use crate::model::spend::{ApiKind, Spend};
 use crate::run::Report;
 
 /// Upper bounds, in seconds, of the histogram buckets.
@@ -64,6 +65,8 @@ struct Gathered {
     stages: BTreeMap<&'static str, Histogram>,
     starts: BTreeMap<&'static str, Histogram>,
     policies: Histogram,
+    /// Model spend by host and API kind: requests, tokens by type, dollars, estimated.
+    models: BTreeMap<(String, &'static str), Spend>,
 }
 
 /// The server's gathered metrics.
@@ -99,6 +102,17 @@ impl Metrics {
                         .observe(&START_BUCKETS, report.start_ms as f64 / 1000.0);
                 }
             }
+        }
+        let stages = report.spend.iter().flat_map(|s| [&s.generate, &s.review]);
+        for host in stages.flatten().flat_map(|s| &s.hosts) {
+            let kind = match host.kind {
+                ApiKind::Anthropic => "anthropic",
+                ApiKind::Openai => "openai",
+            };
+            g.models
+                .entry((host.host.clone(), kind))
+                .or_default()
+                .merge(&host.spent);
         }
         if let Some(gate) = &report.gate {
             for policy in &gate.policies {
@@ -160,6 +174,60 @@ impl Metrics {
         if g.policies.count > 0 {
             g.policies
                 .write(out, "kiln_policy_evaluation_seconds", "", &POLICY_BUCKETS);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_model_requests_total Model calls counted by kiln's egress proxy, by host and API.\n\
+             # TYPE kiln_model_requests_total counter"
+        );
+        for ((host, kind), spent) in &g.models {
+            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
+            let _ = writeln!(
+                out,
+                "kiln_model_requests_total{{{labels}}} {}",
+                spent.requests
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_model_tokens_total Tokens model calls used, by host, API and type.\n\
+             # TYPE kiln_model_tokens_total counter"
+        );
+        for ((host, kind), spent) in &g.models {
+            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
+            let u = &spent.usage;
+            for (kind_of, n) in [
+                ("input", u.input),
+                ("cached", u.cached),
+                ("output", u.output),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "kiln_model_tokens_total{{{labels},type=\"{kind_of}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_model_cost_usd_total What model calls cost at the operator's prices, by host and API.\n\
+             # TYPE kiln_model_cost_usd_total counter"
+        );
+        for ((host, kind), spent) in &g.models {
+            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
+            let _ = writeln!(out, "kiln_model_cost_usd_total{{{labels}}} {}", spent.usd);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP kiln_model_estimated_total Model calls whose usage could not be read and was estimated.\n\
+             # TYPE kiln_model_estimated_total counter"
+        );
+        for ((host, kind), spent) in &g.models {
+            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
+            let _ = writeln!(
+                out,
+                "kiln_model_estimated_total{{{labels}}} {}",
+                spent.estimated
+            );
         }
     }
 }
