@@ -1,8 +1,9 @@
 //! A real coding agent through its adapter: Aider (installed from PyPI by the `agent-aider`
 //! recipe) runs headless in the sandbox against an HTTPS stand-in for the Anthropic API on a
 //! loopback address, which answers with an edit. The agent reaches the API only through kiln's
-//! proxy, with a key it never holds, and its edit passes the job's tests. (Talks to loopback
-//! only: the operator config maps api.anthropic.com to 127.0.0.2.)
+//! proxy, with a key it never holds, and its edit passes the job's tests; every call it makes is
+//! counted against its budget, and with none left it is stopped before a call leaves. (Talks to
+//! loopback only: the operator config maps api.anthropic.com to 127.0.0.2, or .3.)
 
 mod common;
 
@@ -26,15 +27,19 @@ fn messages_api(_head: &str, body: &str) -> (String, String) {
     ("application/json".into(), answer.to_string())
 }
 
-#[test]
-fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
-    common::require_image(AIDER, "agent-aider");
-    common::require_busybox();
-    let stand_in = common::HttpsStandIn::start(
-        "api.anthropic.com",
-        "127.0.0.2:443".parse().unwrap(),
-        messages_api,
-    );
+/// A fixture with the greeting repository, an operator config that maps api.anthropic.com to
+/// the stand-in (a model host with prices, its key bound) and an Aider job with `budget`;
+/// the key, the config and the job.
+fn aider_job(
+    stand_in: &common::HttpsStandIn,
+    address: &str,
+    budget: &str,
+) -> (
+    common::Fixture,
+    String,
+    std::path::PathBuf,
+    std::path::PathBuf,
+) {
     let key = format!("sk-ant-test-{}", ulid::Ulid::new());
     let fixture = common::Fixture::with_git(common::HELLO_FILES);
     std::fs::write(fixture.path("anthropic.key"), &key).unwrap();
@@ -45,8 +50,10 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
         format!(
             "[limits]\nmemory = \"1GiB\"\n\n\
              [egress]\npermit = [\"api.anthropic.com:443\"]\n\
-             allow_addresses = [\"127.0.0.2\"]\nhosts = {{ \"api.anthropic.com\" = \"127.0.0.2\" }}\n\
+             allow_addresses = [\"{address}\"]\nhosts = {{ \"api.anthropic.com\" = \"{address}\" }}\n\
              upstream_ca = {ca:?}\n\n\
+             [egress.models.\"api.anthropic.com\"]\nkind = \"anthropic\"\n\
+             input_per_mtok = 3.0\noutput_per_mtok = 15.0\n\n\
              [secrets.ANTHROPIC_API_KEY]\nfile = {file:?}\nhosts = [\"api.anthropic.com\"]\n",
             ca = fixture.path("test-ca.pem"),
             file = fixture.path("anthropic.key"),
@@ -60,13 +67,26 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
             "repo = \"repo\"\nbranch = \"factory/aider\"\n\
              prompt = \"Make greet.sh greet kiln, so that test.sh passes.\"\n\
              context_files = [\"*.sh\"]\n\n\
-             [generate]\nagent = \"aider\"\ntimeout = \"5m\"\n\n\
+             [generate]\nagent = \"aider\"\ntimeout = \"5m\"\nbudget = {budget}\n\n\
              [test]\nimage = \"{busybox}\"\ncommand = [\"sh\", \"test.sh\"]\n\n\
              [limits]\nmemory = \"1GiB\"\n",
             busybox = common::BUSYBOX
         ),
     )
     .unwrap();
+    (fixture, key, config, job)
+}
+
+#[test]
+fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
+    common::require_image(AIDER, "agent-aider");
+    common::require_busybox();
+    let stand_in = common::HttpsStandIn::start(
+        "api.anthropic.com",
+        "127.0.0.2:443".parse().unwrap(),
+        messages_api,
+    );
+    let (fixture, key, config, job) = aider_job(&stand_in, "127.0.0.2", "{ requests = 20 }");
     let ran = fixture.run_configured(&config, &job);
     let artifacts = ran.artifacts.clone().expect("artifacts");
     let log = std::fs::read_to_string(artifacts.join("attempt-1/generate.log")).unwrap();
@@ -115,6 +135,32 @@ fn aider_edits_through_its_adapter_with_a_key_it_never_holds() {
             .any(|e| e["path"] == "/v1/messages" && e["secrets"][0] == "ANTHROPIC_API_KEY"),
         "{records}"
     );
+
+    // Every call the agent made was counted, at the stand-in's usage.
+    let calls = requests.len() as u64;
+    let spent = &report["spend"]["generate"]["spent"];
+    assert_eq!(spent["requests"], calls, "{spent}");
+    assert_eq!(spent["usage"]["input"], 100 * calls);
+    assert_eq!(spent["usage"]["output"], 40 * calls);
+    assert_eq!(spent["estimated"], 0);
+}
+
+#[test]
+fn aider_with_no_budget_left_is_stopped_before_its_first_call_reaches_the_api() {
+    common::require_image(AIDER, "agent-aider");
+    common::require_busybox();
+    let stand_in = common::HttpsStandIn::start(
+        "api.anthropic.com",
+        "127.0.0.3:443".parse().unwrap(),
+        messages_api,
+    );
+    let (fixture, _key, config, job) = aider_job(&stand_in, "127.0.0.3", "{ requests = 0 }");
+    let ran = fixture.run_configured(&config, &job);
+    assert_eq!(ran.code, 10, "{}", ran.stderr);
+    assert_eq!(ran.report()["status"], "budget_exhausted");
+    assert!(stand_in.requests.lock().unwrap().is_empty());
+    let artifacts = ran.artifacts.clone().expect("artifacts");
+    assert!(!artifacts.join("repo.git").exists(), "nothing published");
 }
 
 #[test]
