@@ -28,12 +28,27 @@ const PRICE: Price = Price {
 /// body with no usage in it.
 fn answer(head: &str, _body: &str) -> (String, String) {
     if head.starts_with("POST /v1/messages") {
-        let stream = "event: message_start\n\
-            data: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":1000,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}\n\n\
+        // The text echoes the key the request came with: a transcript must not keep it.
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("authorization: Bearer "))
+            .or_else(|| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix("Authorization: Bearer "))
+            })
+            .unwrap_or("none");
+        let stream = format!(
+            "event: message_start\n\
+            data: {{\"type\":\"message_start\",\"message\":{{\"usage\":{{\"input_tokens\":1000,\"cache_read_input_tokens\":2000,\"output_tokens\":1}}}}}}\n\n\
+            event: content_block_delta\n\
+            data: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"Hello from the model; \"}}}}\n\n\
+            event: content_block_delta\n\
+            data: {{\"type\":\"content_block_delta\",\"delta\":{{\"type\":\"text_delta\",\"text\":\"you sent {key}\"}}}}\n\n\
             event: message_delta\n\
-            data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":500}}\n\n\
-            event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
-        ("text/event-stream".into(), stream.into())
+            data: {{\"type\":\"message_delta\",\"usage\":{{\"output_tokens\":500}}}}\n\n\
+            event: message_stop\ndata: {{\"type\":\"message_stop\"}}\n\n"
+        );
+        ("text/event-stream".into(), stream)
     } else if head.starts_with("POST /v1/chat/completions") {
         let whole = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":400,"completion_tokens":100,"prompt_tokens_details":{"cached_tokens":0}}}"#;
         ("application/json".into(), whole.into())
@@ -104,7 +119,7 @@ async fn spend_is_counted_exactly_and_the_request_past_the_budget_never_leaves()
         requests: Some(3),
         ..Budget::default()
     };
-    let meter = SpendMeter::new(hosts, budget);
+    let meter = SpendMeter::new(hosts, budget, false);
     let (proxy, ca) = proxy(&standin, meter.clone()).await;
     let client = client(&proxy, &ca);
     for _ in 0..3 {
@@ -174,7 +189,7 @@ async fn a_dollar_budget_cuts_and_unreadable_usage_is_estimated_and_flagged() {
         usd: Some(0.005),
         ..Budget::default()
     };
-    let meter = SpendMeter::new(hosts, budget);
+    let meter = SpendMeter::new(hosts, budget, false);
     let (proxy, ca) = proxy(&standin, meter.clone()).await;
     let client = client(&proxy, &ca);
     let (status, _) = post(&client, standin.port, "/v1/other").await;
@@ -258,7 +273,7 @@ fn operator(fixture: &common::Fixture, standin: &HttpsStandIn) -> std::path::Pat
         format!(
             "[egress]\npermit = [\"model.test:{port}\"]\n\
              allow_addresses = [\"127.0.0.1\"]\nhosts = {{ \"model.test\" = \"127.0.0.1\" }}\n\
-             upstream_ca = {ca:?}\n\n\
+             upstream_ca = {ca:?}\ntranscripts = true\n\n\
              [egress.models.\"model.test\"]\nkind = \"anthropic\"\ninput_per_mtok = 3.0\n\
              output_per_mtok = 15.0\ncached_per_mtok = 0.3\n\n\
              [secrets.MODEL_KEY]\nfile = {file:?}\nhosts = [\"model.test\"]\n",
@@ -301,6 +316,24 @@ fn a_job_under_budget_succeeds_and_reports_its_spend_exactly() {
         .filter(|e| e["usage"].is_object())
         .collect();
     assert_eq!(metered.len(), 2);
+
+    // The transcript holds each call: the request as sent, the text reassembled from the
+    // stream, the key that came back redacted.
+    let transcript =
+        std::fs::read_to_string(artifacts.join("attempt-1/generate.transcript.jsonl")).unwrap();
+    let calls: Vec<serde_json::Value> = transcript
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 2, "{transcript}");
+    assert_eq!(calls[0]["request"]["model"], "m");
+    assert_eq!(calls[0]["path"], "/v1/messages");
+    assert_eq!(
+        calls[0]["response"],
+        "Hello from the model; you sent [REDACTED:MODEL_KEY]"
+    );
+    assert_eq!(calls[0]["usage"]["output"], 500);
+    assert!(!transcript.contains(KEY), "{transcript}");
 }
 
 #[test]
@@ -350,6 +383,52 @@ fn a_job_whose_agent_keeps_calling_is_cut_at_its_budget_and_escalated() {
     .unwrap();
     assert_eq!(escalation["kind"], "budget");
     assert_eq!(escalation["spend"]["generate"]["spent"]["requests"], 3);
+
+    // The reviewer of the escalation sees what the agent was told, the key never.
+    let calls = escalation["calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 3, "{escalation}");
+    assert!(
+        calls[0]["response_tail"]
+            .as_str()
+            .unwrap()
+            .starts_with("Hello from the model")
+    );
+    let summary = std::fs::read_to_string(artifacts.join("escalation/summary.html")).unwrap();
+    assert!(summary.contains("Model calls"), "{summary}");
+    assert!(
+        summary.contains("you sent [REDACTED:MODEL_KEY]"),
+        "{summary}"
+    );
+    assert!(!summary.contains(KEY));
+
+    // Exported as one JSON line, with the calls whole.
+    let out = common::kiln()
+        .args(["escalations", "export", "--artifacts"])
+        .arg(fixture.artifacts_root())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["schema"], "kiln.escalation-export/v1");
+    assert_eq!(lines[0]["state"], "open");
+    assert_eq!(lines[0]["calls"].as_array().unwrap().len(), 3);
+    assert_eq!(lines[0]["calls"][0]["call"]["request"]["model"], "m");
+    assert!(!text.contains(KEY));
+    let decided_only = common::kiln()
+        .args(["escalations", "export", "--decided", "--artifacts"])
+        .arg(fixture.artifacts_root())
+        .output()
+        .unwrap();
+    assert!(decided_only.stdout.is_empty());
 }
 
 #[test]

@@ -23,6 +23,16 @@ pub enum EscalationsCommand {
         #[command(flatten)]
         root: Root,
     },
+    /// Every escalation as one JSON line (schema `kiln.escalation-export/v1`): its record, its
+    /// decision, and its agents' model calls whole (with `[egress] transcripts`); for training
+    /// and review tools.
+    Export {
+        #[command(flatten)]
+        root: Root,
+        /// Only escalations a human has decided.
+        #[arg(long)]
+        decided: bool,
+    },
 }
 
 #[derive(Args)]
@@ -99,6 +109,31 @@ pub fn exec(config: &Config, command: EscalationsCommand) -> Result<ExitCode, Er
                 if found.is_empty() {
                     eprintln!("no escalations");
                 }
+            }
+            Ok(ExitCode::Success)
+        }
+        EscalationsCommand::Export { root, decided } => {
+            use std::io::Write;
+            let found = escalation::list(&root.path(config))?;
+            let mut out = std::io::stdout().lock();
+            for f in found.iter().filter(|f| !decided || f.decision.is_some()) {
+                let attempts: Vec<u32> = f.escalation.attempts.iter().map(|a| a.attempt).collect();
+                let job_dir = f.dir.parent().unwrap_or(&f.dir);
+                let calls: Vec<serde_json::Value> =
+                    escalation::transcript::lines(job_dir, &attempts)
+                        .into_iter()
+                        .map(|(attempt, stage, call)| {
+                            serde_json::json!({"attempt": attempt, "stage": stage, "call": call})
+                        })
+                        .collect();
+                let line = serde_json::json!({
+                    "schema": "kiln.escalation-export/v1",
+                    "state": f.state(),
+                    "escalation": f.escalation,
+                    "decision": f.decision,
+                    "calls": calls,
+                });
+                writeln!(out, "{line}").map_err(Error::io("cannot write to stdout"))?;
             }
             Ok(ExitCode::Success)
         }

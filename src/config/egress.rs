@@ -38,6 +38,10 @@ pub struct EgressConfig {
     pub budget: Budget,
     /// The most a job may ask for in its own `budget`. Default: no ceiling.
     pub budget_ceiling: Budget,
+    /// Keep each model call's request and response (the text reassembled from a stream) in
+    /// `attempt-N/<stage>.transcript.jsonl`, capped, secrets redacted, for the people who
+    /// review the work. Default false.
+    pub transcripts: bool,
 }
 
 /// One model API host: the API it speaks and its prices, in dollars per million tokens.
@@ -106,6 +110,7 @@ impl Default for EgressConfig {
             models: HashMap::new(),
             budget: Budget::default(),
             budget_ceiling: Budget::default(),
+            transcripts: false,
         }
     }
 }

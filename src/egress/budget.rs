@@ -34,11 +34,33 @@ pub struct SpendMeter {
     by_host: Mutex<BTreeMap<String, Spend>>,
     /// Why the first request was refused, once one was: the stage making it is stopped.
     cut: tokio::sync::watch::Sender<Option<String>>,
+    /// With `[egress] transcripts`: each call's request and response, until the stage that
+    /// made them takes them.
+    transcripts: Option<Mutex<Transcript>>,
 }
 
+/// The calls of one stage run, as kept for its transcript.
+#[derive(Debug, Default)]
+struct Transcript {
+    lines: Vec<serde_json::Value>,
+    bytes: usize,
+    dropped: usize,
+}
+
+/// The most of one stage run's transcript kept; calls past it are counted only.
+const MAX_TRANSCRIPT: usize = 16 << 20;
+/// The most of one request body kept in a transcript.
+const MAX_REQUEST: usize = 4 << 20;
+
 impl SpendMeter {
-    pub fn new(hosts: HashMap<String, ModelHost>, budget: Budget) -> Arc<SpendMeter> {
+    /// A meter of calls to `hosts` held to `budget`, keeping transcripts when `transcripts`.
+    pub fn new(
+        hosts: HashMap<String, ModelHost>,
+        budget: Budget,
+        transcripts: bool,
+    ) -> Arc<SpendMeter> {
         Arc::new(SpendMeter {
+            transcripts: transcripts.then(Mutex::default),
             hosts,
             budget,
             spend: Mutex::new(Spend::default()),
@@ -94,6 +116,36 @@ impl SpendMeter {
             .iter()
             .filter_map(|(host, spent)| Some((host.clone(), self.model(host)?.kind, *spent)))
             .collect()
+    }
+
+    /// Whether the calls' requests and responses are kept.
+    pub(super) fn keeps_transcripts(&self) -> bool {
+        self.transcripts.is_some()
+    }
+
+    /// The transcript lines kept since the last take (one JSON object per call), and how many
+    /// calls past the cap were left out.
+    pub fn take_transcript(&self) -> (Vec<serde_json::Value>, usize) {
+        let Some(t) = &self.transcripts else {
+            return (Vec::new(), 0);
+        };
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = std::mem::take(&mut *t);
+        (taken.lines, taken.dropped)
+    }
+
+    fn keep_transcript(&self, line: serde_json::Value) {
+        let Some(t) = &self.transcripts else {
+            return;
+        };
+        let size = line.to_string().len();
+        let mut t = t.lock().unwrap_or_else(|e| e.into_inner());
+        if t.bytes + size > MAX_TRANSCRIPT {
+            t.dropped += 1;
+        } else {
+            t.bytes += size;
+            t.lines.push(line);
+        }
     }
 
     /// Why a request was refused for the budget, once one was.
@@ -167,6 +219,9 @@ pub(super) fn refusal(kind: ApiKind, why: &str) -> hyper::Response<Boxed> {
 pub(super) struct Metered {
     inner: Boxed,
     host: String,
+    /// For the transcript: the request's method and path, and its body as kept.
+    asked: Option<(String, String, Arc<Mutex<Kept>>)>,
+    status: u16,
     meter: Option<Meter>,
     price: Price,
     request_bytes: u64,
@@ -179,9 +234,11 @@ pub(super) struct Metered {
 impl Metered {
     /// Wraps `response` from `host`, whose request carried `request_bytes` of body; its usage
     /// goes to `spend` and to `record[index]`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn wrap(
         response: hyper::Response<Boxed>,
         name: &str,
+        asked: Option<(String, String, Arc<Mutex<Kept>>)>,
         host: ModelHost,
         request_bytes: u64,
         spend: Arc<SpendMeter>,
@@ -200,10 +257,13 @@ impl Metered {
             header(hyper::header::CONTENT_TYPE).as_deref(),
             header(hyper::header::CONTENT_ENCODING).as_deref(),
         );
+        let status = response.status().as_u16();
         response.map(|inner| {
             Metered {
                 inner,
                 host: name.to_string(),
+                asked,
+                status,
                 meter: Some(meter),
                 price: host.price,
                 request_bytes,
@@ -262,7 +322,8 @@ impl Metered {
         let Some(meter) = self.meter.take() else {
             return;
         };
-        let (usage, estimated) = match meter.finish() {
+        let reading = meter.finish();
+        let (usage, estimated) = match reading.usage {
             Some(usage) => (usage, false),
             None => (estimate(self.request_bytes, self.response_bytes), true),
         };
@@ -272,6 +333,23 @@ impl Metered {
         spend.add(usage, usd, estimated);
         spend.requests = 0;
         self.spend.add(&self.host, &spend);
+        if let Some((method, path, kept)) = self.asked.take() {
+            let kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+            let request = serde_json::from_slice::<serde_json::Value>(&kept.bytes)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&kept.bytes).into_owned().into());
+            self.spend.keep_transcript(serde_json::json!({
+                "host": self.host,
+                "method": method,
+                "path": path,
+                "status": self.status,
+                "request": request,
+                "request_truncated": kept.truncated,
+                "response": reading.text,
+                "usage": usage,
+                "usd": usd,
+                "estimated": estimated,
+            }));
+        }
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(exchange) = self.index.and_then(|i| record.get_mut(i)) {
             exchange.usage = Some(usage);
@@ -285,5 +363,63 @@ impl Metered {
 impl Drop for Metered {
     fn drop(&mut self) {
         self.settle();
+    }
+}
+
+/// A request body as kept for a transcript (up to a cap).
+#[derive(Debug, Default)]
+pub(super) struct Kept {
+    bytes: Vec<u8>,
+    truncated: bool,
+}
+
+/// A request body on its way to a model host, a copy of its first bytes kept for the
+/// transcript.
+pub(super) struct Teed {
+    inner: hyper::body::Incoming,
+    kept: Arc<Mutex<Kept>>,
+}
+
+impl Teed {
+    /// `body`, teed into the returned `Kept`.
+    pub(super) fn new(body: hyper::body::Incoming) -> (Teed, Arc<Mutex<Kept>>) {
+        let kept = Arc::new(Mutex::new(Kept::default()));
+        (
+            Teed {
+                inner: body,
+                kept: kept.clone(),
+            },
+            kept,
+        )
+    }
+}
+
+impl Body for Teed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            let mut kept = this.kept.lock().unwrap_or_else(|e| e.into_inner());
+            let room = MAX_REQUEST.saturating_sub(kept.bytes.len());
+            kept.bytes.extend_from_slice(&data[..room.min(data.len())]);
+            kept.truncated |= data.len() > room;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

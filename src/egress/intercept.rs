@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 
-use super::budget::{Metered, SpendMeter, refusal};
+use super::budget::{Metered, SpendMeter, Teed, refusal};
 use super::ca::JobCa;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Request, Shared, stopped};
 use crate::model::spend::Usage;
@@ -159,8 +159,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 /// (metered, when the host is a model API the job's spend is counted for; refused 429 once
 /// that spend reaches the budget).
 async fn forward(
-    mut request: hyper::Request<Incoming>,
-    sender: &Mutex<hyper::client::conn::http1::SendRequest<Incoming>>,
+    request: hyper::Request<Incoming>,
+    sender: &Mutex<hyper::client::conn::http1::SendRequest<Body>>,
     bindings: &[Binding],
     exchanges: &Arc<std::sync::Mutex<Vec<Exchange>>>,
     model: Option<(Arc<SpendMeter>, String, super::budget::ModelHost)>,
@@ -183,6 +183,19 @@ async fn forward(
         keep(exchanges, exchange);
         return Ok(refusal(host.kind, &why));
     }
+    // A model call's request is teed for its transcript, when transcripts are kept.
+    let mut asked = None;
+    let mut request = match &model {
+        Some((meter, _, _)) if meter.keeps_transcripts() => {
+            let (method, path) = (exchange.method.clone(), exchange.path.clone());
+            request.map(|body| {
+                let (teed, kept) = Teed::new(body);
+                asked = Some((method, path, kept));
+                teed.boxed()
+            })
+        }
+        _ => request.map(|body| body.boxed()),
+    };
     exchange.secrets = add_secrets(request.headers_mut(), bindings);
     let request_bytes = request
         .headers()
@@ -216,6 +229,7 @@ async fn forward(
         Some((meter, name, host)) => Metered::wrap(
             response,
             &name,
+            asked,
             host,
             request_bytes,
             meter,

@@ -12,6 +12,8 @@ use crate::model::spend::{ApiKind, Usage};
 
 /// The most of a whole (not streamed) JSON body kept for reading its usage.
 const MAX_JSON: usize = 8 << 20;
+/// The most of a response's text kept for its transcript.
+const MAX_TEXT: usize = 1 << 20;
 /// The longest server-sent event line read; a longer one is passed over.
 const MAX_LINE: usize = 1 << 20;
 /// The most bytes a gzip'd response is inflated to.
@@ -45,6 +47,15 @@ pub struct Sink {
     overflow: bool,
     inflated: u64,
     found: Option<Usage>,
+    /// The response's text as the model wrote it, reassembled from its events (capped).
+    text: String,
+}
+
+/// What a response said: its usage, if it could be read, and its text.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reading {
+    pub usage: Option<Usage>,
+    pub text: String,
 }
 
 impl Meter {
@@ -63,6 +74,7 @@ impl Meter {
             overflow: false,
             inflated: 0,
             found: None,
+            text: String::new(),
         };
         match encoding {
             Some(e) if e.trim().eq_ignore_ascii_case("gzip") => {
@@ -85,16 +97,22 @@ impl Meter {
         }
     }
 
-    /// The usage the response reported, once it has all passed; none when it reported none
-    /// that could be read.
-    pub fn finish(self) -> Option<Usage> {
+    /// What the response reported, once it has all passed: its usage (none when it reported
+    /// none that could be read) and its text.
+    pub fn finish(self) -> Reading {
         let mut sink = match self {
             Meter::Plain(sink) => sink,
-            Meter::Gzip(decoder) => decoder.finish().ok()?,
-            Meter::Unreadable => return None,
+            Meter::Gzip(decoder) => match decoder.finish() {
+                Ok(sink) => sink,
+                Err(_) => return Reading::default(),
+            },
+            Meter::Unreadable => return Reading::default(),
         };
         sink.end();
-        sink.found
+        Reading {
+            usage: sink.found,
+            text: sink.text,
+        }
     }
 }
 
@@ -153,8 +171,9 @@ impl Sink {
         }
     }
 
-    /// Takes what `value` (a whole response, or one event) says of usage.
+    /// Takes what `value` (a whole response, or one event) says of usage and text.
     fn read(&mut self, value: &Value) {
+        self.take_text(value);
         let count = |v: &Value| v.as_u64().unwrap_or(0);
         match self.kind {
             ApiKind::Anthropic => {
@@ -212,6 +231,45 @@ impl Sink {
     }
 }
 
+impl Sink {
+    /// Adds the text `value` carries: a streamed delta, or a whole response's content.
+    fn take_text<'v>(&mut self, value: &'v Value) {
+        let mut pieces: Vec<&'v str> = Vec::new();
+        let mut push = |v: &'v Value| {
+            if let Some(t) = v.as_str() {
+                pieces.push(t);
+            }
+        };
+        match self.kind {
+            ApiKind::Anthropic => {
+                push(&value["delta"]["text"]);
+                for block in value["content"].as_array().into_iter().flatten() {
+                    push(&block["text"]);
+                }
+            }
+            ApiKind::Openai => {
+                for choice in value["choices"].as_array().into_iter().flatten() {
+                    push(&choice["delta"]["content"]);
+                    push(&choice["message"]["content"]);
+                }
+                if value["type"] == "response.output_text.delta" {
+                    push(&value["delta"]);
+                }
+                for item in value["output"].as_array().into_iter().flatten() {
+                    for part in item["content"].as_array().into_iter().flatten() {
+                        push(&part["text"]);
+                    }
+                }
+            }
+        }
+        for piece in pieces {
+            let room = MAX_TEXT.saturating_sub(self.text.len());
+            let cut = piece.floor_char_boundary(room.min(piece.len()));
+            self.text.push_str(&piece[..cut]);
+        }
+    }
+}
+
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.inflated += buf.len() as u64;
@@ -234,6 +292,10 @@ mod tests {
     use super::*;
 
     fn read(kind: ApiKind, content_type: &str, body: &[u8], chunk: usize) -> Option<Usage> {
+        reading(kind, content_type, body, chunk).usage
+    }
+
+    fn reading(kind: ApiKind, content_type: &str, body: &[u8], chunk: usize) -> Reading {
         let mut meter = Meter::new(kind, Some(content_type), None);
         for part in body.chunks(chunk.max(1)) {
             meter.feed(part);
@@ -317,6 +379,28 @@ mod tests {
     }
 
     #[test]
+    fn the_text_is_reassembled_from_deltas_or_taken_whole() {
+        let streamed = reading(
+            ApiKind::Anthropic,
+            "text/event-stream",
+            ANTHROPIC_STREAM.as_bytes(),
+            5,
+        );
+        assert_eq!(streamed.text, "usage: 999");
+        let chat = br#"{"choices":[{"message":{"content":"Hello"}}],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#;
+        assert_eq!(
+            reading(ApiKind::Openai, "application/json", chat, 4).text,
+            "Hello"
+        );
+        let deltas = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"He\"}\n\n\
+                      data: {\"type\":\"response.output_text.delta\",\"delta\":\"llo\"}\n\n";
+        assert_eq!(
+            reading(ApiKind::Openai, "text/event-stream", deltas.as_bytes(), 3).text,
+            "Hello"
+        );
+    }
+
+    #[test]
     fn a_gzipped_response_is_read_and_a_body_without_usage_reads_none() {
         let whole = br#"{"usage":{"input_tokens":7,"output_tokens":2}}"#;
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -326,7 +410,7 @@ mod tests {
         for part in gz.chunks(5) {
             meter.feed(part);
         }
-        assert_eq!(meter.finish().map(|u| u.tokens()), Some(9));
+        assert_eq!(meter.finish().usage.map(|u| u.tokens()), Some(9));
         assert_eq!(
             read(ApiKind::Anthropic, "application/json", b"<html>", 3),
             None
@@ -337,7 +421,7 @@ mod tests {
         );
         let mut not_gzip = Meter::new(ApiKind::Openai, Some("application/json"), Some("gzip"));
         not_gzip.feed(b"plain text, not gzip");
-        assert_eq!(not_gzip.finish(), None);
+        assert_eq!(not_gzip.finish(), Reading::default());
     }
 
     #[test]

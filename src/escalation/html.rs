@@ -152,12 +152,43 @@ pub fn summary(e: &Escalation, decision: Option<&Decision>) -> String {
             escape(&a.generate_log_tail),
         );
     }
+    calls(&mut page, &e.calls);
     let _ = writeln!(
         page,
         "<p>Everything: <code>{}</code></p></body></html>",
         escape(&e.artifacts)
     );
     page
+}
+
+/// What the agents asked of their models and were told (with `[egress] transcripts`).
+fn calls(page: &mut String, calls: &[super::transcript::Call]) {
+    if calls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        page,
+        "<h2>Model calls</h2><table><tr><th>attempt</th><th>stage</th><th>call</th>\
+         <th>tokens in / cached / out</th><th>answer (end)</th></tr>"
+    );
+    for c in calls {
+        let count = |k: &str| c.usage[k].as_u64().map_or("-".into(), |n| n.to_string());
+        let _ = writeln!(
+            page,
+            "<tr><td>{}</td><td>{}</td><td>{} ({}, {} bytes asked)</td><td>{} / {} / {}</td>\
+             <td><pre>{}</pre></td></tr>",
+            c.attempt,
+            escape(&c.stage),
+            escape(&c.path),
+            c.status.map_or("-".into(), |s| s.to_string()),
+            c.request_bytes,
+            count("input"),
+            count("cached"),
+            count("output"),
+            escape(&c.response_tail),
+        );
+    }
+    let _ = writeln!(page, "</table>");
 }
 
 fn findings(page: &mut String, gate: &serde_json::Value) {

@@ -5,6 +5,7 @@
 //! the tested commit. `kiln approve` and `kiln reject` record the decision in `decision.json`.
 
 mod html;
+pub mod transcript;
 
 use std::path::{Path, PathBuf};
 
@@ -117,6 +118,10 @@ pub struct Escalation {
     /// report's `spend`), when counted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spend: Option<serde_json::Value>,
+    /// The model calls the agents made, in brief, when transcripts are kept
+    /// (`[egress] transcripts`); whole in `kiln escalations export`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<transcript::Call>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -305,6 +310,14 @@ pub fn write(
             .spend
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok()),
+        calls: transcript::calls(
+            artifacts.dir(),
+            &report
+                .attempts
+                .iter()
+                .map(|a| a.attempt)
+                .collect::<Vec<_>>(),
+        ),
     };
     let redactor = artifacts.redactor();
     let escalation = if redactor.is_empty() {

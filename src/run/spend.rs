@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::egress::{ModelHost, SpendMeter};
 use crate::job::Job;
 use crate::model::Stage;
+use crate::model::spend::Budget;
 use crate::report::{HostSpend, SpendReport, StageSpend};
 
 /// The meters of one job; a stage without a budget has none (its calls are not counted).
@@ -32,7 +33,13 @@ impl JobSpend {
                 (host.clone(), model)
             })
             .collect();
-        let meter = |budget: Option<_>| budget.map(|b| SpendMeter::new(hosts.clone(), b));
+        // A stage is metered when the operator lists model hosts (its spend is reported, and
+        // its transcript kept if asked), and held to its budget when it has one.
+        let transcripts = config.egress.transcripts;
+        let meter = |budget: Option<Budget>| {
+            (budget.is_some() || !hosts.is_empty())
+                .then(|| SpendMeter::new(hosts.clone(), budget.unwrap_or_default(), transcripts))
+        };
         JobSpend {
             generate: meter(job.generate.budget),
             review: job.review.as_ref().and_then(|r| meter(r.budget)),

@@ -209,6 +209,25 @@ impl Stages<'_> {
             }
             None => run.await,
         };
+        if let (Some(meter), Some(artifacts)) =
+            (self.spend.and_then(|s| s.of(stage)), self.artifacts)
+        {
+            let (lines, dropped) = meter.take_transcript();
+            if !lines.is_empty() || dropped > 0 {
+                let mut text = String::new();
+                for line in &lines {
+                    text.push_str(&line.to_string());
+                    text.push('\n');
+                }
+                if dropped > 0 {
+                    let note = serde_json::json!({"dropped": dropped, "why": "the transcript's cap was reached"});
+                    text.push_str(&note.to_string());
+                    text.push('\n');
+                }
+                let path = artifacts.attempt_file(n, &format!("{stage}.transcript.jsonl"));
+                artifacts.write_async(path, text.into_bytes()).await?;
+            }
+        }
         let egress = match network {
             Some(network) => {
                 let (requests, unrecorded) = network.finish().await;
