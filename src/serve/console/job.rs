@@ -151,6 +151,7 @@ fn render(
             (decision(row, story, csrf))
             (published(report, records))
             (timeline(report))
+            (spend(report))
             @for attempt in story.attempts.iter().rev() {
                 (attempt_section(attempt, story))
             }
@@ -261,6 +262,40 @@ pub(super) fn text(value: &Value) -> String {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
         other => other.to_string(),
+    }
+}
+
+/// What the generator and the reviewer spent on model calls, against their budgets.
+fn spend(report: Option<&Value>) -> Markup {
+    let Some(spend) = report.map(|r| &r["spend"]).filter(|s| s.is_object()) else {
+        return html! {};
+    };
+    html! {
+        h2 { "Model spend" }
+        table.spend {
+            thead { tr { th scope="col" { "Stage" } th scope="col" { "Requests" }
+                th scope="col" { "Tokens in / cached / out" } th scope="col" { "Cost" }
+                th scope="col" { "Budget" } } }
+            tbody {
+                @for stage in ["generate", "review"] {
+                    @let s = &spend[stage];
+                    @if s.is_object() {
+                        tr {
+                            td { (stage) }
+                            td { (text(&s["spent"]["requests"]))
+                                @if s["spent"]["estimated"].as_u64().unwrap_or(0) > 0 {
+                                    " (" (text(&s["spent"]["estimated"])) " estimated)"
+                                } }
+                            td { (text(&s["spent"]["usage"]["input"])) " / "
+                                (text(&s["spent"]["usage"]["cached"])) " / "
+                                (text(&s["spent"]["usage"]["output"])) }
+                            td { "$" (format!("{:.4}", s["spent"]["usd"].as_f64().unwrap_or(0.0))) }
+                            td.path { (text(&s["budget"])) }
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
