@@ -147,6 +147,9 @@ pub struct StageReport {
     /// Requests through the egress proxy, for a stage with a `network` allowlist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub egress: Option<crate::egress::Summary>,
+    /// What this stage run spent on model calls, when they were counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<crate::model::spend::Spend>,
 }
 
 #[derive(Clone, Debug, Serialize)]

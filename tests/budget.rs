@@ -302,6 +302,10 @@ fn a_job_under_budget_succeeds_and_reports_its_spend_exactly() {
     let each = (1000.0 * 3.0 + 2000.0 * 0.3 + 500.0 * 15.0) / 1e6;
     assert!((spent["usd"].as_f64().unwrap() - 2.0 * each).abs() < 1e-9);
     assert_eq!(ran.report()["spend"]["generate"]["budget"]["requests"], 5);
+    // The attempt's stage run carries its own share.
+    let attempt_spend = &ran.report()["attempts"][0]["generate"]["spend"];
+    assert_eq!(attempt_spend["requests"], 2, "{attempt_spend}");
+    assert_eq!(attempt_spend["usage"]["output"], 1000);
     // Each request's share is in the stage's egress record.
     let artifacts = ran.artifacts.clone().unwrap();
     let record: serde_json::Value = serde_json::from_slice(

@@ -162,6 +162,20 @@ impl Spend {
         self.estimated += other.estimated;
     }
 
+    /// What was spent after `earlier` (a reading of the same, growing spend).
+    pub fn since(&self, earlier: &Spend) -> Spend {
+        Spend {
+            requests: self.requests.saturating_sub(earlier.requests),
+            usage: Usage {
+                input: self.usage.input.saturating_sub(earlier.usage.input),
+                cached: self.usage.cached.saturating_sub(earlier.usage.cached),
+                output: self.usage.output.saturating_sub(earlier.usage.output),
+            },
+            usd: (self.usd - earlier.usd).max(0.0),
+            estimated: self.estimated.saturating_sub(earlier.estimated),
+        }
+    }
+
     /// What of `budget` this spend has used up, if anything: the next request is refused.
     pub fn exhausted(&self, budget: &Budget) -> Option<String> {
         if let Some(most) = budget.requests

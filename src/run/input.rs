@@ -337,6 +337,7 @@ mod tests {
             start_ms: 0,
             duration_ms: 0,
             egress: None,
+            spend: None,
             output_total: out.len() as u64,
             output_dropped: 0,
             output_bytes: out.as_bytes().to_vec().into(),

@@ -182,6 +182,8 @@ impl Stages<'_> {
             path,
             redactor: redactor.clone(),
         });
+        let meter = self.spend.and_then(|s| s.of(stage));
+        let spent_before = meter.map(|m| m.spent());
         let run = self
             .sandbox
             .run_live(&container, spec.timeout, live)
@@ -209,25 +211,6 @@ impl Stages<'_> {
             }
             None => run.await,
         };
-        if let (Some(meter), Some(artifacts)) =
-            (self.spend.and_then(|s| s.of(stage)), self.artifacts)
-        {
-            let (lines, dropped) = meter.take_transcript();
-            if !lines.is_empty() || dropped > 0 {
-                let mut text = String::new();
-                for line in &lines {
-                    text.push_str(&line.to_string());
-                    text.push('\n');
-                }
-                if dropped > 0 {
-                    let note = serde_json::json!({"dropped": dropped, "why": "the transcript's cap was reached"});
-                    text.push_str(&note.to_string());
-                    text.push('\n');
-                }
-                let path = artifacts.attempt_file(n, &format!("{stage}.transcript.jsonl"));
-                artifacts.write_async(path, text.into_bytes()).await?;
-            }
-        }
         let egress = match network {
             Some(network) => {
                 let (requests, unrecorded) = network.finish().await;
@@ -244,6 +227,27 @@ impl Stages<'_> {
         };
         let mut ran = Ran::redacted(outcome?, &redactor);
         ran.egress = egress;
+        ran.spend = meter
+            .zip(spent_before)
+            .map(|(m, before)| m.spent().since(&before));
+        // Taken once the proxy has stopped: every call of this run has been settled.
+        if let (Some(meter), Some(artifacts)) = (meter, self.artifacts) {
+            let (lines, dropped) = meter.take_transcript();
+            if !lines.is_empty() || dropped > 0 {
+                let mut text = String::new();
+                for line in &lines {
+                    text.push_str(&line.to_string());
+                    text.push('\n');
+                }
+                if dropped > 0 {
+                    let note = serde_json::json!({"dropped": dropped, "why": "the transcript's cap was reached"});
+                    text.push_str(&note.to_string());
+                    text.push('\n');
+                }
+                let path = artifacts.attempt_file(n, &format!("{stage}.transcript.jsonl"));
+                artifacts.write_async(path, text.into_bytes()).await?;
+            }
+        }
         Ok(ran)
     }
 
@@ -390,6 +394,8 @@ pub(super) struct Ran {
     pub(super) duration_ms: u64,
     /// What went through the egress proxy, for a stage with an allowlist.
     pub(super) egress: Option<egress::Summary>,
+    /// What the stage run spent on model calls, when they were counted.
+    pub(super) spend: Option<crate::model::spend::Spend>,
     pub(super) output_total: u64,
     pub(super) output_dropped: u64,
     /// The kept output, secrets hidden; shared, not copied, by the artifacts written of it.
@@ -405,6 +411,7 @@ impl Ran {
             oom_killed: o.oom_killed,
             start_ms: o.start_latency.as_millis() as u64,
             egress: None,
+            spend: None,
             duration_ms: o.duration.as_millis() as u64,
             output_total: o.output.total_bytes(),
             output_dropped: o.output.dropped_bytes(),
@@ -429,5 +436,6 @@ pub(super) fn stage_report(spec: &StageSpec, ran: &Ran) -> StageReport {
         output_bytes: ran.output_total,
         output_dropped_bytes: ran.output_dropped,
         egress: ran.egress.clone(),
+        spend: ran.spend,
     }
 }
