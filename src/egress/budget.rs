@@ -50,7 +50,7 @@ struct Transcript {
 /// The most of one stage run's transcript kept; calls past it are counted only.
 const MAX_TRANSCRIPT: usize = 16 << 20;
 /// The most of one request body kept in a transcript.
-const MAX_REQUEST: usize = 4 << 20;
+const MAX_REQUEST: usize = 2 << 20;
 
 impl SpendMeter {
     /// A meter of calls to `hosts` held to `budget`, keeping transcripts when `transcripts`.

@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::model::spend::{ApiKind, Usage};
 
 /// The most of a whole (not streamed) JSON body kept for reading its usage.
-const MAX_JSON: usize = 8 << 20;
+const MAX_JSON: usize = 2 << 20;
 /// The most of a response's text kept for its transcript.
 const MAX_TEXT: usize = 1 << 20;
 /// The longest server-sent event line read; a longer one is passed over.
