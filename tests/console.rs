@@ -18,14 +18,14 @@ use common::{BUSYBOX, require_busybox};
 use serde_json::Value;
 
 /// A job file in `jobs`' folder whose generator runs `script` (after the greeting the tests
-/// want) and whose prompt is `prompt`.
-fn job_file(jobs: &Jobs, name: &str, prompt: &str, script: &str) -> PathBuf {
+/// want) and whose prompt is `prompt`, with `extra` tables.
+fn job_file(jobs: &Jobs, name: &str, prompt: &str, script: &str, extra: &str) -> PathBuf {
     let repo = jobs.dir.path().join("repo");
     let script = format!("echo 'echo \"Hello, kiln!\"' > /kiln/workspace/greet.sh; {script}");
     let text = format!(
         "repo = {repo:?}\nbranch = \"factory/{name}\"\nprompt = {prompt:?}\n\n\
          [generate]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {script:?}]\n\n\
-         [test]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"test.sh\"]\n",
+         [test]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"test.sh\"]\n\n{extra}\n",
         repo = repo.display().to_string()
     );
     let path = jobs.dir.path().join(format!("{name}.toml"));
@@ -146,6 +146,7 @@ async fn a_reviewer_watches_a_job_escalate_and_decides_it_in_the_browser() {
         "add a session check",
         "sleep 3; mkdir -p /kiln/workspace/src/auth; \
          printf 'const a = 1;\\nconst b = 2;\\nconst key = process.env.KEY;\\n' > /kiln/workspace/src/auth/session.js",
+        "",
     );
     let id = server.submit(&job);
     let row = format!("document.querySelector('tr[data-id=\"{id}\"]')");
@@ -354,7 +355,13 @@ async fn hostile_text_from_a_job_is_shown_as_text_and_never_runs() {
     let script = "f='/kiln/workspace/<img src=x onerror=window.__pwned=4>.html'; \
                   printf '%s\\n' '<script>window.__pwned = 5</script>' '<a href=\"javascript:window.__pwned=6\">x</a>' > \"$f\"; \
                   echo '<script>window.__pwned = 7</script><img src=x onerror=\"window.__pwned = 8\">'";
-    let id = server.submit(&job_file(&jobs, "hostile", &prompt, script));
+    // The reviewer approves, with a comment (hostile too) at greet.sh's first line.
+    let verdict = r#"{"verdict":"approve","summary":"fine","comments":[{"path":"greet.sh","line":1,"message":"<script>window.__pwned = 9</script> look here"}]}"#;
+    let review = format!(
+        "[review]\nimage = \"{BUSYBOX}\"\ntimeout = \"60s\"\ncommand = [\"sh\", \"-c\", {:?}]\n",
+        format!("printf '%s' '{verdict}' > /kiln/out/verdict.json")
+    );
+    let id = server.submit(&job_file(&jobs, "hostile", &prompt, script, &review));
     assert_eq!(server.wait(&id), 0);
 
     let browser = Browser::start().await;
@@ -374,6 +381,23 @@ async fn hostile_text_from_a_job_is_shown_as_text_and_never_runs() {
     ] {
         assert!(body.contains(shown), "`{shown}` is shown as text");
     }
+    // The reviewer's comment sits under the line it names.
+    let comment_at = browser
+        .eval(
+            "const n = document.querySelector('section.file[data-path=\"greet.sh\"] tr.note');
+             if (!n) return 'no note';
+             let line = n.previousElementSibling;
+             while (line && line.classList.contains('note')) line = line.previousElementSibling;
+             return [n.textContent, line ? line.dataset.new : 'no line'];",
+        )
+        .await;
+    assert_eq!(comment_at[1], "1", "{comment_at}");
+    let comment = comment_at[0].as_str().unwrap();
+    assert!(comment.starts_with("reviewer"), "{comment}");
+    assert!(
+        comment.contains("<script>window.__pwned = 9</script> look here"),
+        "{comment}"
+    );
     let checks = browser
         .eval(
             "return {
