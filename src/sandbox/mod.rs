@@ -1,21 +1,20 @@
 //! bollard: run one command in one fresh, locked-down container, stream its output through a
 //! byte cap, kill it at its deadline, and remove it. Also the workspace volume each container
-//! works on, and reaping what a crashed run left behind.
+//! works on (`volume`), and reaping what a crashed run left behind (`reap`).
 
 mod output;
+mod reap;
 pub mod seccomp;
 mod spec;
 mod volume;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
 use bollard::query_parameters::{
-    AttachContainerOptions, KillContainerOptions, ListContainersOptions, ListNetworksOptions,
-    ListVolumesOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    AttachContainerOptions, KillContainerOptions, RemoveContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
@@ -28,10 +27,11 @@ pub use spec::{
 pub use volume::HOLDER_IMAGE;
 pub use volume::{VolumeRequest, WorkVolume};
 
+pub use reap::job_labels;
+use reap::owner_labels;
 use volume::VolumePool;
 
 use crate::model::ByteSize;
-use crate::model::JobId;
 use crate::secrets::{Redactor, StreamRedactor};
 
 /// Label on every container and volume kiln makes: the job it belongs to.
@@ -425,128 +425,6 @@ impl Sandbox {
     async fn remove_container(&self, id: &str) {
         remove_container(&self.docker, id).await;
     }
-
-    /// Kills the running containers this process made that carry every one of `labels` (a
-    /// stage stopped before its end); their runs then end as if the command had been killed.
-    pub async fn kill_labelled(&self, labels: &[String]) -> Result<usize, SandboxError> {
-        let mut wanted = labels.to_vec();
-        wanted.push(format!("{LABEL_PID}={}", std::process::id()));
-        let filters = HashMap::from([
-            ("label".to_string(), wanted),
-            ("status".to_string(), vec!["running".to_string()]),
-        ]);
-        let list = ListContainersOptions {
-            all: false,
-            filters: Some(filters),
-            ..Default::default()
-        };
-        let running = bounded("list containers", self.docker.list_containers(Some(list)))
-            .await?
-            .map_err(docker_err("list containers"))?;
-        let mut killed = 0;
-        for id in running.into_iter().filter_map(|c| c.id) {
-            let kill = KillContainerOptions {
-                signal: "KILL".into(),
-            };
-            match bounded(
-                "kill container",
-                self.docker.kill_container(&id, Some(kill)),
-            )
-            .await?
-            {
-                Ok(()) => killed += 1,
-                Err(e) => debug!(container = id, "kill: {e}"),
-            }
-        }
-        Ok(killed)
-    }
-
-    /// Removes every container, network and volume this kiln process made for `job`; safe to
-    /// call more than once. Another process's objects for the same job (a server that lost the
-    /// job's lease, on the same engine) are left to that process or to `kiln gc`.
-    pub async fn reap_job(&self, job: &JobId) -> Result<usize, SandboxError> {
-        let pid = format!("{LABEL_PID}={}", std::process::id());
-        self.reap(&[&format!("{LABEL_JOB}={job}"), &pid], |_| true)
-            .await
-    }
-
-    /// Removes every container, volume and network this kiln process made (a stopping server's
-    /// pooled holders among them).
-    pub async fn reap_own(&self) -> Result<usize, SandboxError> {
-        self.reap(&[&format!("{LABEL_PID}={}", std::process::id())], |_| true)
-            .await
-    }
-
-    /// Removes kiln-labelled containers and volumes whose owning kiln process is gone
-    /// (or all of them with `all`). Returns how many objects were removed.
-    pub async fn gc(&self, all: bool) -> Result<usize, SandboxError> {
-        self.reap(&[LABEL_JOB], |labels| all || !owner_alive(labels))
-            .await
-    }
-
-    /// Removes what carries every one of `labels` and is `doomed`.
-    async fn reap(
-        &self,
-        labels: &[&str],
-        doomed: impl Fn(&HashMap<String, String>) -> bool,
-    ) -> Result<usize, SandboxError> {
-        let wanted = labels.iter().map(|l| l.to_string()).collect();
-        let filters = HashMap::from([("label".to_string(), wanted)]);
-        let list = ListContainersOptions {
-            all: true,
-            filters: Some(filters.clone()),
-            ..Default::default()
-        };
-        let containers = bounded("list containers", self.docker.list_containers(Some(list)))
-            .await?
-            .map_err(docker_err("list containers"))?;
-        let mut removed = 0;
-        for c in containers {
-            if doomed(&c.labels.unwrap_or_default())
-                && let Some(id) = c.id
-            {
-                self.remove_container(&id).await;
-                removed += 1;
-            }
-        }
-        let list = ListNetworksOptions {
-            filters: Some(filters.clone()),
-        };
-        let networks = bounded("list networks", self.docker.list_networks(Some(list)))
-            .await?
-            .map_err(docker_err("list networks"))?;
-        for n in networks {
-            if doomed(&n.labels.unwrap_or_default())
-                && let Some(name) = n.name
-            {
-                match bounded("remove network", self.docker.remove_network(&name)).await? {
-                    Ok(()) => removed += 1,
-                    Err(e) => warn!(network = name, "could not remove network: {e}"),
-                }
-            }
-        }
-        let list = ListVolumesOptions {
-            filters: Some(filters),
-        };
-        let volumes = bounded("list volumes", self.docker.list_volumes(Some(list)))
-            .await?
-            .map_err(docker_err("list volumes"))?;
-        for v in volumes.volumes.unwrap_or_default() {
-            if doomed(&v.labels) {
-                let opts = RemoveVolumeOptions { force: true };
-                match bounded(
-                    "remove volume",
-                    self.docker.remove_volume(&v.name, Some(opts)),
-                )
-                .await?
-                {
-                    Ok(()) => removed += 1,
-                    Err(e) => warn!(volume = v.name, "could not remove volume: {e}"),
-                }
-            }
-        }
-        Ok(removed)
-    }
 }
 
 /// Removes a container, running or not; failures are logged, the job's final reap retries.
@@ -561,27 +439,6 @@ async fn remove_container(docker: &Docker, id: &str) {
         Ok(Err(e)) => warn!(container = id, "could not remove container: {e}"),
         Err(e) => warn!(container = id, "{e}"),
     }
-}
-
-/// Labels for everything made for `job`: the job id and this process, for `kiln gc`.
-pub fn job_labels(job: &JobId) -> HashMap<String, String> {
-    owner_labels(&job.to_string())
-}
-
-/// [`job_labels`] for an owner that may be no one job (pooled volumes are `shared`).
-fn owner_labels(owner: &str) -> HashMap<String, String> {
-    HashMap::from([
-        (LABEL_JOB.to_string(), owner.to_string()),
-        (LABEL_PID.to_string(), std::process::id().to_string()),
-    ])
-}
-
-/// Whether the kiln process named in `labels` still runs on this machine.
-fn owner_alive(labels: &HashMap<String, String>) -> bool {
-    labels
-        .get(LABEL_PID)
-        .and_then(|p| p.parse::<i32>().ok())
-        .is_some_and(crate::model::process::process_alive)
 }
 
 /// The image the workspace holder runs, which every job therefore needs.
