@@ -4,7 +4,6 @@
 use std::io::{BufRead, BufReader, Read};
 
 use super::{AuditError, AuditLog, MAX_LINE, Record, Target};
-use crate::store::StoreError;
 
 impl AuditLog {
     /// The first `max` records about `job`, oldest first. Lines that are not records (a broken
@@ -58,22 +57,6 @@ impl AuditLog {
                 .map_err(|e| AuditError::Shared(self.to_string(), e)),
         }
     }
-}
-
-/// The record in a row of the shared `audit` table (`seq, at, kind, job, data, prev, hash`).
-pub(super) fn from_row(r: &postgres::Row) -> Result<Record, StoreError> {
-    let text: String = r.get(4);
-    let data = serde_json::from_str(&text)
-        .map_err(|e| StoreError::Value(format!("audit record {}: {e}", r.get::<_, i64>(0))))?;
-    Ok(Record {
-        seq: r.get::<_, i64>(0) as u64,
-        at: r.get(1),
-        kind: r.get(2),
-        job: r.get(3),
-        data,
-        prev: r.get(5),
-        hash: r.get(6),
-    })
 }
 
 #[cfg(test)]

@@ -48,7 +48,13 @@ impl SharedChain {
              WHERE job = $1 ORDER BY seq LIMIT $2",
             &[&job, &(max as i64)],
         )?;
-        rows.iter().map(super::read::from_row).collect()
+        rows.iter()
+            .map(|r| {
+                record(r).map_err(|e| {
+                    StoreError::Value(format!("audit record {}: {e}", r.get::<_, i64>(0)))
+                })
+            })
+            .collect()
     }
 
     /// Appends the record `seal` makes from the next seq and the last hash.
@@ -115,21 +121,11 @@ pub fn verify_shared(target: &PgTarget) -> Result<Verified, AuditError> {
         for r in &rows {
             let seq: i64 = r.get(0);
             after = seq;
-            let text: String = r.get(4);
-            let data = match serde_json::from_str(&text) {
-                Ok(data) => data,
+            let record = match record(r) {
+                Ok(record) => record,
                 Err(e) => {
                     return Ok(chain.broken(Some(seq as u64), format!("its data is not JSON: {e}")));
                 }
-            };
-            let record = Record {
-                seq: seq as u64,
-                at: r.get(1),
-                kind: r.get(2),
-                job: r.get(3),
-                data,
-                prev: r.get(5),
-                hash: r.get(6),
             };
             if let Err(broken) = chain.add(record) {
                 return Ok(broken);
@@ -139,4 +135,19 @@ pub fn verify_shared(target: &PgTarget) -> Result<Verified, AuditError> {
             return Ok(chain.whole());
         }
     }
+}
+
+/// The record in a row of the `audit` table (`seq, at, kind, job, data, prev, hash`); an error
+/// when its data is not JSON.
+fn record(r: &postgres::Row) -> Result<Record, serde_json::Error> {
+    let text: String = r.get(4);
+    Ok(Record {
+        seq: r.get::<_, i64>(0) as u64,
+        at: r.get(1),
+        kind: r.get(2),
+        job: r.get(3),
+        data: serde_json::from_str(&text)?,
+        prev: r.get(5),
+        hash: r.get(6),
+    })
 }

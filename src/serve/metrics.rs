@@ -175,59 +175,51 @@ impl Metrics {
             g.policies
                 .write(out, "kiln_policy_evaluation_seconds", "", &POLICY_BUCKETS);
         }
-        let _ = writeln!(
-            out,
-            "# HELP kiln_model_requests_total Model calls counted by kiln's egress proxy, by host and API.\n\
-             # TYPE kiln_model_requests_total counter"
-        );
-        for ((host, kind), spent) in &g.models {
-            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
-            let _ = writeln!(
-                out,
-                "kiln_model_requests_total{{{labels}}} {}",
-                spent.requests
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP kiln_model_tokens_total Tokens model calls used, by host, API and type.\n\
-             # TYPE kiln_model_tokens_total counter"
-        );
-        for ((host, kind), spent) in &g.models {
-            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
-            let u = &spent.usage;
-            for (kind_of, n) in [
-                ("input", u.input),
-                ("cached", u.cached),
-                ("output", u.output),
-            ] {
+        model_counters(out, &g.models);
+    }
+}
+
+/// The model spend counters, one family at a time, a sample per host and API kind.
+fn model_counters(out: &mut String, models: &BTreeMap<(String, &'static str), Spend>) {
+    type Samples = fn(&Spend) -> Vec<(&'static str, String)>;
+    let families: [(&str, &str, Samples); 4] = [
+        (
+            "kiln_model_requests_total",
+            "Model calls counted by kiln's egress proxy, by host and API.",
+            |s| vec![("", s.requests.to_string())],
+        ),
+        (
+            "kiln_model_tokens_total",
+            "Tokens model calls used, by host, API and type.",
+            |s| {
+                let u = &s.usage;
+                vec![
+                    (",type=\"input\"", u.input.to_string()),
+                    (",type=\"cached\"", u.cached.to_string()),
+                    (",type=\"output\"", u.output.to_string()),
+                ]
+            },
+        ),
+        (
+            "kiln_model_cost_usd_total",
+            "What model calls cost at the operator's prices, by host and API.",
+            |s| vec![("", s.usd.to_string())],
+        ),
+        (
+            "kiln_model_estimated_total",
+            "Model calls whose usage could not be read and was estimated.",
+            |s| vec![("", s.estimated.to_string())],
+        ),
+    ];
+    for (name, help, samples) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for ((host, kind), spent) in models {
+            for (more, value) in samples(spent) {
                 let _ = writeln!(
                     out,
-                    "kiln_model_tokens_total{{{labels},type=\"{kind_of}\"}} {n}"
+                    "{name}{{host=\"{host}\",kind=\"{kind}\"{more}}} {value}"
                 );
             }
-        }
-        let _ = writeln!(
-            out,
-            "# HELP kiln_model_cost_usd_total What model calls cost at the operator's prices, by host and API.\n\
-             # TYPE kiln_model_cost_usd_total counter"
-        );
-        for ((host, kind), spent) in &g.models {
-            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
-            let _ = writeln!(out, "kiln_model_cost_usd_total{{{labels}}} {}", spent.usd);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP kiln_model_estimated_total Model calls whose usage could not be read and was estimated.\n\
-             # TYPE kiln_model_estimated_total counter"
-        );
-        for ((host, kind), spent) in &g.models {
-            let labels = format!("host=\"{host}\",kind=\"{kind}\"");
-            let _ = writeln!(
-                out,
-                "kiln_model_estimated_total{{{labels}}} {}",
-                spent.estimated
-            );
         }
     }
 }

@@ -39,8 +39,13 @@ pub(super) async fn sign_in(
         "{COOKIE}={value}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
         LIFETIME.as_secs()
     );
-    let mut response = Redirect::to("/console").into_response();
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
+    redirect_setting("/console", &cookie)
+}
+
+/// A redirect to `to` that sets `cookie`.
+fn redirect_setting(to: &str, cookie: &str) -> Response {
+    let mut response = Redirect::to(to).into_response();
+    if let Ok(value) = HeaderValue::from_str(cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
@@ -62,12 +67,8 @@ pub(super) async fn sign_out(
         return refusal;
     }
     server.sessions.end(&session, now());
-    let mut response = Redirect::to("/console/sign-in").into_response();
     let gone = format!("{COOKIE}=; Path=/console; HttpOnly; SameSite=Strict; Max-Age=0");
-    if let Ok(value) = HeaderValue::from_str(&gone) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
+    redirect_setting("/console/sign-in", &gone)
 }
 
 #[derive(Deserialize)]

@@ -185,7 +185,6 @@ fn decision(row: &JobRow, story: &Story, csrf: &str) -> Markup {
         return html! {};
     };
     let e = &found.escalation;
-    let action = |verb: &str| format!("/console/jobs/{}/{verb}", row.id);
     html! {
         section.escalation aria-labelledby="escalation" {
             h2 #escalation { "Escalation: " (e.kind.as_str()) }
@@ -200,29 +199,37 @@ fn decision(row: &JobRow, story: &Story, csrf: &str) -> Markup {
                 }
                 None => {
                     @if e.candidate.is_some() {
-                        form.decide method="post" action=(action("approve")) {
-                            h3 { "Approve" }
-                            input type="hidden" name="csrf" value=(csrf);
-                            label for="approve-by" { "Your name" }
-                            input #approve-by type="text" name="by" required maxlength="100";
-                            label for="approve-note" { "Note (optional)" }
-                            textarea #approve-note name="note" rows="2" maxlength="4000" {}
-                            button type="submit" { "Approve and publish" }
-                        }
+                        (decision_form(&row.id, csrf, "approve", "Approve and publish", "Note (optional)", false))
                     } @else {
                         p.muted { "No tested commit: this escalation can only be rejected." }
                     }
-                    form.decide method="post" action=(action("reject")) {
-                        h3 { "Reject" }
-                        input type="hidden" name="csrf" value=(csrf);
-                        label for="reject-by" { "Your name" }
-                        input #reject-by type="text" name="by" required maxlength="100";
-                        label for="reject-note" { "Why (required)" }
-                        textarea #reject-note name="note" rows="2" maxlength="4000" required {}
-                        button type="submit" { "Reject" }
-                    }
+                    (decision_form(&row.id, csrf, "reject", "Reject", "Why (required)", true))
                 }
             }
+        }
+    }
+}
+
+/// The form that makes decision `verb` (`approve`, `reject`) on job `id`: who decides, and a
+/// note (`note_required` for a rejection).
+fn decision_form(
+    id: &str,
+    csrf: &str,
+    verb: &str,
+    button: &str,
+    note_label: &str,
+    note_required: bool,
+) -> Markup {
+    let (by, note) = (format!("{verb}-by"), format!("{verb}-note"));
+    html! {
+        form.decide method="post" action={ "/console/jobs/" (id) "/" (verb) } {
+            h3 { (button) }
+            input type="hidden" name="csrf" value=(csrf);
+            label for=(by) { "Your name" }
+            input id=(by) type="text" name="by" required maxlength="100";
+            label for=(note) { (note_label) }
+            textarea id=(note) name="note" rows="2" maxlength="4000" required[note_required] {}
+            button type="submit" { (button) }
         }
     }
 }
