@@ -12,7 +12,8 @@ use crate::model::Stage;
 use crate::model::spend::Budget;
 use crate::report::{HostSpend, SpendReport, StageSpend};
 
-/// The meters of one job; a stage without a budget has none (its calls are not counted).
+/// The meters of one job: a generator or reviewer has one when it has a budget or the operator
+/// lists model hosts; otherwise its calls are not counted.
 #[derive(Debug, Default)]
 pub(crate) struct JobSpend {
     generate: Option<Arc<SpendMeter>>,
