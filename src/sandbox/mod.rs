@@ -436,9 +436,35 @@ async fn remove_container(docker: &Docker, id: &str) {
     };
     match bounded("remove container", docker.remove_container(id, Some(opts))).await {
         Ok(Ok(())) => {}
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        })) => {}
+        // Another kiln on this engine is removing it (two reapers of one dead server): wait for
+        // that removal, so "reaped" still means gone when this returns.
+        Ok(Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        })) => wait_gone(docker, id).await,
         Ok(Err(e)) => warn!(container = id, "could not remove container: {e}"),
         Err(e) => warn!(container = id, "{e}"),
     }
+}
+
+/// Waits up to ten seconds for a container someone else is removing to be gone.
+async fn wait_gone(docker: &Docker, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        match bounded("inspect container", docker.inspect_container(id, None)).await {
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(e) => return warn!(container = id, "{e}"),
+        }
+    }
+    warn!(
+        container = id,
+        "another removal of this container did not finish in 10 s"
+    );
 }
 
 /// The image the workspace holder runs, which every job therefore needs.
