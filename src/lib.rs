@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 pub mod workspace;
 
 pub use error::Error;

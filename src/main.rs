@@ -8,6 +8,7 @@ use std::process::ExitCode as ProcessExit;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use kiln::config::Config;
+use kiln::telemetry::Telemetry;
 use kiln::{Error, ExitCode};
 
 #[derive(Parser)]
@@ -89,25 +90,45 @@ enum Command {
 
 fn main() -> ProcessExit {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("kiln: cannot start the async runtime: {e}");
-            return ProcessExit::from(ExitCode::Infrastructure as u8);
-        }
+    let config = match &cli.config {
+        Some(path) => Config::load(path).map_err(Error::from),
+        None => Ok(Config::default()),
     };
-    let code = match runtime.block_on(dispatch(cli)) {
+    // The parse child is kiln too, under the same config: it exports nothing.
+    let telemetry = match (&config, &cli.command) {
+        (Ok(config), command) if !matches!(command, Command::Parse) => {
+            match Telemetry::start(&config.telemetry) {
+                Ok(telemetry) => telemetry,
+                Err(e) => {
+                    eprintln!("kiln: {e}");
+                    return ProcessExit::from(ExitCode::Invalid as u8);
+                }
+            }
+        }
+        _ => None,
+    };
+    init_logging(cli.log_format, telemetry.as_ref());
+    let code = match config.and_then(|config| run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             report_error(&e);
             e.exit_code()
         }
     };
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
     ProcessExit::from(code as u8)
+}
+
+/// Runs the command on an async runtime, which is gone when this returns (the exporter's last
+/// spans are sent outside it).
+fn run(cli: Cli, config: Config) -> Result<ExitCode, Error> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::io("cannot start the async runtime"))?;
+    runtime.block_on(dispatch(cli, config))
 }
 
 /// Prints `e` and, as cargo does, each cause under it once: a cause whose text the line above
@@ -126,23 +147,27 @@ fn report_error(e: &Error) {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Diagnostics on stderr, filtered by `KILN_LOG` (default `warn`); with telemetry, kiln's spans
+/// also go to the exporter, whatever the filter.
+fn init_logging(format: LogFormat, telemetry: Option<&Telemetry>) {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("KILN_LOG").unwrap_or_else(|_| "warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let stderr = match format {
+        LogFormat::Text => stderr.boxed(),
+        LogFormat::Json => stderr.json().boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter))
+        .with(telemetry.map(Telemetry::layer))
+        .init();
 }
 
-async fn dispatch(cli: Cli) -> Result<ExitCode, Error> {
-    let config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
+async fn dispatch(cli: Cli, config: Config) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Run(args) => cli::run::exec(&config, args).await,
         Command::Gc(args) => cli::gc::exec(args).await,

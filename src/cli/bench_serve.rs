@@ -312,6 +312,7 @@ fn claim_latency(at: &Location) -> Result<(Duration, Duration), Error> {
             touches: &[format!("f{n}")],
             spec: "",
             spec_format: kiln::job::Format::Toml,
+            trace_parent: None,
         })?;
     }
     let limits = kiln::scheduler::Limits {

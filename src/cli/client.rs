@@ -151,15 +151,16 @@ pub async fn exec(remote: &Remote, command: ClientCommand) -> Result<ExitCode, E
             } else {
                 "application/toml"
             };
-            let answer = client
-                .json(
-                    client
-                        .http
-                        .post(client.url("/jobs"))
-                        .header(reqwest::header::CONTENT_TYPE, content_type)
-                        .body(text),
-                )
-                .await?;
+            let mut request = client
+                .http
+                .post(client.url("/jobs"))
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(text);
+            // The job's trace continues the caller's, as `kiln run`'s does.
+            if let Some(parent) = super::run::trace_parent_from_env() {
+                request = request.header("traceparent", parent.as_str());
+            }
+            let answer = client.json(request).await?;
             println!("{}", answer["id"].as_str().unwrap_or_default());
             Ok(ExitCode::Success)
         }

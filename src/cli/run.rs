@@ -56,6 +56,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         artifacts_root: artifacts.unwrap_or_else(|| config.artifacts_dir.clone()),
         out: out.map(|o| Destination::parse(&o)),
         holds: None,
+        trace_parent: trace_parent_from_env(),
     };
     let sandbox = Sandbox::connect().await?;
     kiln::run::preflight(&job, &ctx, &sandbox, &opts).await?;
@@ -121,5 +122,18 @@ async fn interrupted() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// The caller's trace from `TRACEPARENT` (as CI systems that trace their steps set it); a
+/// malformed one is ignored with a warning, as W3C trace context says.
+pub fn trace_parent_from_env() -> Option<kiln::model::TraceParent> {
+    let value = std::env::var("TRACEPARENT").ok()?;
+    match value.parse() {
+        Ok(parent) => Some(parent),
+        Err(e) => {
+            eprintln!("kiln: TRACEPARENT ignored: {e}");
+            None
+        }
     }
 }

@@ -14,6 +14,7 @@ mod publish;
 mod sandbox;
 mod secrets;
 mod store;
+mod telemetry;
 
 pub use egress::{EgressConfig, ModelConfig};
 pub use notify::NotifyConfig;
@@ -21,6 +22,7 @@ pub use publish::PublishConfig;
 pub use sandbox::SandboxConfig;
 pub use secrets::SecretSource;
 pub use store::StoreConfig;
+pub use telemetry::TelemetryConfig;
 
 use crate::model::fs::read_capped;
 use crate::model::{ByteSize, Limits, StageSpec};
@@ -75,6 +77,8 @@ pub struct Config {
     /// `[store]`: the job queue `kiln serve` uses; SQLite in its state folder unless a shared
     /// PostgreSQL is named.
     pub store: StoreConfig,
+    /// `[telemetry]`: OpenTelemetry traces of every job, over OTLP/HTTP. Default: none.
+    pub telemetry: TelemetryConfig,
     /// `[secrets.NAME]`: credentials read on the host, which a stage's `[x.network] secrets`
     /// may use through the egress proxy without ever holding them. Every value is redacted from
     /// everything kiln writes. Default: none.
@@ -155,6 +159,7 @@ impl Default for Config {
             policy: PolicyConfig::default(),
             sandbox: SandboxConfig::default(),
             store: StoreConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -223,6 +228,7 @@ impl Config {
         self.notify.check()?;
         self.publish.check()?;
         self.sandbox.check().map_err(|e| format!("[sandbox] {e}"))?;
+        self.telemetry.check()?;
         self.store.check()?;
         self.egress.check().map_err(|e| format!("[egress] {e}"))?;
         secrets::check(&self.secrets).map_err(|e| format!("[secrets] {e}"))?;

@@ -16,6 +16,7 @@ pub mod stage;
 pub mod status;
 pub mod text;
 pub mod time;
+pub mod trace;
 
 pub use diff::{Diff, DiffStats, FileDiff, FileStatus, Hunk, Line, LineKind};
 pub use globs::Globs;
@@ -31,3 +32,4 @@ pub use limits::Limits;
 pub use size::ByteSize;
 pub use stage::{Agent, NetworkSpec, StageSpec};
 pub use status::{ExitCode, Status};
+pub use trace::TraceParent;

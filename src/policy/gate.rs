@@ -205,6 +205,7 @@ impl Gate {
             }
         };
         // Each policy runs in its own store, so the bundle's policies run side by side.
+        let parent = tracing::Span::current();
         let mut results: Vec<PolicyResult> = std::thread::scope(|scope| {
             let handles: Vec<_> = self
                 .bundle
@@ -213,7 +214,19 @@ impl Gate {
                 .zip(&self.loaded)
                 .map(|(policy, loaded)| {
                     let bytes = common(loaded.as_ref().map(|(_, r)| *r).unwrap_or_default());
-                    scope.spawn(move || self.run_one(policy, loaded, bytes))
+                    let parent = &parent;
+                    scope.spawn(move || {
+                        let span = tracing::info_span!(
+                            parent: parent,
+                            "policy.module",
+                            kiln.policy = %policy.name,
+                            kiln.sha256 = %policy.sha256,
+                            kiln.decision = tracing::field::Empty,
+                        );
+                        let result = span.in_scope(|| self.run_one(policy, loaded, bytes));
+                        span.record("kiln.decision", result.decision.as_str());
+                        result
+                    })
                 })
                 .collect();
             handles

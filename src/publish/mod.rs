@@ -252,6 +252,7 @@ pub fn check_destination(
 
 /// Writes `commit` (held by the repository at `source`) to `dest` as the new branch `branch`.
 /// Refuses when `dest` has the branch already.
+#[tracing::instrument(name = "publish", skip_all, fields(kiln.branch = %branch))]
 pub fn publish_branch(
     source: &Path,
     commit: Oid,

@@ -37,6 +37,7 @@ pub struct Approved {
 
 /// Approves the open escalation `id` under the artifacts root `root` (by `by`, with `note`),
 /// publishes its tested commit and, when the job asks, merges it.
+#[tracing::instrument(name = "approve", skip_all, fields(kiln.job_id = %id))]
 pub async fn approve(
     root: &Path,
     id: &str,

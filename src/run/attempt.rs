@@ -54,7 +54,7 @@ impl Runner<'_> {
         let mut deltas: Vec<Vec<BlobChange>> = Vec::new();
         let mut feedback: Option<Feedback> = None;
         for n in 1..=job.max_attempts {
-            let span = info_span!("attempt", job_id = %job.id, attempt = n);
+            let span = info_span!("attempt", kiln.attempt = n);
             let step = self
                 .attempt(&ws, n, &trees, &deltas, feedback.as_ref())
                 .instrument(span)
@@ -148,7 +148,9 @@ impl Runner<'_> {
         let (diff, patch) = {
             let (ws, base) = (ws.clone(), ws.base_tree());
             let budget = self.ctx.config.policy.max_diff;
-            blocking(move || Ok(ws.diff(base, tree, budget)?)).await?
+            blocking(move || Ok(ws.diff(base, tree, budget)?))
+                .instrument(info_span!("diff"))
+                .await?
         };
         let delta = {
             let ws = ws.clone();
@@ -255,8 +257,10 @@ impl Runner<'_> {
         input: &[u8],
     ) -> Result<(Ran, Oid, Ingested), Error> {
         let stages = self.stages();
+        let span = info_span!("stage", kiln.stage = %Stage::Generate);
         let volume = stages
             .volume(&ws.repo_path(), tree, "job.json", input)
+            .instrument(span.clone())
             .await?;
         let result = async {
             let ran = stages
@@ -291,8 +295,9 @@ impl Runner<'_> {
             };
             Ok((ran, tree, ingested))
         }
+        .instrument(span.clone())
         .await;
-        volume.remove().await;
+        volume.remove().instrument(span).await;
         result
     }
 

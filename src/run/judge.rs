@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use tracing::{Instrument, info_span};
+
 use super::{Runner, Step, blocking};
 use crate::audit::{Event, PolicyRecord};
 use crate::error::Error;
@@ -58,6 +60,7 @@ impl Runner<'_> {
             };
             Ok(gate.evaluate(&input))
         })
+        .instrument(info_span!("policy"))
         .await?;
         let findings: usize = result.policies.iter().map(|p| p.findings.len()).sum();
         timer.done(&format!(

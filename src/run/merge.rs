@@ -57,6 +57,7 @@ pub(crate) enum MergeOutcome {
 }
 
 impl MergeTurn<'_> {
+    #[tracing::instrument(name = "merge", skip_all, fields(kiln.target = %self.target))]
     pub(crate) async fn run(&self, progress: &Progress) -> Result<MergeOutcome, Error> {
         let timer = progress.start(Step::MergeQueue {
             target: self.target.to_string(),

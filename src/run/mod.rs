@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use git2::Oid;
-use tracing::{Instrument, info_span};
+use tracing::{Instrument, Span, field, info_span};
 
 pub use approve::{Approved, approve, reject};
 pub use context::Context;
@@ -40,6 +40,7 @@ use crate::config::Loosening;
 use crate::error::Error;
 use crate::escalation::{Candidate, Kind};
 use crate::job::Job;
+use crate::model::TraceParent;
 use crate::policy::{Gate, GateResult};
 use crate::publish::{Destination, check_destination};
 use crate::report::{AttemptReport, CommitReport, JobSummary, SandboxSummary, Timings};
@@ -55,6 +56,8 @@ pub struct RunOptions {
     /// process may still act for the job. Under `kiln serve` on a shared store, whether its
     /// lease holds; `Err` says why not, and the job ends with nothing published.
     pub holds: Option<Holds>,
+    /// The caller's trace (a client's W3C `traceparent`): the job's spans continue it.
+    pub trace_parent: Option<TraceParent>,
 }
 
 /// See [`RunOptions::holds`].
@@ -99,6 +102,42 @@ pub async fn run_job(
     gate: Option<Arc<Gate>>,
     progress: Progress,
 ) -> Result<Report, Error> {
+    let span = info_span!(
+        "job",
+        kiln.job_id = %job.id,
+        kiln.repo = %job.repo.path().display(),
+        kiln.branch = %job.branch,
+        kiln.outcome = field::Empty,
+        kiln.exit_code = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    if let Some(parent) = &opts.trace_parent {
+        crate::telemetry::continue_trace(&span, parent);
+    }
+    let result = run_traced(job, ctx, sandbox, opts, gate, progress)
+        .instrument(span.clone())
+        .await;
+    let (outcome, exit) = match &result {
+        Ok(report) => (report.status.as_str(), report.exit_code),
+        Err(e) => (Status::Error.as_str(), e.exit_code()),
+    };
+    span.record("kiln.outcome", outcome);
+    span.record("kiln.exit_code", exit as u8);
+    if outcome == Status::Error.as_str() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+/// [`run_job`] inside the job's span.
+async fn run_traced(
+    job: &Job,
+    ctx: &Context,
+    sandbox: &Sandbox,
+    opts: &RunOptions,
+    gate: Option<Arc<Gate>>,
+    progress: Progress,
+) -> Result<Report, Error> {
     let started = Instant::now();
     let artifacts = Artifacts::new(&opts.artifacts_root, &job.id, ctx.redactor().clone());
     let dir = artifacts.dir().to_path_buf();
@@ -118,7 +157,6 @@ pub async fn run_job(
         gate_result: None,
         spend: spend::JobSpend::new(job, &ctx.config),
     };
-    let span = info_span!("job", job_id = %job.id);
     runner
         .record(Event::JobState(JobState {
             repo: Some(job.repo.path().display().to_string()),
@@ -127,7 +165,7 @@ pub async fn run_job(
             ..JobState::to("running")
         }))
         .await?;
-    let result = runner.execute(opts).instrument(span).await;
+    let result = runner.execute(opts).await;
     let (end, exit) = match result {
         Ok(end) => {
             let exit = end.status.exit_code();
@@ -261,11 +299,15 @@ impl End {
     }
 }
 
-/// Runs blocking git and file work off the async threads.
+/// Runs blocking git and file work off the async threads, inside the caller's span (the spans
+/// it opens are its children).
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Error> + Send + 'static,
 ) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f).await.map_err(Error::Join)?
+    let span = Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(Error::Join)?
 }
 
 fn short(oid: Oid) -> String {

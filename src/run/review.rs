@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use git2::Oid;
 use serde::Serialize;
+use tracing::{Instrument, info_span};
 
 use super::Runner;
 use super::stage::{Ran, stage_report};
@@ -122,8 +123,10 @@ impl Runner<'_> {
         spec: &StageSpec,
     ) -> Result<(Ran, ReviewVerdict), Error> {
         let stages = self.stages();
+        let span = info_span!("stage", kiln.stage = %Stage::Review);
         let (volume, out) = stages
             .review_volumes(&ws.repo_path(), n, tree, input, OUT_VOLUME)
+            .instrument(span.clone())
             .await?;
         let result = async {
             let ran = stages
@@ -153,9 +156,14 @@ impl Runner<'_> {
             };
             Ok((ran, verdict))
         }
+        .instrument(span.clone())
         .await;
-        volume.remove().await;
-        out.remove().await;
+        async {
+            volume.remove().await;
+            out.remove().await;
+        }
+        .instrument(span)
+        .await;
         result
     }
 }

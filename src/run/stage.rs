@@ -177,17 +177,13 @@ impl Stages<'_> {
             }
             Stage::MergeTest => None,
         };
-        let span = info_span!("stage", job_id = %self.job, attempt = n, stage = %stage);
         let live = live.as_deref().map(|path| Live {
             path,
             redactor: redactor.clone(),
         });
         let meter = self.spend.and_then(|s| s.of(stage));
         let spent_before = meter.map(|m| m.spent());
-        let run = self
-            .sandbox
-            .run_live(&container, spec.timeout, live)
-            .instrument(span);
+        let run = self.sandbox.run_live(&container, spec.timeout, live);
         let outcome = match self.spend.and_then(|s| s.of(stage)) {
             // A call refused for the budget stops the stage: its container is killed, and the
             // run ends as a killed command's does.
@@ -315,10 +311,15 @@ impl Stages<'_> {
         input: &[u8],
         spec: &StageSpec,
     ) -> Result<Ran, Error> {
-        let volume = self.volume(repo, tree, "job.json", input).await?;
-        let result = self.container(&volume, None, stage, n, spec).await;
-        volume.remove().await;
-        result
+        let span = info_span!("stage", kiln.stage = %stage);
+        async {
+            let volume = self.volume(repo, tree, "job.json", input).await?;
+            let result = self.container(&volume, None, stage, n, spec).await;
+            volume.remove().await;
+            result
+        }
+        .instrument(span)
+        .await
     }
 }
 

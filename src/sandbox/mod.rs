@@ -18,7 +18,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, field, info_span, warn};
 
 pub use output::CappedLog;
 pub use spec::{
@@ -274,6 +274,7 @@ impl Sandbox {
             "create container",
             self.docker.create_container(None, spec.to_create_body()),
         )
+        .instrument(info_span!("container.create", kiln.image = %spec.image))
         .await?
         .map_err(docker_err("create a container"))?;
         let id = created.id;
@@ -296,7 +297,9 @@ impl Sandbox {
                 live,
             )
             .await;
-        self.remove_container(&id).await;
+        self.remove_container(&id)
+            .instrument(info_span!("container.remove"))
+            .await;
         outcome
     }
 
@@ -346,11 +349,40 @@ impl Sandbox {
             log
         });
 
-        let started = Instant::now();
         bounded("start container", self.docker.start_container(id, None))
+            .instrument(info_span!("container.start"))
             .await?
             .map_err(docker_err("start a container"))?;
         let start_latency = asked.elapsed();
+        let waiting = info_span!(
+            "container.wait",
+            kiln.exit_code = field::Empty,
+            kiln.timed_out = field::Empty,
+            kiln.oom_killed = field::Empty,
+        );
+        let outcome = self
+            .wait_and_read(id, output_cap, timeout, start_latency, reader)
+            .instrument(waiting.clone())
+            .await?;
+        if let Some(code) = outcome.exit_code {
+            waiting.record("kiln.exit_code", code);
+        }
+        waiting.record("kiln.timed_out", outcome.timed_out);
+        waiting.record("kiln.oom_killed", outcome.oom_killed);
+        Ok(outcome)
+    }
+
+    /// Waits for the started container `id` to end (killing it at `timeout`), drains its
+    /// output from `reader` and reads how it ended.
+    async fn wait_and_read(
+        &self,
+        id: &str,
+        output_cap: usize,
+        timeout: Duration,
+        start_latency: Duration,
+        mut reader: tokio::task::JoinHandle<CappedLog>,
+    ) -> Result<RunOutcome, SandboxError> {
+        let started = Instant::now();
         let timed_out = !self
             .wait_until(id, tokio::time::Instant::now() + timeout)
             .await;
@@ -367,8 +399,6 @@ impl Sandbox {
                 .await;
         }
         let duration = started.elapsed();
-
-        let mut reader = reader;
         let output = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
             Ok(Ok(log)) => log,
             _ => {

@@ -246,6 +246,7 @@ impl WorkVolume {
         self.upload_body(tar, limit).await
     }
 
+    #[tracing::instrument(name = "tar.in", skip_all)]
     async fn upload_body(
         &self,
         tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
@@ -291,6 +292,7 @@ impl WorkVolume {
         .await
     }
 
+    #[tracing::instrument(name = "tar.out", skip_all)]
     async fn read_tar<T: Send + 'static>(
         &self,
         path: String,

@@ -165,6 +165,7 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
         artifacts_root: server.artifacts(),
         out: server.out.clone(),
         holds: Some(holds),
+        trace_parent: row.trace_parent.as_deref().and_then(|t| t.parse().ok()),
     };
     crate::run::preflight(&job, ctx, &server.sandbox, &opts).await?;
     let observer = {

@@ -57,6 +57,9 @@ pub struct JobRow {
     pub spec: String,
     #[serde(skip)]
     pub spec_format: Format,
+    /// The trace the job's spans continue, as the client sent it (checked at submit).
+    #[serde(skip)]
+    pub trace_parent: Option<String>,
 }
 
 impl JobRow {
@@ -130,6 +133,8 @@ pub struct NewJob<'a> {
     pub touches: &'a [String],
     pub spec: &'a str,
     pub spec_format: Format,
+    /// The client's W3C `traceparent`, checked: the job's trace continues it.
+    pub trace_parent: Option<&'a str>,
 }
 
 /// The job store: one connection, used from one place at a time.

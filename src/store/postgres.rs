@@ -82,8 +82,8 @@ impl PgStore {
         self.with(|db| {
             db.execute(
                 &format!(
-                    "INSERT INTO jobs (id, state, priority, submitted_ms, repo, touches, spec, spec_format)
-                     VALUES ($1, 'queued', $2, {NOW_MS}, $3, $4, $5, $6)"
+                    "INSERT INTO jobs (id, state, priority, submitted_ms, repo, touches, spec, spec_format, traceparent)
+                     VALUES ($1, 'queued', $2, {NOW_MS}, $3, $4, $5, $6, $7)"
                 ),
                 &[
                     &job.id,
@@ -92,6 +92,7 @@ impl PgStore {
                     &touches,
                     &job.spec,
                     &job.spec_format.as_str(),
+                    &job.trace_parent,
                 ],
             )
         })?;
@@ -526,5 +527,6 @@ fn row(r: &Row) -> Result<JobRow, StoreError> {
         server: r.try_get("server")?,
         spec: r.try_get("spec")?,
         spec_format: Format::parse(&format).ok_or_else(|| unknown("Format", &format))?,
+        trace_parent: r.try_get("traceparent")?,
     })
 }

@@ -8,7 +8,7 @@ use postgres::Client;
 use super::StoreError;
 
 /// Each migration takes the schema from its index to the next version.
-const MIGRATIONS: [&str; 1] = [V1];
+const MIGRATIONS: [&str; 2] = [V1, V2];
 
 /// The version this kiln writes and reads.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
@@ -64,6 +64,11 @@ CREATE TABLE audit (
     hash  TEXT NOT NULL
 );
 CREATE INDEX audit_by_job ON audit (job, seq);
+";
+
+/// Version 2: the trace a job's spans continue (a client's W3C `traceparent`).
+const V2: &str = "
+ALTER TABLE jobs ADD COLUMN traceparent TEXT;
 ";
 
 /// The schema version of the store on `db`; 0 when it has none yet.

@@ -40,8 +40,8 @@ impl SqliteStore {
     pub fn submit(&mut self, job: NewJob<'_>) -> Result<(), StoreError> {
         let touches = serde_json::to_string(job.touches).expect("strings serialize");
         self.db.execute(
-            "INSERT INTO jobs (id, state, priority, submitted_ms, repo, touches, spec, spec_format)
-             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO jobs (id, state, priority, submitted_ms, repo, touches, spec, spec_format, traceparent)
+             VALUES (?1, 'queued', ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 job.id,
                 job.priority,
@@ -49,7 +49,8 @@ impl SqliteStore {
                 job.repo,
                 touches,
                 job.spec,
-                job.spec_format
+                job.spec_format,
+                job.trace_parent
             ],
         )?;
         Ok(())
@@ -331,6 +332,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
         server: r.get("server")?,
         spec: r.get("spec")?,
         spec_format: r.get("spec_format")?,
+        trace_parent: r.get("traceparent")?,
     })
 }
 

@@ -8,7 +8,7 @@ use super::StoreError;
 
 /// Each migration takes the schema from its index to the next version. Version 1 is the schema
 /// every store had before versions were kept.
-const MIGRATIONS: [&str; 2] = [V1, V2];
+const MIGRATIONS: [&str; 3] = [V1, V2, V3];
 
 /// The version this kiln writes and reads.
 pub const VERSION: u32 = MIGRATIONS.len() as u32;
@@ -41,6 +41,11 @@ const V2: &str = "
 ALTER TABLE jobs ADD COLUMN server TEXT;
 ALTER TABLE jobs ADD COLUMN lease_until_ms INTEGER;
 ALTER TABLE jobs ADD COLUMN deciding TEXT;
+";
+
+/// Version 3: the trace a job's spans continue (a client's W3C `traceparent`).
+const V3: &str = "
+ALTER TABLE jobs ADD COLUMN traceparent TEXT;
 ";
 
 /// Brings the store on `db` to [`VERSION`], each migration in one transaction with its version.

@@ -28,6 +28,7 @@ fn submit(store: &mut Store, id: &str, touches: &str) {
             touches: &[touches.into()],
             spec: "repo = '/r'",
             spec_format: Format::Toml,
+            trace_parent: None,
         })
         .unwrap();
 }

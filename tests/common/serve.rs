@@ -70,6 +70,30 @@ impl Server {
         body: Option<&[u8]>,
         json: bool,
     ) -> (u16, String) {
+        let content_type = [("Content-Type", "application/json")];
+        let headers: &[(&str, &str)] = if json { &content_type } else { &[] };
+        self.http_headers(method, path, token, body, headers)
+    }
+
+    /// [`Server::http`] with the server's token and `headers`.
+    pub fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        self.http_headers(method, path, Some(&self.token.clone()), Some(body), headers)
+    }
+
+    fn http_headers(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
         let mut cmd = Command::new("curl");
         // --path-as-is: `..` in a path reaches the server as written.
         cmd.args([
@@ -85,8 +109,8 @@ impl Server {
         if let Some(token) = token {
             cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
         }
-        if json {
-            cmd.args(["-H", "Content-Type: application/json"]);
+        for (name, value) in headers {
+            cmd.args(["-H", &format!("{name}: {value}")]);
         }
         if body.is_some() {
             cmd.args(["--data-binary", "@-"]);

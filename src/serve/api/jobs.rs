@@ -15,7 +15,7 @@ use serde_json::json;
 use super::{Answer, ApiError, not_found, row_of};
 use crate::audit::JobState;
 use crate::job::{Format, Job};
-use crate::model::JobId;
+use crate::model::{JobId, TraceParent};
 use crate::serve::{Server, lease};
 use crate::store::{NewJob, State};
 
@@ -51,6 +51,11 @@ pub(super) async fn submit(
         .display()
         .to_string();
     let id = job.id.to_string();
+    // W3C trace context: a malformed parent is ignored, and the job starts a trace of its own.
+    let trace_parent = headers
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<TraceParent>().ok());
     server.db(|s| {
         s.submit(NewJob {
             id: &id,
@@ -59,6 +64,7 @@ pub(super) async fn submit(
             touches: job.touches.patterns(),
             spec: text,
             spec_format: format,
+            trace_parent: trace_parent.as_ref().map(TraceParent::as_str),
         })
     })?;
     let queued = JobState {
