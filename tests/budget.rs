@@ -201,12 +201,34 @@ async fn a_dollar_budget_cuts_and_unreadable_usage_is_estimated_and_flagged() {
     let response_bytes = "no usage here".repeat(10).len() as u64;
     assert_eq!(after_unreadable.usage.input, request_bytes.div_ceil(2));
     assert_eq!(after_unreadable.usage.output, response_bytes.div_ceil(2));
+    // A body sent in chunks (no Content-Length) is counted all the same, byte by byte.
+    let chunks: Vec<Result<String, std::io::Error>> = vec![Ok("x".repeat(30)), Ok("y".repeat(10))];
+    let response = client
+        .post(format!("https://model.test:{}/v1/other", standin.port))
+        .header("authorization", format!("Bearer {PLACEHOLDER}"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        standin.requests.lock().unwrap()[1]
+            .0
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    );
+    response.text().await.unwrap();
+    let after_chunked = meter.spent().since(&after_unreadable);
+    assert_eq!(after_chunked.estimated, 1, "{after_chunked:?}");
+    assert_eq!(after_chunked.usage.input, 40 / 2);
     let mut statuses = Vec::new();
     for _ in 0..4 {
         statuses.push(post(&client, standin.port, "/v1/chat/completions").await.0);
     }
     assert_eq!(statuses, [200, 200, 429, 429], "{:?}", meter.spent());
-    assert_eq!(standin.requests.lock().unwrap().len(), 3);
+    assert_eq!(standin.requests.lock().unwrap().len(), 4);
     assert!(meter.spent().usd >= 0.005);
     let (records, _) = proxy.stop().await;
     let flagged = records
@@ -214,7 +236,7 @@ async fn a_dollar_budget_cuts_and_unreadable_usage_is_estimated_and_flagged() {
         .flat_map(|r| &r.exchanges)
         .filter(|e| e.estimated)
         .count();
-    assert_eq!(flagged, 1);
+    assert_eq!(flagged, 2);
 }
 
 const DEBIAN: &str = "kiln/debian:bookworm";

@@ -219,12 +219,11 @@ pub(super) fn refusal(kind: ApiKind, why: &str) -> hyper::Response<Boxed> {
 pub(super) struct Metered {
     inner: Boxed,
     host: String,
-    /// For the transcript: the request's method and path, and its body as kept.
-    asked: Option<(String, String, Arc<Mutex<Kept>>)>,
+    /// The request: its body counted as it passed (and kept, for a transcript).
+    asked: Asked,
     status: u16,
     meter: Option<Meter>,
     price: Price,
-    request_bytes: u64,
     response_bytes: u64,
     spend: Arc<SpendMeter>,
     record: Arc<Mutex<Vec<Exchange>>>,
@@ -232,15 +231,13 @@ pub(super) struct Metered {
 }
 
 impl Metered {
-    /// Wraps `response` from `host`, whose request carried `request_bytes` of body; its usage
-    /// goes to `spend` and to `record[index]`.
-    #[allow(clippy::too_many_arguments)]
+    /// Wraps `response` from `host` to the request `asked`; its usage goes to `spend` and to
+    /// `record[index]`.
     pub(super) fn wrap(
         response: hyper::Response<Boxed>,
         name: &str,
-        asked: Option<(String, String, Arc<Mutex<Kept>>)>,
+        asked: Asked,
         host: ModelHost,
-        request_bytes: u64,
         spend: Arc<SpendMeter>,
         record: Arc<Mutex<Vec<Exchange>>>,
         index: Option<usize>,
@@ -266,7 +263,6 @@ impl Metered {
                 status,
                 meter: Some(meter),
                 price: host.price,
-                request_bytes,
                 response_bytes: 0,
                 spend,
                 record,
@@ -323,9 +319,10 @@ impl Metered {
             return;
         };
         let reading = meter.finish();
+        let kept = self.asked.body.lock().unwrap_or_else(|e| e.into_inner());
         let (usage, estimated) = match reading.usage {
             Some(usage) => (usage, false),
-            None => (estimate(self.request_bytes, self.response_bytes), true),
+            None => (estimate(kept.total, self.response_bytes), true),
         };
         let usd = self.price.cost(&usage);
         // The request itself was counted as it began.
@@ -333,8 +330,8 @@ impl Metered {
         spend.add(usage, usd, estimated);
         spend.requests = 0;
         self.spend.add(&self.host, &spend);
-        if let Some((method, path, kept)) = self.asked.take() {
-            let kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        if self.asked.transcript {
+            let (method, path) = (&self.asked.method, &self.asked.path);
             let request = serde_json::from_slice::<serde_json::Value>(&kept.bytes)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&kept.bytes).into_owned().into());
             self.spend.keep_transcript(serde_json::json!({
@@ -350,6 +347,7 @@ impl Metered {
                 "estimated": estimated,
             }));
         }
+        drop(kept);
         let mut record = self.record.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(exchange) = self.index.and_then(|i| record.get_mut(i)) {
             exchange.usage = Some(usage);
@@ -366,24 +364,40 @@ impl Drop for Metered {
     }
 }
 
-/// A request body as kept for a transcript (up to a cap).
+/// A model call's request as its response's meter sees it.
+pub(super) struct Asked {
+    pub method: String,
+    pub path: String,
+    /// Its body, counted as it passes (and its first bytes kept, for a transcript).
+    pub body: Arc<Mutex<Kept>>,
+    /// Whether the call goes to the stage's transcript.
+    pub transcript: bool,
+}
+
+/// A request body as it passed: every byte counted (the estimate of a response whose usage
+/// cannot be read counts them, however the body was framed), its first bytes kept for a
+/// transcript (up to a cap).
 #[derive(Debug, Default)]
 pub(super) struct Kept {
+    total: u64,
+    room: usize,
     bytes: Vec<u8>,
     truncated: bool,
 }
 
-/// A request body on its way to a model host, a copy of its first bytes kept for the
-/// transcript.
+/// A request body on its way to a model host, counted, and its first bytes kept when `keep`.
 pub(super) struct Teed {
     inner: hyper::body::Incoming,
     kept: Arc<Mutex<Kept>>,
 }
 
 impl Teed {
-    /// `body`, teed into the returned `Kept`.
-    pub(super) fn new(body: hyper::body::Incoming) -> (Teed, Arc<Mutex<Kept>>) {
-        let kept = Arc::new(Mutex::new(Kept::default()));
+    /// `body`, counted (and teed, when `keep`) into the returned `Kept`.
+    pub(super) fn new(body: hyper::body::Incoming, keep: bool) -> (Teed, Arc<Mutex<Kept>>) {
+        let kept = Arc::new(Mutex::new(Kept {
+            room: if keep { MAX_REQUEST } else { 0 },
+            ..Kept::default()
+        }));
         (
             Teed {
                 inner: body,
@@ -408,7 +422,8 @@ impl Body for Teed {
             && let Some(data) = frame.data_ref()
         {
             let mut kept = this.kept.lock().unwrap_or_else(|e| e.into_inner());
-            let room = MAX_REQUEST.saturating_sub(kept.bytes.len());
+            kept.total += data.len() as u64;
+            let room = kept.room.saturating_sub(kept.bytes.len());
             kept.bytes.extend_from_slice(&data[..room.min(data.len())]);
             kept.truncated |= data.len() > room;
         }

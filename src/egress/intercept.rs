@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, watch};
 
-use super::budget::{Metered, SpendMeter, Teed, refusal};
+use super::budget::{Asked, Metered, SpendMeter, Teed, refusal};
 use super::ca::JobCa;
 use super::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, Request, Shared, stopped};
 use crate::model::spend::Usage;
@@ -183,26 +183,27 @@ async fn forward(
         keep(exchanges, exchange);
         return Ok(refusal(host.kind, &why));
     }
-    // A model call's request is teed for its transcript, when transcripts are kept.
+    // A model call's request body is counted as it passes, and teed for its transcript when
+    // transcripts are kept.
     let mut asked = None;
     let mut request = match &model {
-        Some((meter, _, _)) if meter.keeps_transcripts() => {
+        Some((meter, _, _)) => {
+            let transcript = meter.keeps_transcripts();
             let (method, path) = (exchange.method.clone(), exchange.path.clone());
             request.map(|body| {
-                let (teed, kept) = Teed::new(body);
-                asked = Some((method, path, kept));
+                let (teed, body) = Teed::new(body, transcript);
+                asked = Some(Asked {
+                    method,
+                    path,
+                    body,
+                    transcript,
+                });
                 teed.boxed()
             })
         }
-        _ => request.map(|body| body.boxed()),
+        None => request.map(|body| body.boxed()),
     };
     exchange.secrets = add_secrets(request.headers_mut(), bindings);
-    let request_bytes = request
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
     let answer = {
         let mut sender = sender.lock().await;
         match sender.ready().await {
@@ -225,18 +226,17 @@ async fn forward(
         }
     };
     let index = keep(exchanges, exchange);
-    Ok(match model {
-        Some((meter, name, host)) => Metered::wrap(
+    Ok(match (model, asked) {
+        (Some((meter, name, host)), Some(asked)) => Metered::wrap(
             response,
             &name,
             asked,
             host,
-            request_bytes,
             meter,
             exchanges.clone(),
             index,
         ),
-        None => response,
+        _ => response,
     })
 }
 

@@ -349,7 +349,15 @@ impl HttpsStandIn {
                                         .then(|| value.trim().parse::<usize>().ok())?
                                 })
                                 .unwrap_or(0);
-                            if got.len() >= end + 4 + length {
+                            // A chunked body (kept as framed) ends with its last, empty chunk.
+                            let chunked = head
+                                .to_ascii_lowercase()
+                                .contains("transfer-encoding: chunked");
+                            if chunked && got.ends_with(b"0\r\n\r\n") {
+                                let body = String::from_utf8_lossy(&got[end + 4..]).into_owned();
+                                break (head, body);
+                            }
+                            if !chunked && got.len() >= end + 4 + length {
                                 let body = String::from_utf8_lossy(&got[end + 4..end + 4 + length])
                                     .into_owned();
                                 break (head, body);
