@@ -308,6 +308,8 @@ fn a_missing_image_exits_3_naming_how_to_get_it() {
         ran.stderr
     );
     assert!(!fixture.artifacts_root().exists());
+    // The workspace volumes made ahead while preflight ran went with the process.
+    assert!(left_by(ran.pid).is_empty(), "{:?}", left_by(ran.pid));
 }
 
 #[test]

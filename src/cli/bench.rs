@@ -19,6 +19,12 @@ pub enum BenchCommand {
         #[arg(long = "runtime", value_name = "NAME")]
         runtimes: Vec<String>,
     },
+    /// A whole trivial job through `kiln run` against two bare `docker run` of the same
+    /// commands, interleaved.
+    Job {
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+    },
     /// The policy gate: a bundle over a 10,000-line diff across 200 files, warm and cold.
     Policy {
         #[arg(long, default_value_t = 200)]
@@ -64,6 +70,7 @@ pub async fn exec(command: BenchCommand) -> Result<ExitCode, Error> {
             image,
             runtimes,
         } => overhead(runs, &image, runtimes).await,
+        BenchCommand::Job { runs } => tokio::task::block_in_place(|| super::bench_job::exec(runs)),
         BenchCommand::Policy { runs, bundle } => {
             tokio::task::block_in_place(|| policy(runs, &bundle))
         }

@@ -2,6 +2,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_job;
 pub mod bench_serve;
 pub mod client;
 pub mod context;

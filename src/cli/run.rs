@@ -59,13 +59,26 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         trace_parent: trace_parent_from_env(),
     };
     let sandbox = Sandbox::connect().await?;
-    kiln::run::preflight(&job, &ctx, &sandbox, &opts).await?;
-
-    let work = kiln::run::run_job(&job, &ctx, &sandbox, &opts, gate, progress.clone());
-    let outcome = tokio::select! {
-        result = work => Some(result),
-        () = interrupted() => None,
+    // The workspace volumes (and their holder container) are made while preflight and the
+    // clone go on, not in front of the generator.
+    let prepared = {
+        let (sandbox, size) = (sandbox.clone(), job.limits.workspace);
+        tokio::spawn(async move { sandbox.prepare_volumes(size).await })
     };
+    let outcome = match kiln::run::preflight(&job, &ctx, &sandbox, &opts).await {
+        Err(e) => Some(Err(e)),
+        Ok(()) => {
+            let work = kiln::run::run_job(&job, &ctx, &sandbox, &opts, gate, progress.clone());
+            tokio::select! {
+                result = work => Some(result),
+                () = interrupted() => None,
+            }
+        }
+    };
+    // Made or not, the volumes made ahead are settled before the spares are removed.
+    if let Ok(Err(e)) = prepared.await {
+        tracing::debug!("volumes made ahead: {e}");
+    }
     // Every path ends here: whatever the job left in Docker goes, whether it passed, failed or was cut short.
     if let Err(e) = sandbox.reap_job(&job.id).await {
         eprintln!("kiln: cleaning up job {}: {e}; run `kiln gc`", job.id);

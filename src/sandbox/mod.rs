@@ -168,6 +168,13 @@ impl Sandbox {
         self.volumes.take(self, size).await
     }
 
+    /// Makes a batch of workspace volumes of `size` ahead, so that a stage asking for one finds
+    /// it ready (its holder's start is as dear as a stage's own): call it while other work goes
+    /// on. Without it, the first [`Sandbox::workspace_volume`] makes the batch.
+    pub async fn prepare_volumes(&self, size: ByteSize) -> Result<(), SandboxError> {
+        self.volumes.prepare(self, size).await
+    }
+
     /// Removes the workspace volumes made ahead and not used; before this process ends.
     pub async fn release_spare_volumes(&self) {
         for volume in self.volumes.drain() {

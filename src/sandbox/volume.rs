@@ -20,6 +20,7 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use tracing::Instrument;
 
 use super::{
     ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
@@ -63,6 +64,9 @@ struct Batch {
 pub(super) struct VolumePool {
     per_holder: usize,
     spares: Mutex<HashMap<u64, Vec<WorkVolume>>>,
+    /// Held while a batch is made: a volume asked for while one is being made ahead waits for
+    /// it rather than making a second.
+    making: tokio::sync::Mutex<()>,
 }
 
 impl VolumePool {
@@ -70,6 +74,7 @@ impl VolumePool {
         VolumePool {
             per_holder: per_holder.max(1),
             spares: Mutex::new(HashMap::new()),
+            making: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -79,21 +84,58 @@ impl VolumePool {
         sandbox: &Sandbox,
         size: ByteSize,
     ) -> Result<WorkVolume, SandboxError> {
-        if let Some(volume) = self.lock().get_mut(&size.bytes()).and_then(Vec::pop) {
+        if let Some(volume) = self.spare(size) {
             return Ok(volume);
         }
+        let _making = self.making.lock().await;
+        if let Some(volume) = self.spare(size) {
+            return Ok(volume);
+        }
+        let mut batch = self.make(sandbox, size).await?;
+        let volume = batch
+            .pop()
+            .expect("create_batch makes one volume per request");
+        self.lock().entry(size.bytes()).or_default().extend(batch);
+        Ok(volume)
+    }
+
+    /// Makes a batch of `size` ahead, unless a spare of that size is there already.
+    pub(super) async fn prepare(
+        &self,
+        sandbox: &Sandbox,
+        size: ByteSize,
+    ) -> Result<(), SandboxError> {
+        let _making = self.making.lock().await;
+        if self
+            .lock()
+            .get(&size.bytes())
+            .is_some_and(|v| !v.is_empty())
+        {
+            return Ok(());
+        }
+        let batch = self.make(sandbox, size).await?;
+        self.lock().entry(size.bytes()).or_default().extend(batch);
+        Ok(())
+    }
+
+    fn spare(&self, size: ByteSize) -> Option<WorkVolume> {
+        self.lock().get_mut(&size.bytes()).and_then(Vec::pop)
+    }
+
+    async fn make(
+        &self,
+        sandbox: &Sandbox,
+        size: ByteSize,
+    ) -> Result<Vec<WorkVolume>, SandboxError> {
         let request = VolumeRequest {
             role: "workspace",
             size,
             writable: false,
         };
         let requests = vec![request; self.per_holder];
-        let mut batch = WorkVolume::create_batch_for(sandbox, SHARED, &requests).await?;
-        let volume = batch
-            .pop()
-            .expect("create_batch makes one volume per request");
-        self.lock().entry(size.bytes()).or_default().extend(batch);
-        Ok(volume)
+        WorkVolume::create_batch_for(sandbox, SHARED, &requests)
+            .instrument(tracing::info_span!("volumes.create"))
+            .await
     }
 
     /// Every spare, to be removed.
