@@ -101,7 +101,7 @@ impl BranchName {
             return Err(BranchError::EmptyAfterPrefix(name.into()));
         }
         let full = format!("refs/heads/{bare}");
-        if !git2::Reference::is_valid_name(&full) || bare.ends_with('/') || bare.ends_with('.') {
+        if !is_valid_refname(&full) || bare.ends_with('/') || bare.ends_with('.') {
             return Err(BranchError::InvalidRef(name.into()));
         }
         Ok(BranchName(bare.to_string()))
@@ -116,6 +116,26 @@ impl BranchName {
     pub fn refname(&self) -> String {
         format!("refs/heads/{}", self.0)
     }
+}
+
+/// git's rules for a ref's name (`git check-ref-format`), checked here rather than through
+/// libgit2: its first use loads the system's CA store through OpenSSL (some 90 ms), which a
+/// job's parse should not wait for. The tests hold it to libgit2's answer.
+fn is_valid_refname(name: &str) -> bool {
+    name != "@"
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.contains("..")
+        && !name.contains("@{")
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && !part.ends_with(".lock")
+                && !part.chars().any(|c| {
+                    c.is_ascii_control()
+                        || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\')
+                })
+        })
 }
 
 impl fmt::Display for BranchName {
@@ -230,6 +250,18 @@ mod tests {
                 prop_assert!(!branch.as_str().chars().any(|c| is_invisible(c) || c.is_control()));
                 prop_assert!(!branch.as_str().contains(".."));
             }
+        }
+
+        /// kiln's check of a ref's name says what libgit2's says.
+        #[test]
+        fn the_refname_check_agrees_with_libgit2(
+            name in prop_oneof![
+                "refs/heads/[a-z./@{}~^:?*\\[\\\\ \t-]{0,12}",
+                "refs/heads/.{0,20}",
+                "refs/heads/([a-z]{1,3}(\\.lock|\\.|/|//|@|@\\{)){1,4}",
+            ],
+        ) {
+            prop_assert_eq!(is_valid_refname(&name), git2::Reference::is_valid_name(&name), "{:?}", name);
         }
     }
 }
