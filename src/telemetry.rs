@@ -101,14 +101,14 @@ impl Telemetry {
 /// Makes `span`, not yet entered, a child of the caller's span `parent` (the trace a client
 /// sent): the job's spans then sit in the client's trace.
 pub fn continue_trace(span: &tracing::Span, parent: &TraceParent) {
-    let (Ok(trace), Ok(id), Ok(flags)) = (
+    let (Ok(trace), Ok(id)) = (
         TraceId::from_hex(parent.trace_id()),
         SpanId::from_hex(parent.parent_id()),
-        u8::from_str_radix(&parent.as_str()[53..55], 16),
     ) else {
         return;
     };
-    let remote = SpanContext::new(trace, id, TraceFlags::new(flags), true, TraceState::NONE);
+    let flags = TraceFlags::new(parent.flags());
+    let remote = SpanContext::new(trace, id, flags, true, TraceState::NONE);
     let context = opentelemetry::Context::new().with_remote_span_context(remote);
     // Fails only when no exporter layer is installed: then there is no trace to continue.
     let _ = span.set_parent(context);

@@ -73,22 +73,23 @@ pub fn exec(runs: usize) -> Result<ExitCode, Error> {
 fn kiln_run(dir: &Path, job: &Path, n: usize) -> Result<Duration, Error> {
     let exe = std::env::current_exe().map_err(Error::io("cannot find this binary"))?;
     let started = Instant::now();
-    let status = Command::new(exe)
+    let ran = Command::new(exe)
         .arg("run")
         .arg(job)
         .arg("--artifacts")
         .arg(dir.join("artifacts"))
         .arg("--out")
         .arg(dir.join(format!("out-{n}.git")))
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
+        .output()
         .map_err(Error::io("cannot run kiln run"))?;
     let took = started.elapsed();
-    if !status.success() {
+    if !ran.status.success() {
         return Err(Error::Internal(format!(
-            "the benchmark job did not succeed ({status}); run it by hand: kiln run {}",
-            job.display()
+            "the benchmark's kiln run did not succeed ({}): {}",
+            ran.status,
+            String::from_utf8_lossy(&ran.stderr).trim()
         )));
     }
     Ok(took)

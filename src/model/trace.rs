@@ -25,6 +25,11 @@ impl TraceParent {
     pub fn parent_id(&self) -> &str {
         &self.0[36..52]
     }
+
+    /// The trace flags (bit 0: the caller samples this trace).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.0[53..55], 16).expect("checked as two hex digits")
+    }
 }
 
 impl FromStr for TraceParent {
@@ -78,6 +83,7 @@ mod tests {
         let parent: TraceParent = GOOD.parse().unwrap();
         assert_eq!(parent.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(parent.parent_id(), "00f067aa0ba902b7");
+        assert_eq!(parent.flags(), 1);
         assert_eq!(parent.to_string(), GOOD);
     }
 

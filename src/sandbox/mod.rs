@@ -356,6 +356,7 @@ impl Sandbox {
             log
         });
 
+        let started = Instant::now();
         bounded("start container", self.docker.start_container(id, None))
             .instrument(info_span!("container.start"))
             .await?
@@ -368,7 +369,7 @@ impl Sandbox {
             kiln.oom_killed = field::Empty,
         );
         let outcome = self
-            .wait_and_read(id, output_cap, timeout, start_latency, reader)
+            .wait_and_read(id, output_cap, timeout, (started, start_latency), reader)
             .instrument(waiting.clone())
             .await?;
         if let Some(code) = outcome.exit_code {
@@ -379,17 +380,17 @@ impl Sandbox {
         Ok(outcome)
     }
 
-    /// Waits for the started container `id` to end (killing it at `timeout`), drains its
-    /// output from `reader` and reads how it ended.
+    /// Waits for the container `id`, asked to start at `started` (and started `start_latency`
+    /// after it was asked for), to end (killing it at `timeout`), drains its output from
+    /// `reader` and reads how it ended.
     async fn wait_and_read(
         &self,
         id: &str,
         output_cap: usize,
         timeout: Duration,
-        start_latency: Duration,
+        (started, start_latency): (Instant, Duration),
         mut reader: tokio::task::JoinHandle<CappedLog>,
     ) -> Result<RunOutcome, SandboxError> {
-        let started = Instant::now();
         let timed_out = !self
             .wait_until(id, tokio::time::Instant::now() + timeout)
             .await;
