@@ -91,7 +91,11 @@ impl VolumePool {
         if let Some(volume) = self.spare(size) {
             return Ok(volume);
         }
-        let mut batch = self.make(sandbox, size).await?;
+        // Made here, it is part of the stage's time (made ahead, it is no one's).
+        let mut batch = self
+            .make(sandbox, size)
+            .instrument(tracing::info_span!("volumes.create"))
+            .await?;
         let volume = batch
             .pop()
             .expect("create_batch makes one volume per request");
@@ -133,9 +137,7 @@ impl VolumePool {
             writable: false,
         };
         let requests = vec![request; self.per_holder];
-        WorkVolume::create_batch_for(sandbox, SHARED, &requests)
-            .instrument(tracing::info_span!("volumes.create"))
-            .await
+        WorkVolume::create_batch_for(sandbox, SHARED, &requests).await
     }
 
     /// Every spare, to be removed.
