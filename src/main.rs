@@ -94,18 +94,21 @@ fn main() -> ProcessExit {
         Some(path) => Config::load(path).map_err(Error::from),
         None => Ok(Config::default()),
     };
-    // The parse child is kiln too, under the same config: it exports nothing.
-    let telemetry = match (&config, &cli.command) {
-        (Ok(config), command) if !matches!(command, Command::Parse) => {
-            match Telemetry::start(&config.telemetry) {
-                Ok(telemetry) => telemetry,
-                Err(e) => {
-                    eprintln!("kiln: {e}");
-                    return ProcessExit::from(ExitCode::Invalid as u8);
-                }
-            }
+    // Only the commands that run jobs make spans; the others start no exporter.
+    let traced = matches!(
+        cli.command,
+        Command::Run(_) | Command::Serve(_) | Command::Approve(_)
+    );
+    let telemetry = match &config {
+        Ok(config) if traced => Telemetry::start(&config.telemetry),
+        _ => Ok(None),
+    };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("kiln: {e}");
+            return ProcessExit::from(ExitCode::Invalid as u8);
         }
-        _ => None,
     };
     init_logging(cli.log_format, telemetry.as_ref());
     let code = match config.and_then(|config| run(cli, config)) {
