@@ -7,6 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::postgres::Postgres;
@@ -431,4 +432,52 @@ fn an_unreachable_store_exits_3_naming_it_and_a_newer_schema_is_refused() {
         .unwrap();
     assert_eq!(newer.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&newer.stderr).contains("newer than this kiln"));
+}
+
+#[test]
+fn a_store_lost_mid_job_holds_the_job_s_end_until_the_store_is_back() {
+    let shared = Shared::new();
+    let a = shared.server("a", &[]);
+    let id = a.submit(&shared.write("outage", 2, ""));
+    a.wait_until_generating(&id);
+    shared.pg.stop();
+    // The job's stages end while the store is gone (its generator sleeps 2 s, then the tests
+    // run); every answer about it meanwhile is an error or a job not yet ended.
+    let label = format!("label=kiln.job={id}");
+    let lost_at = Instant::now();
+    let mut answers = Vec::new();
+    while Instant::now() < lost_at + Duration::from_secs(8) {
+        let (code, body) = a.http(
+            "GET",
+            &format!("/jobs/{id}"),
+            Some(a.token.as_str()),
+            None,
+            false,
+        );
+        answers.push(code);
+        if code == 200 {
+            let job: Value = serde_json::from_str(&body).unwrap();
+            assert_ne!(
+                job["state"], "succeeded",
+                "reported before the store held it"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        answers.iter().any(|&code| code >= 500),
+        "the lost store shows: {answers:?}"
+    );
+    assert!(
+        common::docker_ids(Command::new("docker").args(["ps", "-q", "--filter", &label]))
+            .is_empty(),
+        "the job's stages ended during the outage"
+    );
+    shared.pg.run();
+    assert_eq!(a.wait(&id), 0, "{}", a.job(&id));
+    let job = a.job(&id);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["runs"], 1, "kept, not run again: {job}");
+    assert_never_twice_at_once(&states(&shared.pg));
+    verify_chain(&shared.pg);
 }

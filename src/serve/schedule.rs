@@ -150,14 +150,23 @@ async fn run_job(server: &Arc<Server>, id: &str) -> Result<Report, Error> {
     server.allowed_repo(job.repo.path()).map_err(Error::Usage)?;
     let holds: Holds = {
         let (server, id) = (server.clone(), id.to_string());
+        // A store that does not answer is asked again while the lease is surely still this
+        // server's: a short outage delays the publish instead of failing a job that passed.
         Arc::new(move || {
-            if !lease::renewed_lately(&server) {
-                return Err("this server's leases were not renewed lately".into());
-            }
-            match server.db_blocking(|s| s.holds(&id, &server.id)) {
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("server {} no longer holds the job", server.id)),
-                Err(e) => Err(format!("the store cannot confirm the job's lease: {e}")),
+            loop {
+                if !lease::renewed_lately(&server) {
+                    return Err("this server's leases were not renewed lately".into());
+                }
+                match server.db_blocking(|s| s.holds(&id, &server.id)) {
+                    Ok(true) => return Ok(()),
+                    Ok(false) => {
+                        return Err(format!("server {} no longer holds the job", server.id));
+                    }
+                    Err(e) => {
+                        tracing::warn!(job = id, "confirming the lease (will ask again): {e}");
+                        std::thread::sleep(lease::BEAT_EVERY / 2);
+                    }
+                }
             }
         })
     };

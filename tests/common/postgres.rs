@@ -48,13 +48,36 @@ impl Postgres {
             .status()
             .map(|s| assert!(s.success(), "initdb failed"))
             .unwrap();
+        pg.run();
+        let created = Command::new(pg.bin.join("createdb"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "kiln",
+                "kiln",
+            ])
+            .status()
+            .unwrap();
+        assert!(created.success());
+        pg
+    }
+
+    /// Starts the cluster's server (again, after [`Postgres::stop`], on the same port) and waits
+    /// until it takes connections.
+    pub fn run(&self) {
+        let port = self.port;
+        let data = self.dir.path().join("data");
+        let sockets = self.dir.path().join("run");
         let options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
             sockets.display()
         );
-        let log = pg.dir.path().join("run/log");
-        let started = pg
-            .as_owner(pg.bin.join("pg_ctl"))
+        let log = self.dir.path().join("run/log");
+        let started = self
+            .as_owner(self.bin.join("pg_ctl"))
             .args(["-w", "-D"])
             .arg(&data)
             .arg("-l")
@@ -70,7 +93,7 @@ impl Postgres {
         );
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ready = Command::new(pg.bin.join("pg_isready"))
+            let ready = Command::new(self.bin.join("pg_isready"))
                 .args(["-h", "127.0.0.1", "-p", &port.to_string()])
                 .stdout(Stdio::null())
                 .status()
@@ -81,20 +104,19 @@ impl Postgres {
             assert!(Instant::now() < deadline, "PostgreSQL did not start");
             std::thread::sleep(Duration::from_millis(100));
         }
-        let created = Command::new(pg.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "kiln",
-                "kiln",
-            ])
+    }
+
+    /// Stops the server at once: the store is lost until [`Postgres::run`].
+    pub fn stop(&self) {
+        let stopped = self
+            .as_owner(self.bin.join("pg_ctl"))
+            .args(["-w", "-m", "immediate", "-D"])
+            .arg(self.dir.path().join("data"))
+            .arg("stop")
+            .stdout(Stdio::null())
             .status()
             .unwrap();
-        assert!(created.success());
-        pg
+        assert!(stopped.success(), "pg_ctl stop failed");
     }
 
     /// The store's URL.
