@@ -380,6 +380,8 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    let prepared = prepared_test_stage(&job_id);
+    let interrupted = std::time::Instant::now();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,
@@ -388,6 +390,16 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
     let pid = child.id();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130));
+    assert!(
+        interrupted.elapsed() < std::time::Duration::from_secs(10),
+        "stopped and cleaned up within seconds: {:?}",
+        interrupted.elapsed()
+    );
+    let gone = std::process::Command::new("docker")
+        .args(["inspect", &prepared])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the test stage made ahead is gone");
     assert!(leftovers(&job_id).is_empty(), "{:?}", leftovers(&job_id));
     assert!(left_by(pid).is_empty(), "{:?}", left_by(pid));
     let workspaces = std::fs::read_dir(std::env::temp_dir())
@@ -401,6 +413,69 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
         })
         .count();
     assert_eq!(workspaces, 0, "the job's workspace folder survived");
+}
+
+/// The test stage's container made ahead while job `job`'s generator runs: created, never
+/// started, labelled for this job's first attempt alone, on a volume that holds no tree yet
+/// (no other job's). Returns its id.
+fn prepared_test_stage(job: &str) -> String {
+    let label = format!("label=kiln.job={job}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let id = loop {
+        let ids = common::docker_ids(std::process::Command::new("docker").args([
+            "ps",
+            "-aq",
+            "--filter",
+            &label,
+            "--filter",
+            "label=kiln.stage=test",
+        ]));
+        if let [id] = ids.as_slice() {
+            break id.clone();
+        }
+        assert!(ids.len() < 2, "one test stage made ahead: {ids:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no test stage was made ahead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let inspect = std::process::Command::new("docker")
+        .args(["inspect", &id])
+        .output()
+        .unwrap();
+    let container: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let container = &container[0];
+    assert_eq!(container["State"]["Status"], "created", "never started");
+    let labels = container["Config"]["Labels"].as_object().unwrap();
+    assert_eq!(labels["kiln.job"], job);
+    assert_eq!(labels["kiln.stage"], "test");
+    assert_eq!(labels["kiln.attempt"], "1");
+    let env = container["Config"]["Env"].to_string();
+    assert!(env.contains(&format!("KILN_JOB_ID={job}")), "{env}");
+    let mounts = container["HostConfig"]["Mounts"].as_array().unwrap();
+    let volume = mounts
+        .iter()
+        .find(|m| m["Type"] == "volume")
+        .and_then(|m| m["Source"].as_str())
+        .expect("the stage's workspace volume");
+    let listed = std::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "-v"])
+        .arg(format!("{volume}:/w:ro"))
+        .args([common::BUSYBOX, "find", "/w", "-type", "f"])
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout),
+        "",
+        "the volume made ahead holds no file before its tree is put in"
+    );
+    id
 }
 
 #[test]

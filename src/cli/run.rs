@@ -79,7 +79,9 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
     if let Ok(Err(e)) = prepared.await {
         tracing::debug!("volumes made ahead: {e}");
     }
-    // Every path ends here: whatever the job left in Docker goes, whether it passed, failed or was cut short.
+    // Every path ends here: whatever the job left in Docker goes, whether it passed, failed or
+    // was cut short. What its stages handed over for removal goes first.
+    sandbox.swept().await;
     if let Err(e) = sandbox.reap_job(&job.id).await {
         eprintln!("kiln: cleaning up job {}: {e}; run `kiln gc`", job.id);
     }

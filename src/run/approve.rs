@@ -195,6 +195,7 @@ pub async fn approve(
         config,
     };
     let outcome = turn.run(progress).await;
+    sandbox.swept().await;
     if let Err(err) = sandbox.reap_job(&job).await {
         tracing::warn!("cleaning up after the merge queue: {err}");
     }

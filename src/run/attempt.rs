@@ -10,7 +10,7 @@ use tracing::{Instrument, info_span};
 use super::convergence::convergence;
 use super::input::{self, Feedback, JobInput};
 use super::outcome::AfterPass;
-use super::stage::{Ran, Stages, stage_report};
+use super::stage::{Prepared, Ran, Stages, stage_report};
 use super::{End, RunOptions, Runner, Step, blocking, short};
 use crate::error::Error;
 use crate::job::ContextMode;
@@ -144,7 +144,17 @@ impl Runner<'_> {
 
         let timer = self.progress.start(self.step(n, Stage::Generate));
         let previous_tree = *trees.last().expect("trees starts with the base tree");
-        let (generated, tree, ingested) = self.generate(ws, n, previous_tree, &input).await?;
+        // The test stage's volume and container are made while the generator runs; the
+        // container is started only once the tree to test is in its volume.
+        let stages = self.stages();
+        let (generated, prepared) = tokio::join!(
+            self.generate(ws, n, previous_tree, &input),
+            stages.prepare((Stage::Test, n), &self.job.test),
+        );
+        let (generated, tree, ingested) = generated?;
+        let prepared = prepared
+            .inspect_err(|e| tracing::debug!("the test stage was not made ahead: {e}"))
+            .ok();
         let (diff, patch) = {
             let (ws, base) = (ws.clone(), ws.base_tree());
             let budget = self.ctx.config.policy.max_diff;
@@ -217,7 +227,7 @@ impl Runner<'_> {
             ));
         }
         let timer = self.progress.start(self.step(n, Stage::Test));
-        let tested = self.test(ws, n, tested_tree, &input).await?;
+        let tested = self.test(ws, n, tested_tree, &input, prepared).await?;
         let passed = tested.succeeded();
         timer.done(&if passed {
             "passed".to_string()
@@ -258,14 +268,16 @@ impl Runner<'_> {
     ) -> Result<(Ran, Oid, Ingested), Error> {
         let stages = self.stages();
         let span = info_span!("stage", kiln.stage = %Stage::Generate);
-        let volume = stages
-            .volume(&ws.repo_path(), tree, "job.json", input)
+        let stage = (Stage::Generate, n);
+        let spec = &self.job.generate;
+        let (volume, made) = stages
+            .filled(None, stage, spec, (&ws.repo_path(), tree), input)
             .instrument(span.clone())
             .await?;
+        let mut ran_container = None;
         let result = async {
-            let ran = stages
-                .container(&volume, None, Stage::Generate, n, &self.job.generate)
-                .await?;
+            let (ran, made) = stages.container(&volume, None, stage, spec, made).await?;
+            ran_container = made;
             // tmpfs usage bounds the tar; twice the cap leaves room for tar headers.
             let cap = self.job.limits.workspace.bytes() * 2 + (16 << 20);
             let (ws_read, redactor) = (ws.clone(), self.ctx.redactor().clone());
@@ -295,23 +307,31 @@ impl Runner<'_> {
             };
             Ok((ran, tree, ingested))
         }
-        .instrument(span.clone())
+        .instrument(span)
         .await;
-        volume.remove().instrument(span).await;
+        // The container and its volume go while the job goes on: nothing reads them again.
+        stages.sweep(ran_container, vec![volume]);
         result
     }
 
-    /// The test container, on exactly the tree kiln diffed.
+    /// The test container, on exactly the tree kiln diffed (in the volume made ahead for it).
     async fn test(
         &self,
         ws: &Arc<Workspace>,
         n: u32,
         tree: Oid,
         input: &[u8],
+        prepared: Option<Prepared>,
     ) -> Result<Ran, Error> {
         let repo = ws.repo_path();
         self.stages()
-            .test(Stage::Test, &repo, n, tree, input, &self.job.test)
+            .test(
+                (Stage::Test, n),
+                (&repo, tree),
+                input,
+                &self.job.test,
+                prepared,
+            )
             .await
     }
 

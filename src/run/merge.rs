@@ -89,12 +89,11 @@ impl MergeTurn<'_> {
             let tested = self
                 .stages
                 .test(
-                    Stage::MergeTest,
-                    self.repo,
-                    self.attempt,
-                    tree,
+                    (Stage::MergeTest, self.attempt),
+                    (self.repo, tree),
                     self.input,
                     self.test,
+                    None,
                 )
                 .await?;
             if !tested.succeeded() {

@@ -128,10 +128,13 @@ impl Runner<'_> {
             .review_volumes(&ws.repo_path(), n, tree, input, OUT_VOLUME)
             .instrument(span.clone())
             .await?;
+        let mut ran_container = None;
         let result = async {
-            let ran = stages
-                .container(&volume, Some(&out), Stage::Review, n, spec)
+            let (ran, made) = stages
+                .container(&volume, Some(&out), (Stage::Review, n), spec, None)
                 .await?;
+            // Removed once the verdict is read, with the volumes (after it, as they are its).
+            ran_container = made;
             let verdict = if ran.timed_out {
                 ReviewVerdict::escalate("the reviewer was killed at its timeout")
             } else if ran.oom_killed {
@@ -156,14 +159,9 @@ impl Runner<'_> {
             };
             Ok((ran, verdict))
         }
-        .instrument(span.clone())
-        .await;
-        async {
-            volume.remove().await;
-            out.remove().await;
-        }
         .instrument(span)
         .await;
+        stages.sweep(ran_container, vec![volume, out]);
         result
     }
 }

@@ -20,7 +20,7 @@ use crate::model::pipe;
 use crate::model::{ByteSize, JobId, Limits, NetworkSpec, Stage, StageSpec};
 use crate::report::StageReport;
 use crate::sandbox::{
-    self, ContainerSpec, JOB_INPUT, KILN_DIR, Live, RunOutcome, Sandbox, VolumeRequest,
+    self, Container, ContainerSpec, JOB_INPUT, KILN_DIR, Live, RunOutcome, Sandbox, VolumeRequest,
     WORKSPACE_DIR, WorkVolume,
 };
 use crate::secrets::Redactor;
@@ -60,16 +60,42 @@ pub(crate) struct Stages<'a> {
 }
 
 impl Stages<'_> {
-    /// A fresh volume holding `tree` of the repository at `repo`, and the stage's input file.
-    pub async fn volume(
+    /// A fresh volume holding `tree` of the repository at `repo` and the stage's input file,
+    /// and stage run `(stage, n)`'s container on it, made while the volume fills (for a stage
+    /// without a network). `prepared` is the volume and container made ahead, if they were.
+    pub async fn filled(
         &self,
-        repo: &Path,
-        tree: Oid,
-        input_name: &'static str,
+        prepared: Option<Prepared>,
+        (stage, n): (Stage, u32),
+        spec: &StageSpec,
+        (repo, tree): (&Path, Oid),
         input: &[u8],
-    ) -> Result<WorkVolume, Error> {
-        let volume = self.sandbox.workspace_volume(self.limits.workspace).await?;
-        fill(volume, repo, tree, input_name, input, self.limits.workspace).await
+    ) -> Result<(WorkVolume, Option<Container>), Error> {
+        let size = self.limits.workspace;
+        let (volume, made) = match prepared {
+            Some(Prepared { volume, container }) => (
+                fill(volume, repo, tree, "job.json", input, size).await?,
+                container,
+            ),
+            None => {
+                let volume = self.sandbox.workspace_volume(size).await?;
+                let name = volume.name().to_string();
+                let (filled, made) = tokio::join!(
+                    fill(volume, repo, tree, "job.json", input, size),
+                    self.made_ahead(&name, (stage, n), spec)
+                );
+                match (filled, made) {
+                    (Ok(volume), Ok(made)) => (volume, made),
+                    (Ok(volume), Err(e)) => {
+                        volume.remove().await;
+                        return Err(e);
+                    }
+                    // A container made for the volume that failed is dropped, so removed.
+                    (Err(e), _) => return Err(e),
+                }
+            }
+        };
+        Ok((volume, made))
     }
 
     /// A reviewer's volumes, sharing one holder: `tree` with the review input, and an empty
@@ -110,22 +136,19 @@ impl Stages<'_> {
     }
 
     /// Runs one stage's container on `volume`; with `out`, the workspace is mounted read-only
-    /// and `out` is the one place the container may write.
+    /// and `out` is the one place the container may write. `prepared` is this stage run's
+    /// container made ahead ([`Stages::prepare`]); without it the container is made now. The
+    /// container that ran is handed back, stopped, for [`Stages::sweep`] once `volume` is read
+    /// (a stage with a network has it removed before its network is, and hands back none).
     pub async fn container(
         &self,
         volume: &WorkVolume,
         out: Option<&WorkVolume>,
-        stage: Stage,
-        n: u32,
+        (stage, n): (Stage, u32),
         spec: &StageSpec,
-    ) -> Result<Ran, Error> {
-        let mut labels = sandbox::job_labels(self.job);
-        labels.insert("kiln.stage".into(), stage.to_string());
-        labels.insert("kiln.attempt".into(), n.to_string());
-        let input = match stage {
-            Stage::Review => crate::review::REVIEW_INPUT,
-            _ => JOB_INPUT,
-        };
+        prepared: Option<Container>,
+    ) -> Result<(Ran, Option<Container>), Error> {
+        let asked = std::time::Instant::now();
         let redactor = self.ctx.redactor().clone();
         let (network, secret_env) = match &spec.network {
             Some(network) => {
@@ -136,41 +159,20 @@ impl Stages<'_> {
             }
             None => (None, Vec::new()),
         };
-        let networked = network.is_some() || self.loosened.contains(&Loosening::Network);
-        let runtime = match self.ctx.config.sandbox.runtime_for(networked) {
-            Some(name) => Some(self.sandbox.runtime(name).await?),
-            None => None,
+        let container = self
+            .container_spec(
+                volume.name(),
+                out.map(WorkVolume::name),
+                (stage, n),
+                spec,
+                network.as_ref(),
+                secret_env,
+            )
+            .await?;
+        let mut made = match prepared {
+            Some(made) => made,
+            None => self.sandbox.create(&container).await?,
         };
-        let mut container = ContainerSpec {
-            image: spec.image.clone(),
-            command: spec.command.clone(),
-            env: vec![
-                ("KILN_JOB_ID".into(), self.job.to_string()),
-                ("KILN_ATTEMPT".into(), n.to_string()),
-                ("KILN_STAGE".into(), stage.to_string()),
-                ("KILN_JOB_INPUT".into(), input.into()),
-                ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
-                ("HOME".into(), "/tmp".into()),
-            ],
-            limits: Limits {
-                pids: self.ctx.config.sandbox.pids_for(self.limits.pids),
-                ..self.limits.clone()
-            },
-            loosened: self.loosened.to_vec(),
-            volume: Some(volume.name().to_string()),
-            volume_read_only: out.is_some(),
-            out_volume: out.map(|o| o.name().to_string()),
-            network: network.as_ref().map(|n| n.name().to_string()),
-            runtime,
-            labels,
-        };
-        if let Some(network) = &network {
-            let url = network.proxy_url();
-            for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                container.env.push((key.into(), url.clone()));
-            }
-        }
-        container.env.extend(secret_env);
         let live = match stage {
             Stage::Generate | Stage::Test | Stage::Review => {
                 self.artifacts.map(|a| a.stage_log(n, stage))
@@ -183,7 +185,10 @@ impl Stages<'_> {
         });
         let meter = self.spend.and_then(|s| s.of(stage));
         let spent_before = meter.map(|m| m.spent());
-        let run = self.sandbox.run_live(&container, spec.timeout, live);
+        let cap = container.limits.output.bytes() as usize;
+        let run = self
+            .sandbox
+            .run_container(&mut made, cap, spec.timeout, asked, live);
         let outcome = match self.spend.and_then(|s| s.of(stage)) {
             // A call refused for the budget stops the stage: its container is killed, and the
             // run ends as a killed command's does.
@@ -206,6 +211,12 @@ impl Stages<'_> {
                 }
             }
             None => run.await,
+        };
+        let made = if network.is_some() || outcome.is_err() {
+            made.remove().await;
+            None
+        } else {
+            Some(made)
         };
         let egress = match network {
             Some(network) => {
@@ -244,7 +255,104 @@ impl Stages<'_> {
                 artifacts.write_async(path, text.into_bytes()).await?;
             }
         }
-        Ok(ran)
+        Ok((ran, made))
+    }
+
+    /// What the container of stage run `(stage, n)` is made of: its image and command, the
+    /// job's labels and limits, `volume` (and `out`), its network and variables.
+    async fn container_spec(
+        &self,
+        volume: &str,
+        out: Option<&str>,
+        (stage, n): (Stage, u32),
+        spec: &StageSpec,
+        network: Option<&StageNetwork>,
+        secret_env: Vec<(String, String)>,
+    ) -> Result<ContainerSpec, Error> {
+        let mut labels = sandbox::job_labels(self.job);
+        labels.insert("kiln.stage".into(), stage.to_string());
+        labels.insert("kiln.attempt".into(), n.to_string());
+        let input = match stage {
+            Stage::Review => crate::review::REVIEW_INPUT,
+            _ => JOB_INPUT,
+        };
+        let networked = network.is_some() || self.loosened.contains(&Loosening::Network);
+        let runtime = match self.ctx.config.sandbox.runtime_for(networked) {
+            Some(name) => Some(self.sandbox.runtime(name).await?),
+            None => None,
+        };
+        let mut container = ContainerSpec {
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: vec![
+                ("KILN_JOB_ID".into(), self.job.to_string()),
+                ("KILN_ATTEMPT".into(), n.to_string()),
+                ("KILN_STAGE".into(), stage.to_string()),
+                ("KILN_JOB_INPUT".into(), input.into()),
+                ("KILN_WORKSPACE".into(), WORKSPACE_DIR.into()),
+                ("HOME".into(), "/tmp".into()),
+            ],
+            limits: Limits {
+                pids: self.ctx.config.sandbox.pids_for(self.limits.pids),
+                ..self.limits.clone()
+            },
+            loosened: self.loosened.to_vec(),
+            volume: Some(volume.to_string()),
+            volume_read_only: out.is_some(),
+            out_volume: out.map(str::to_string),
+            network: network.map(|n| n.name().to_string()),
+            runtime,
+            labels,
+        };
+        if let Some(network) = network {
+            let url = network.proxy_url();
+            for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                container.env.push((key.into(), url.clone()));
+            }
+        }
+        container.env.extend(secret_env);
+        Ok(container)
+    }
+
+    /// Makes stage run `(stage, n)`'s volume and container ahead, while other work goes on:
+    /// the volume stays empty until [`Stages::filled`] fills it, and the container is created,
+    /// never started. Dropped unused, both are removed.
+    pub async fn prepare(
+        &self,
+        (stage, n): (Stage, u32),
+        spec: &StageSpec,
+    ) -> Result<Prepared, Error> {
+        let volume = self.sandbox.workspace_volume(self.limits.workspace).await?;
+        match self.made_ahead(volume.name(), (stage, n), spec).await {
+            Ok(container) => Ok(Prepared { volume, container }),
+            Err(e) => {
+                volume.remove().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stage run `(stage, n)`'s container on the volume named `volume`, created and not
+    /// started; none for a stage with a network (its network and the secrets' placeholders
+    /// are made as it runs).
+    async fn made_ahead(
+        &self,
+        volume: &str,
+        (stage, n): (Stage, u32),
+        spec: &StageSpec,
+    ) -> Result<Option<Container>, Error> {
+        if spec.network.is_some() {
+            return Ok(None);
+        }
+        let container = self
+            .container_spec(volume, None, (stage, n), spec, None, Vec::new())
+            .await?;
+        Ok(Some(self.sandbox.create(&container).await?))
+    }
+
+    /// Removes `container`, then `volumes`, off the job's critical path.
+    pub fn sweep(&self, container: Option<Container>, volumes: Vec<WorkVolume>) {
+        self.sandbox.sweep(container, volumes);
     }
 
     /// The stage's network and proxy; with secrets, also the job CA (its certificate put in
@@ -301,26 +409,40 @@ impl Stages<'_> {
     }
 
     /// The tests (`stage` is [`Stage::Test`] or [`Stage::MergeTest`]) on `tree` of the
-    /// repository at `repo`, in a fresh volume.
+    /// repository at `repo`, in a fresh volume (the `prepared` one, when made ahead).
     pub async fn test(
         &self,
-        stage: Stage,
-        repo: &Path,
-        n: u32,
-        tree: Oid,
+        (stage, n): (Stage, u32),
+        (repo, tree): (&Path, Oid),
         input: &[u8],
         spec: &StageSpec,
+        prepared: Option<Prepared>,
     ) -> Result<Ran, Error> {
         let span = info_span!("stage", kiln.stage = %stage);
         async {
-            let volume = self.volume(repo, tree, "job.json", input).await?;
-            let result = self.container(&volume, None, stage, n, spec).await;
-            volume.remove().await;
-            result
+            let (volume, made) = self
+                .filled(prepared, (stage, n), spec, (repo, tree), input)
+                .await?;
+            match self.container(&volume, None, (stage, n), spec, made).await {
+                Ok((ran, made)) => {
+                    self.sweep(made, vec![volume]);
+                    Ok(ran)
+                }
+                Err(e) => {
+                    volume.remove().await;
+                    Err(e)
+                }
+            }
         }
         .instrument(span)
         .await
     }
+}
+
+/// A stage run's volume and container made ahead ([`Stages::prepare`]).
+pub(super) struct Prepared {
+    volume: WorkVolume,
+    container: Option<Container>,
 }
 
 /// Copies `tree` of the repository at `repo` and the stage's input file into `volume`, packed on

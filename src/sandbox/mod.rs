@@ -6,6 +6,7 @@ mod output;
 mod reap;
 pub mod seccomp;
 mod spec;
+mod sweep;
 mod volume;
 
 use std::path::Path;
@@ -24,11 +25,13 @@ pub use output::CappedLog;
 pub use spec::{
     ContainerSpec, JOB_INPUT, KILN_DIR, OUT_DIR, Runtime, SANDBOX_UID, SANDBOX_USER, WORKSPACE_DIR,
 };
+pub use sweep::Container;
 pub use volume::HOLDER_IMAGE;
 pub use volume::{VolumeRequest, WorkVolume};
 
 pub use reap::job_labels;
 use reap::owner_labels;
+use sweep::Sweeper;
 use volume::VolumePool;
 
 use crate::model::ByteSize;
@@ -125,6 +128,8 @@ pub struct Sandbox {
     volumes: Arc<VolumePool>,
     /// What the engine said of itself (seccomp, runtimes): asked once, not per job.
     engine: Arc<tokio::sync::OnceCell<EngineFacts>>,
+    /// Containers and volumes being removed off their jobs' critical paths.
+    sweeper: Arc<Sweeper>,
 }
 
 /// What kiln's confinement needs of the engine.
@@ -150,6 +155,7 @@ impl Sandbox {
             docker,
             volumes: Arc::new(VolumePool::new(2)),
             engine: Arc::default(),
+            sweeper: Arc::default(),
         })
     }
 
@@ -175,8 +181,10 @@ impl Sandbox {
         self.volumes.prepare(self, size).await
     }
 
-    /// Removes the workspace volumes made ahead and not used; before this process ends.
+    /// Removes the workspace volumes made ahead and not used, once every removal under way
+    /// ([`Sandbox::swept`]) is done; before this process ends.
     pub async fn release_spare_volumes(&self) {
+        self.swept().await;
         for volume in self.volumes.drain() {
             volume.remove().await;
         }
@@ -277,14 +285,33 @@ impl Sandbox {
         live: Option<Live<'_>>,
     ) -> Result<RunOutcome, SandboxError> {
         let asked = Instant::now();
-        let created = bounded(
-            "create container",
-            self.docker.create_container(None, spec.to_create_body()),
-        )
-        .instrument(info_span!("container.create", kiln.image = %spec.image))
-        .await?
-        .map_err(docker_err("create a container"))?;
-        let id = created.id;
+        let mut container = self.create(spec).await?;
+        let cap = spec.limits.output.bytes() as usize;
+        let outcome = self
+            .run_container(&mut container, cap, timeout, asked, live)
+            .await;
+        container.remove().await;
+        outcome
+    }
+
+    /// Starts `container` (made by [`Sandbox::create`], never started before), streams its
+    /// output through `output_cap` (and into `live`), kills it at `timeout` and reads how it
+    /// ended. `asked` is when its stage asked for it: the start latency counts from there. The
+    /// container stays, stopped: [`Sandbox::sweep`] removes it.
+    pub async fn run_container(
+        &self,
+        container: &mut Container,
+        output_cap: usize,
+        timeout: Duration,
+        asked: Instant,
+        live: Option<Live<'_>>,
+    ) -> Result<RunOutcome, SandboxError> {
+        if !container.start_once() {
+            return Err(SandboxError::Docker {
+                op: "start a container",
+                message: format!("container {} was started before", container.id()),
+            });
+        }
         let live = match live {
             Some(live) => match tokio::fs::File::create(live.path).await {
                 Ok(file) => Some((file, StreamRedactor::new(live.redactor))),
@@ -295,19 +322,8 @@ impl Sandbox {
             },
             None => None,
         };
-        let outcome = self
-            .run_created(
-                &id,
-                spec.limits.output.bytes() as usize,
-                timeout,
-                asked,
-                live,
-            )
-            .await;
-        self.remove_container(&id)
-            .instrument(info_span!("container.remove"))
-            .await;
-        outcome
+        self.run_created(container.id(), output_cap, timeout, asked, live)
+            .await
     }
 
     async fn run_created(

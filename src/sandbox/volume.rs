@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
 
+use super::sweep::Sweeper;
 use super::{
     ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
     remove_container,
@@ -58,6 +59,8 @@ struct Batch {
     docker: Docker,
     holder: String,
     volumes: Vec<String>,
+    /// Where a batch dropped without being removed is removed.
+    sweeper: Arc<Sweeper>,
 }
 
 /// Empty workspace volumes made ahead, `per_holder` to a holder, handed out by size.
@@ -246,6 +249,7 @@ impl WorkVolume {
             docker: docker.clone(),
             holder,
             volumes: names.clone(),
+            sweeper: sandbox.sweeper.clone(),
         };
         if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await?
         {
@@ -413,21 +417,19 @@ impl Batch {
 }
 
 /// A batch whose last volume was dropped without [`WorkVolume::remove`] (its job was cancelled
-/// mid-stage) is removed in the background.
+/// mid-stage) is removed in the background, and [`Sandbox::swept`] waits for it.
 impl Drop for Batch {
     fn drop(&mut self) {
         if self.holder.is_empty() {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let batch = Batch {
             docker: self.docker.clone(),
             holder: std::mem::take(&mut self.holder),
             volumes: std::mem::take(&mut self.volumes),
+            sweeper: self.sweeper.clone(),
         };
-        runtime.spawn(batch.remove());
+        self.sweeper.spawn(batch.remove());
     }
 }
 
