@@ -1,6 +1,8 @@
 //! `kiln bench overhead`: the per-container cost of kiln's sandbox (create, attach, start, wait,
 //! inspect, remove, every default on) against bare `docker run --rm` of the same image and
-//! command, measured in the same run, interleaved so both see the same machine.
+//! command, measured in the same run, interleaved so both see the same machine; and a stage's
+//! start: from asking for a container made ahead to its command's first output, against
+//! `docker run`'s time to the same point.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -38,6 +40,11 @@ pub struct RuntimeFigures {
     pub kiln: Figures,
     pub bare: Figures,
     pub with_volume: Figures,
+    /// A stage's start as a job sees it: its container made ahead (while other work went on),
+    /// from asking for it to its first output.
+    pub start_kiln: Figures,
+    /// `docker run`'s time from being run to the same command's first output.
+    pub start_bare: Figures,
 }
 
 /// Runs `runs` of each, under each of `runtimes` (`None` for the engine's default), all
@@ -73,6 +80,8 @@ pub async fn overhead(
             kiln: figures("kiln sandbox (create+start+wait+logs+remove)"),
             bare: figures("docker run --rm --network none"),
             with_volume: figures("kiln sandbox + workspace volume (informational)"),
+            start_kiln: figures("stage start, made ahead (ask -> first output)"),
+            start_bare: figures("docker run (run -> first output)"),
         })
         .collect();
     // One warm-up of each, not counted.
@@ -119,10 +128,67 @@ pub async fn overhead(
             volume.remove().await;
             ran?;
             figures.with_volume.samples.push(started.elapsed());
+
+            let (kiln, bare) = stage_start(sandbox, image, &spec, figures.runtime.as_ref()).await?;
+            figures.start_kiln.samples.push(kiln);
+            figures.start_bare.samples.push(bare);
         }
     }
     sandbox.reap_job(&job).await?;
     Ok(all)
+}
+
+/// One stage start each way: kiln's container made ahead (untimed, as a job makes it while
+/// other work goes on), then asked for and timed to its first output; and `docker run` timed
+/// from being run to the same command's first output.
+async fn stage_start(
+    sandbox: &Sandbox,
+    image: &str,
+    spec: &ContainerSpec,
+    runtime: Option<&Runtime>,
+) -> Result<(Duration, Duration), Error> {
+    let spec = ContainerSpec {
+        command: vec!["echo".into(), "ready".into()],
+        runtime: runtime.cloned(),
+        ..spec.clone()
+    };
+    let mut made = sandbox.create(&spec).await?;
+    let cap = spec.limits.output.bytes() as usize;
+    let asked = Instant::now();
+    let outcome = sandbox
+        .run_container(&mut made, cap, Duration::from_secs(60), asked, None)
+        .await;
+    made.remove().await;
+    let kiln = outcome?
+        .first_output
+        .ok_or_else(|| Error::Internal("the stage-start container wrote nothing".into()))?;
+
+    let mut docker = tokio::process::Command::new("docker");
+    docker.args(["run", "--rm", "--network", "none"]);
+    if let Some(runtime) = runtime {
+        docker.args(["--runtime", &runtime.name]);
+    }
+    let started = Instant::now();
+    let mut child = docker
+        .args([image, "echo", "ready"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(Error::io("cannot run the docker CLI for the baseline"))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let mut first = [0u8; 1];
+    let read = tokio::io::AsyncReadExt::read(&mut stdout, &mut first).await;
+    let bare = started.elapsed();
+    let status = child
+        .wait()
+        .await
+        .map_err(Error::io("cannot run the docker CLI for the baseline"))?;
+    if !matches!(read, Ok(1)) || !status.success() {
+        return Err(Error::Internal(format!(
+            "baseline `docker run` wrote nothing or exited with {status}"
+        )));
+    }
+    Ok((kiln, bare))
 }
 
 /// A bare `docker run --rm` under `runtime` (the engine's default when `None`).

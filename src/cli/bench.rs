@@ -230,6 +230,20 @@ async fn overhead(runs: usize, image: &str, extra: Vec<String>) -> Result<ExitCo
             ms(kiln.percentile(50.0)) / ms(bare.percentile(50.0)),
             ms(kiln.percentile(95.0)) / ms(bare.percentile(95.0))
         );
+        for f in [&runtime.start_kiln, &runtime.start_bare] {
+            println!(
+                "  {:<50} p50 {:>7.1} ms   p95 {:>7.1} ms",
+                f.name,
+                ms(f.percentile(50.0)),
+                ms(f.percentile(95.0))
+            );
+        }
+        let (made_ahead, run) = (&runtime.start_kiln, &runtime.start_bare);
+        println!(
+            "  ratio stage start kiln/docker run: p50 {:.2}   p95 {:.2}",
+            ms(made_ahead.percentile(50.0)) / ms(run.percentile(50.0)),
+            ms(made_ahead.percentile(95.0)) / ms(run.percentile(95.0))
+        );
         if runtime.runtime.is_some() {
             println!(
                 "  kiln under {name} / kiln under the default: p50 {:.2}",

@@ -46,6 +46,7 @@ async fn run(config: &Config, args: RunArgs) -> Result<ExitCode, Error> {
         policies,
         sarif,
     } = args;
+    kiln::workspace::warm_up();
     let ctx = Context::open(config.clone())?;
     let job = Job::load(&job_path, config, &ctx.secrets)?;
     // The bundle and its pins are checked, and its modules compiled, before anything runs.

@@ -110,6 +110,9 @@ pub struct RunOutcome {
     /// From asking the engine to create the container to its start: what kiln waits for
     /// before the command runs.
     pub start_latency: Duration,
+    /// From the same moment to the first byte of output kiln read: how soon the command's
+    /// first instruction showed (`None`: it wrote nothing).
+    pub first_output: Option<Duration>,
     pub duration: Duration,
     /// stdout and stderr interleaved, capped.
     pub output: CappedLog,
@@ -346,9 +349,11 @@ impl Sandbox {
         let mut stream = attached.output;
         let reader = tokio::spawn(async move {
             let mut log = CappedLog::new(output_cap);
+            let mut first = None;
             while let Some(item) = stream.next().await {
                 match item {
                     Ok(chunk) => {
+                        first.get_or_insert_with(Instant::now);
                         let bytes = chunk.into_bytes();
                         let head = log.push(&bytes);
                         if head > 0
@@ -369,7 +374,7 @@ impl Sandbox {
                 let _ = file.write_all(&redactor.finish()).await;
                 let _ = file.flush().await;
             }
-            log
+            (log, first)
         });
 
         let started = Instant::now();
@@ -385,7 +390,7 @@ impl Sandbox {
             kiln.oom_killed = field::Empty,
         );
         let outcome = self
-            .wait_and_read(id, output_cap, timeout, (started, start_latency), reader)
+            .wait_and_read(id, output_cap, timeout, (asked, started, start_latency), reader)
             .instrument(waiting.clone())
             .await?;
         if let Some(code) = outcome.exit_code {
@@ -396,16 +401,16 @@ impl Sandbox {
         Ok(outcome)
     }
 
-    /// Waits for the container `id`, asked to start at `started` (and started `start_latency`
-    /// after it was asked for), to end (killing it at `timeout`), drains its output from
-    /// `reader` and reads how it ended.
+    /// Waits for the container `id`, asked for at `asked`, asked to start at `started` (and
+    /// started `start_latency` after it was asked for), to end (killing it at `timeout`),
+    /// drains its output from `reader` and reads how it ended.
     async fn wait_and_read(
         &self,
         id: &str,
         output_cap: usize,
         timeout: Duration,
-        (started, start_latency): (Instant, Duration),
-        mut reader: tokio::task::JoinHandle<CappedLog>,
+        (asked, started, start_latency): (Instant, Instant, Duration),
+        mut reader: tokio::task::JoinHandle<(CappedLog, Option<Instant>)>,
     ) -> Result<RunOutcome, SandboxError> {
         let timed_out = !self
             .wait_until(id, tokio::time::Instant::now() + timeout)
@@ -423,15 +428,15 @@ impl Sandbox {
                 .await;
         }
         let duration = started.elapsed();
-        let output = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
-            Ok(Ok(log)) => log,
+        let (output, first_output) = match tokio::time::timeout(DRAIN_GRACE, &mut reader).await {
+            Ok(Ok((log, first))) => (log, first.map(|at| at.duration_since(asked))),
             _ => {
                 reader.abort();
                 warn!(
                     container = id,
                     "output did not drain within {DRAIN_GRACE:?}; kept none"
                 );
-                CappedLog::new(output_cap)
+                (CappedLog::new(output_cap), None)
             }
         };
         let state = bounded("inspect container", self.docker.inspect_container(id, None))
@@ -444,6 +449,7 @@ impl Sandbox {
             timed_out,
             oom_killed: state.oom_killed.unwrap_or(false),
             start_latency,
+            first_output,
             duration,
             output,
         })

@@ -120,12 +120,16 @@ impl Sandbox {
     pub async fn swept(&self) {
         let since = Instant::now();
         loop {
-            let tasks =
+            let mut tasks =
                 std::mem::take(&mut *self.sweeper.tasks.lock().unwrap_or_else(|e| e.into_inner()));
             if tasks.is_empty() {
                 break;
             }
-            tasks.join_all().await;
+            while let Some(done) = tasks.join_next().await {
+                if let Err(e) = done {
+                    tracing::warn!("a removal did not finish: {e}");
+                }
+            }
         }
         tracing::debug!("removals settled in {:?}", since.elapsed());
     }

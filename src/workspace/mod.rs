@@ -90,7 +90,10 @@ impl Workspace {
             .map_err(io(&std::env::temp_dir()))?;
         let owner = dir.path().join(OWNER_FILE);
         std::fs::write(&owner, std::process::id().to_string()).map_err(io(&owner))?;
-        let repo = Repository::init_bare(dir.path().join("repo.git"))?;
+        // No template: the private repository needs none of git's sample hooks and files.
+        let mut init = git2::RepositoryInitOptions::new();
+        init.bare(true).external_template(false);
+        let repo = Repository::init_opts(dir.path().join("repo.git"), &init)?;
         let base_commit = match source {
             RepoSource::Git(path) => {
                 fetch_source(&repo, path)?;
@@ -262,6 +265,13 @@ impl Workspace {
 /// Writes to `out` the tar a container's volume starts from: `tree` of the bare repository at
 /// `repo` (the job's private one, or an escalation's candidate) under `workspace/`, an empty
 /// `out/`, and the stage's input file (`job.json`, `review.json`).
+/// Makes libgit2 ready on a thread of its own: its first use loads the system's CA store
+/// through OpenSSL (about 90 ms here), which otherwise falls on the first workspace a job opens.
+/// Call it as the process starts; a workspace opened meanwhile simply waits for it.
+pub fn warm_up() {
+    std::thread::spawn(|| drop(git2::Config::new()));
+}
+
 pub fn tar_of_tree_at<W: std::io::Write>(
     repo: &Path,
     tree: Oid,
