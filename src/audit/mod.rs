@@ -170,9 +170,9 @@ impl AuditLog {
             let mut record = Record {
                 seq,
                 at: crate::model::time::now(),
-                kind,
+                kind: kind.clone(),
                 job: job.map(JobId::to_string),
-                data,
+                data: data.clone(),
                 prev,
                 hash: String::new(),
             };

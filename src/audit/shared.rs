@@ -10,6 +10,8 @@ use crate::store::{PgTarget, StoreError};
 
 /// Records a verification reads at a time.
 const PAGE: i64 = 1000;
+/// How long an append asks again a store it cannot reach before it fails.
+const RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub(super) struct SharedChain {
     target: PgTarget,
@@ -57,15 +59,41 @@ impl SharedChain {
             .collect()
     }
 
-    /// Appends the record `seal` makes from the next seq and the last hash.
+    /// Appends the record `seal` makes from the next seq and the last hash. A store that cannot
+    /// be reached is asked again for up to [`RETRY_FOR`]: a record is never dropped, and a short
+    /// outage only delays what waits for it (a server whose outage outlasts two thirds of a
+    /// lease stops its jobs meanwhile).
     pub(super) fn append(
         &mut self,
-        seal: impl FnOnce(u64, String) -> Record,
+        seal: impl Fn(u64, String) -> Record,
     ) -> Result<Record, AuditError> {
-        let failed = |e: StoreError| AuditError::Shared(self.target.shown().into(), e);
+        let since = std::time::Instant::now();
+        let mut wait = std::time::Duration::from_millis(200);
+        loop {
+            match self.try_append(&seal) {
+                Err(AuditError::Shared(_, e))
+                    if self.client.is_none() && since.elapsed() < RETRY_FOR =>
+                {
+                    tracing::warn!("appending to the audit chain (will try again): {e}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(std::time::Duration::from_secs(2));
+                }
+                done => return done,
+            }
+        }
+    }
+
+    fn try_append(&mut self, seal: &impl Fn(u64, String) -> Record) -> Result<Record, AuditError> {
+        let shown = self.target.shown().to_string();
         let client = match &mut self.client {
             Some(client) if !client.is_closed() => client,
-            slot => slot.insert(self.target.connect().map_err(failed)?),
+            slot => match self.target.connect() {
+                Ok(client) => slot.insert(client),
+                Err(e) => {
+                    *slot = None;
+                    return Err(AuditError::Shared(shown, e));
+                }
+            },
         };
         let appended = (|| {
             let mut tx = client.transaction()?;
@@ -95,10 +123,11 @@ impl SharedChain {
             Ok(record)
         })();
         appended.map_err(|e: postgres::Error| {
+            // Not the database's refusal: the connection is gone, and the next try makes one.
             if e.as_db_error().is_none() {
                 self.client = None;
             }
-            AuditError::Shared(self.target.shown().into(), StoreError::Postgres(e))
+            AuditError::Shared(shown, StoreError::Postgres(e))
         })
     }
 }

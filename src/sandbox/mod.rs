@@ -390,7 +390,13 @@ impl Sandbox {
             kiln.oom_killed = field::Empty,
         );
         let outcome = self
-            .wait_and_read(id, output_cap, timeout, (asked, started, start_latency), reader)
+            .wait_and_read(
+                id,
+                output_cap,
+                timeout,
+                (asked, started, start_latency),
+                reader,
+            )
             .instrument(waiting.clone())
             .await?;
         if let Some(code) = outcome.exit_code {
