@@ -187,11 +187,24 @@ fn child<'a>(spans: &'a [Span], parent: &Span, name: &str, with: Option<(&str, &
     found[0]
 }
 
-/// A stage span's own work: its container created, started, waited for and removed, its
-/// workspace copied in.
-fn check_stage(spans: &[Span], stage: &Span, exit_code: &str) {
+/// A stage span's own work: its container created (or, `made_ahead`, not: it was made in a
+/// `stage.prepare` span beside it), started, waited for and removed, its workspace copied in.
+fn check_stage(spans: &[Span], stage: &Span, exit_code: &str, made_ahead: Option<&Span>) {
     child(spans, stage, "tar.in", None);
-    child(spans, stage, "container.create", None);
+    match made_ahead {
+        Some(prepare) => {
+            child(spans, prepare, "container.create", None);
+            assert!(
+                !spans
+                    .iter()
+                    .any(|s| s.name == "container.create" && s.parent == stage.id),
+                "a stage made ahead creates no container of its own"
+            );
+        }
+        None => {
+            child(spans, stage, "container.create", None);
+        }
+    }
     child(spans, stage, "container.start", None);
     let wait = child(spans, stage, "container.wait", None);
     assert_eq!(wait.attr("kiln.exit_code"), exit_code);
@@ -249,11 +262,17 @@ fn a_run_s_spans_form_the_job_s_tree_under_the_caller_s_trace() {
     for (n, test_exit) in [("1", "1"), ("2", "0")] {
         let attempt = child(&spans, job, "attempt", Some(("kiln.attempt", n)));
         let generate = child(&spans, attempt, "stage", Some(("kiln.stage", "generate")));
-        check_stage(&spans, generate, "0");
+        check_stage(&spans, generate, "0", None);
         child(&spans, generate, "tar.out", None);
         child(&spans, attempt, "diff", None);
         let test = child(&spans, attempt, "stage", Some(("kiln.stage", "test")));
-        check_stage(&spans, test, test_exit);
+        let prepare = child(
+            &spans,
+            attempt,
+            "stage.prepare",
+            Some(("kiln.stage", "test")),
+        );
+        check_stage(&spans, test, test_exit, Some(prepare));
     }
     let gate = child(&spans, job, "policy", None);
     let bundle_text = std::fs::read_to_string(&bundle).unwrap();
@@ -318,7 +337,7 @@ fn a_submitted_job_s_trace_continues_the_client_s_traceparent() {
     assert_eq!(job.attr("kiln.outcome"), "succeeded");
     let attempt = child(&spans, job, "attempt", Some(("kiln.attempt", "1")));
     let generate = child(&spans, attempt, "stage", Some(("kiln.stage", "generate")));
-    check_stage(&spans, generate, "0");
+    check_stage(&spans, generate, "0", None);
 
     let (spans, _) = receiver.job_trace(&untraced);
     let job = spans.iter().find(|s| s.name == "job").unwrap();

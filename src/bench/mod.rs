@@ -218,6 +218,8 @@ pub struct PolicyFigures {
     /// Mean microseconds per evaluation of each policy, in bundle order.
     pub per_policy: Vec<(String, u64)>,
     pub warm: Figures,
+    /// The baseline: the host parsing the same input JSON once with serde_json.
+    pub parse: Figures,
     pub cold_compiled: Figures,
     pub cold_cached: Figures,
     pub input_bytes: usize,
@@ -289,7 +291,8 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
         }],
         reviewer: None,
     };
-    let input_bytes = serde_json::to_vec(&input).map_err(Error::Json)?.len();
+    let input_json = serde_json::to_vec(&input).map_err(Error::Json)?;
+    let input_bytes = input_json.len();
     let cache = tempfile::tempdir().map_err(Error::io("cannot make a cache folder"))?;
     let engine = |cached: bool| {
         PolicyEngine::new(cached.then(|| cache.path().join("policies"))).map_err(Error::from)
@@ -310,6 +313,10 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
         name: "warm: whole bundle, one evaluation",
         samples: Vec::new(),
     };
+    let mut parse = Figures {
+        name: "host: serde_json parse of the same input, once",
+        samples: Vec::new(),
+    };
     let mut cold_compiled = Figures {
         name: "cold: load every module, compiling",
         samples: Vec::new(),
@@ -324,6 +331,11 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
         .map(|p| (p.name.clone(), 0))
         .collect();
     for _ in 0..runs {
+        let started = Instant::now();
+        let parsed: serde_json::Value =
+            serde_json::from_slice(std::hint::black_box(&input_json)).map_err(Error::Json)?;
+        std::hint::black_box(parsed);
+        parse.samples.push(started.elapsed());
         let started = Instant::now();
         let result = std::hint::black_box(gate.evaluate(&input));
         warm.samples.push(started.elapsed());
@@ -345,6 +357,7 @@ pub fn policy_gate(bundle_path: &std::path::Path, runs: usize) -> Result<PolicyF
     Ok(PolicyFigures {
         per_policy,
         warm,
+        parse,
         cold_compiled,
         cold_cached,
         input_bytes,

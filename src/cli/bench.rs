@@ -264,7 +264,7 @@ fn policy(runs: usize, bundle: &std::path::Path) -> Result<ExitCode, Error> {
         bundle.display(),
         f.input_bytes / 1024
     );
-    for figures in [&f.warm, &f.cold_compiled, &f.cold_cached] {
+    for figures in [&f.warm, &f.parse, &f.cold_compiled, &f.cold_cached] {
         println!(
             "  {:<46} p50 {:>8.2} ms   p99 {:>8.2} ms   ({} runs)",
             figures.name,
@@ -279,6 +279,10 @@ fn policy(runs: usize, bundle: &std::path::Path) -> Result<ExitCode, Error> {
         .map(|(name, us)| format!("{name} {:.1} ms", *us as f64 / 1000.0))
         .collect();
     println!("  mean per policy: {}", per_policy.join(", "));
+    println!(
+        "ratio warm gate / host parse: p50 {:.2}",
+        ms(f.warm.percentile(50.0)) / ms(f.parse.percentile(50.0))
+    );
     println!(
         "ratio cold compiling / cold cached: p50 {:.1}",
         ms(f.cold_compiled.percentile(50.0)) / ms(f.cold_cached.percentile(50.0))

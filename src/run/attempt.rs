@@ -147,9 +147,12 @@ impl Runner<'_> {
         // The test stage's volume and container are made while the generator runs; the
         // container is started only once the tree to test is in its volume.
         let stages = self.stages();
+        let prepare = info_span!("stage.prepare", kiln.stage = %Stage::Test);
         let (generated, prepared) = tokio::join!(
             self.generate(ws, n, previous_tree, &input),
-            stages.prepare((Stage::Test, n), &self.job.test),
+            stages
+                .prepare((Stage::Test, n), &self.job.test)
+                .instrument(prepare),
         );
         let (generated, tree, ingested) = generated?;
         let prepared = prepared
@@ -307,10 +310,10 @@ impl Runner<'_> {
             };
             Ok((ran, tree, ingested))
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
         // The container and its volume go while the job goes on: nothing reads them again.
-        stages.sweep(ran_container, vec![volume]);
+        span.in_scope(|| stages.sweep(ran_container, vec![volume]));
         result
     }
 

@@ -159,9 +159,9 @@ impl Runner<'_> {
             };
             Ok((ran, verdict))
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        stages.sweep(ran_container, vec![volume, out]);
+        span.in_scope(|| stages.sweep(ran_container, vec![volume, out]));
         result
     }
 }

@@ -37,11 +37,14 @@ impl Sweeper {
         }
     }
 
+    /// Removes `container`, then `volumes`; the removal's span is a child of the span that
+    /// handed them over (a stage's, whose work it ends).
     fn remove(&self, docker: Docker, container: String, volumes: Vec<WorkVolume>) {
+        let parent = tracing::Span::current();
         self.spawn(async move {
             if !container.is_empty() {
                 super::remove_container(&docker, &container)
-                    .instrument(info_span!("container.remove"))
+                    .instrument(info_span!(parent: &parent, "container.remove"))
                     .await;
             }
             // A volume is in use while its container exists: removed after it.
