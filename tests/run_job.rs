@@ -416,8 +416,8 @@ fn an_interrupted_run_exits_130_and_leaves_nothing_behind() {
 }
 
 /// The test stage's container made ahead while job `job`'s generator runs: created, never
-/// started, labelled for this job's first attempt alone, on a volume that holds no tree yet
-/// (no other job's). Returns its id.
+/// started, labelled for this job's first attempt alone, on a volume that holds nothing yet
+/// (no other job's tree, nothing of the image's). Returns its id.
 fn prepared_test_stage(job: &str) -> String {
     let label = format!("label=kiln.job={job}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -462,7 +462,7 @@ fn prepared_test_stage(job: &str) -> String {
     let listed = std::process::Command::new("docker")
         .args(["run", "--rm", "--network", "none", "-v"])
         .arg(format!("{volume}:/w:ro"))
-        .args([common::BUSYBOX, "find", "/w", "-type", "f"])
+        .args([common::BUSYBOX, "find", "/w", "-mindepth", "1"])
         .output()
         .unwrap();
     assert!(
@@ -473,7 +473,7 @@ fn prepared_test_stage(job: &str) -> String {
     assert_eq!(
         String::from_utf8_lossy(&listed.stdout),
         "",
-        "the volume made ahead holds no file before its tree is put in"
+        "the volume made ahead holds nothing (not even the image's working directory) before its tree is put in"
     );
     id
 }

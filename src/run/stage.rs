@@ -111,12 +111,12 @@ impl Stages<'_> {
         let (role, out_role) = (format!("review-{n}"), format!("review-out-{n}"));
         let requests = [
             VolumeRequest {
-                role: &role,
+                role,
                 size: self.limits.workspace,
                 writable: false,
             },
             VolumeRequest {
-                role: &out_role,
+                role: out_role,
                 size: out_size,
                 writable: true,
             },

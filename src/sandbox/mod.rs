@@ -181,7 +181,7 @@ impl Sandbox {
     /// it ready (its holder's start is as dear as a stage's own): call it while other work goes
     /// on. Without it, the first [`Sandbox::workspace_volume`] makes the batch.
     pub async fn prepare_volumes(&self, size: ByteSize) -> Result<(), SandboxError> {
-        self.volumes.prepare(self, size).await
+        VolumePool::prepare(self, size).await
     }
 
     /// Removes the workspace volumes made ahead and not used, once every removal under way

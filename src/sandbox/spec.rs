@@ -3,7 +3,8 @@
 use std::collections::HashMap;
 
 use bollard::models::{
-    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, ResourcesUlimits,
+    ContainerCreateBody, HostConfig, HostConfigLogConfig, Mount, MountType, MountVolumeOptions,
+    ResourcesUlimits,
 };
 
 use crate::config::Loosening;
@@ -69,16 +70,13 @@ impl ContainerSpec {
         let loosened = |l| self.loosened.contains(&l);
         let memory = self.limits.memory.bytes() as i64;
         let tmp = format!("rw,nosuid,nodev,size={},mode=1777", self.limits.tmp.bytes());
-        let mount = |target: &str, name: &String, read_only: bool| Mount {
-            target: Some(target.into()),
-            source: Some(name.clone()),
-            typ: Some(MountType::VOLUME),
-            read_only: Some(read_only),
-            ..Default::default()
-        };
         let mounts = self.volume.as_ref().map(|name| {
-            let mut mounts = vec![mount(KILN_DIR, name, self.volume_read_only)];
-            mounts.extend(self.out_volume.iter().map(|out| mount(OUT_DIR, out, false)));
+            let mut mounts = vec![volume_mount(KILN_DIR, name, self.volume_read_only)];
+            mounts.extend(
+                self.out_volume
+                    .iter()
+                    .map(|out| volume_mount(OUT_DIR, out, false)),
+            );
             mounts
         });
         let host = HostConfig {
@@ -152,6 +150,24 @@ impl ContainerSpec {
     }
 }
 
+/// The volume `name` mounted at `target`. Docker would copy what the image holds at `target`
+/// into an empty volume as the container is created (the working directory it makes there
+/// among it): `NoCopy`, so a volume holds only what kiln put in it, and a container created
+/// while its volume fills races nothing.
+pub(super) fn volume_mount(target: &str, name: &str, read_only: bool) -> Mount {
+    Mount {
+        target: Some(target.into()),
+        source: Some(name.into()),
+        typ: Some(MountType::VOLUME),
+        read_only: Some(read_only),
+        volume_options: Some(MountVolumeOptions {
+            no_copy: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +228,12 @@ mod tests {
         let mounts = host.mounts.unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].typ, Some(MountType::VOLUME));
+        let options = mounts[0].volume_options.as_ref().unwrap();
+        assert_eq!(
+            options.no_copy,
+            Some(true),
+            "the image's /kiln is not copied in"
+        );
     }
 
     #[test]

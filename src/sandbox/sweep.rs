@@ -4,8 +4,10 @@
 //! waits only for its start; it is started at most once. When its job no longer needs it, it is
 //! handed to [`Sandbox::sweep`] with the volumes it used, and removed while the job goes on. A
 //! container dropped unstarted or unswept (its job ended first, or was cancelled) is swept all
-//! the same. [`Sandbox::swept`] waits for every removal handed over: a process calls it before
-//! it ends, so nothing it made outlives it.
+//! the same. Containers and volumes are made in tasks that finish even when their job is
+//! cancelled midway, so nothing is left half made and unknown. [`Sandbox::swept`] waits for every
+//! removal handed over and every creation under way: a process calls it before it ends, so
+//! nothing it made outlives it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,7 +18,7 @@ use tracing::{Instrument, info_span};
 
 use super::{ContainerSpec, Sandbox, SandboxError, WorkVolume, bounded, docker_err};
 
-/// The removals under way; each is removed in its own task.
+/// The removals and creations under way, each in its own task.
 #[derive(Default)]
 pub(super) struct Sweeper {
     tasks: Mutex<JoinSet<()>>,
@@ -35,6 +37,24 @@ impl Sweeper {
             // Outside a runtime nothing can be removed; the job's reap or `kiln gc` will.
             Err(_) => tracing::warn!("no runtime to remove what a job made on"),
         }
+    }
+
+    /// Runs `work` in a task of its own, to its end even when the caller stops waiting (its job
+    /// was cancelled): a container or volume half made would be lost to Docker. What a caller
+    /// gone no longer takes is dropped in the task, and so removed like anything dropped;
+    /// [`Sandbox::swept`] waits for the task. `op` names the work should the task fail.
+    pub(super) async fn finish<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl Future<Output = Result<T, SandboxError>> + Send + 'static,
+    ) -> Result<T, SandboxError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let work = work.in_current_span();
+        self.spawn(async move {
+            // A caller gone, what it would have had is dropped here.
+            let _ = done.send(work.await);
+        });
+        result.await.unwrap_or(Err(SandboxError::Stuck(op)))
     }
 
     /// Removes `container`, then `volumes`; the removal's span is a child of the span that
@@ -95,20 +115,26 @@ impl Drop for Container {
 impl Sandbox {
     /// Creates the container `spec` describes, without starting it: its image, limits,
     /// confinement and volumes are fixed now, and [`Sandbox::run_container`] starts it later.
+    /// A stage cancelled while its container is created leaves nothing: the creation goes on to
+    /// its end and the container is removed ([`Sweeper::finish`]).
     pub async fn create(&self, spec: &ContainerSpec) -> Result<Container, SandboxError> {
-        let created = bounded(
-            "create container",
-            self.docker.create_container(None, spec.to_create_body()),
-        )
-        .instrument(info_span!("container.create", kiln.image = %spec.image))
-        .await?
-        .map_err(docker_err("create a container"))?;
-        Ok(Container {
-            id: created.id,
-            docker: self.docker.clone(),
-            sweeper: self.sweeper.clone(),
-            started: false,
-        })
+        let (docker, sweeper) = (self.docker.clone(), self.sweeper.clone());
+        let body = spec.to_create_body();
+        let create = async move {
+            let created = bounded("create container", docker.create_container(None, body))
+                .await?
+                .map_err(docker_err("create a container"))?;
+            Ok(Container {
+                id: created.id,
+                docker,
+                sweeper,
+                started: false,
+            })
+        };
+        let span = info_span!("container.create", kiln.image = %spec.image);
+        self.sweeper
+            .finish("create container", create.instrument(span))
+            .await
     }
 
     /// Removes `container`, then `volumes`, in the background.
@@ -130,7 +156,7 @@ impl Sandbox {
             }
             while let Some(done) = tasks.join_next().await {
                 if let Err(e) = done {
-                    tracing::warn!("a removal did not finish: {e}");
+                    tracing::warn!("a removal or creation did not finish: {e}");
                 }
             }
         }

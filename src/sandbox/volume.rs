@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bollard::Docker;
-use bollard::models::{Mount, MountType, VolumeCreateRequest};
+use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::{
     DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
 };
@@ -22,6 +22,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use tracing::Instrument;
 
+use super::spec::volume_mount;
 use super::sweep::Sweeper;
 use super::{
     ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
@@ -34,10 +35,10 @@ use crate::model::{ByteSize, JobId, Limits};
 pub const HOLDER_IMAGE: &str = "kiln/busybox:latest";
 
 /// One volume a batch makes.
-#[derive(Clone, Copy, Debug)]
-pub struct VolumeRequest<'a> {
+#[derive(Clone, Debug)]
+pub struct VolumeRequest {
     /// Names the volume (`kiln-JOB-ROLE-…`) and labels it `kiln.role`.
-    pub role: &'a str,
+    pub role: String,
     pub size: ByteSize,
     /// The sandbox user may write the volume's root (a reviewer's output folder); otherwise
     /// its root is root's and only what kiln uploads is the sandbox user's.
@@ -81,66 +82,61 @@ impl VolumePool {
         }
     }
 
-    /// An empty volume of `size`: a spare, or the first of a new batch whose rest become spares.
+    /// An empty volume of `size`: a spare, or one of a new batch whose rest become spares.
     pub(super) async fn take(
         &self,
         sandbox: &Sandbox,
         size: ByteSize,
     ) -> Result<WorkVolume, SandboxError> {
-        if let Some(volume) = self.spare(size) {
-            return Ok(volume);
+        loop {
+            if let Some(volume) = self.spare(size) {
+                return Ok(volume);
+            }
+            // Made here, it is part of the stage's time (made ahead, it is no one's).
+            Self::stock(sandbox, size)
+                .instrument(tracing::info_span!("volumes.create"))
+                .await?;
         }
-        let _making = self.making.lock().await;
-        if let Some(volume) = self.spare(size) {
-            return Ok(volume);
-        }
-        // Made here, it is part of the stage's time (made ahead, it is no one's).
-        let mut batch = self
-            .make(sandbox, size)
-            .instrument(tracing::info_span!("volumes.create"))
-            .await?;
-        let volume = batch
-            .pop()
-            .expect("create_batch makes one volume per request");
-        self.lock().entry(size.bytes()).or_default().extend(batch);
-        Ok(volume)
     }
 
     /// Makes a batch of `size` ahead, unless a spare of that size is there already.
-    pub(super) async fn prepare(
-        &self,
-        sandbox: &Sandbox,
-        size: ByteSize,
-    ) -> Result<(), SandboxError> {
-        let _making = self.making.lock().await;
-        if self
-            .lock()
-            .get(&size.bytes())
-            .is_some_and(|v| !v.is_empty())
-        {
-            return Ok(());
-        }
-        let batch = self.make(sandbox, size).await?;
-        self.lock().entry(size.bytes()).or_default().extend(batch);
-        Ok(())
+    pub(super) async fn prepare(sandbox: &Sandbox, size: ByteSize) -> Result<(), SandboxError> {
+        Self::stock(sandbox, size).await
+    }
+
+    /// Makes a batch of `size` into `sandbox`'s pool unless a spare of that size is there, to
+    /// its end even when the caller stops waiting ([`Sweeper::finish`]).
+    async fn stock(sandbox: &Sandbox, size: ByteSize) -> Result<(), SandboxError> {
+        let owned = sandbox.clone();
+        let stock = async move {
+            let pool = &owned.volumes;
+            // Held while a batch is made: a volume asked for meanwhile waits for this batch.
+            let _making = pool.making.lock().await;
+            if pool
+                .lock()
+                .get(&size.bytes())
+                .is_some_and(|v| !v.is_empty())
+            {
+                return Ok(());
+            }
+            let request = VolumeRequest {
+                role: "workspace".into(),
+                size,
+                writable: false,
+            };
+            let requests = vec![request; pool.per_holder];
+            let batch = WorkVolume::make_batch(&owned, SHARED, &requests).await?;
+            pool.lock().entry(size.bytes()).or_default().extend(batch);
+            Ok(())
+        };
+        sandbox
+            .sweeper
+            .finish("create workspace volumes", stock)
+            .await
     }
 
     fn spare(&self, size: ByteSize) -> Option<WorkVolume> {
         self.lock().get_mut(&size.bytes()).and_then(Vec::pop)
-    }
-
-    async fn make(
-        &self,
-        sandbox: &Sandbox,
-        size: ByteSize,
-    ) -> Result<Vec<WorkVolume>, SandboxError> {
-        let request = VolumeRequest {
-            role: "workspace",
-            size,
-            writable: false,
-        };
-        let requests = vec![request; self.per_holder];
-        WorkVolume::create_batch_for(sandbox, SHARED, &requests).await
     }
 
     /// Every spare, to be removed.
@@ -166,7 +162,7 @@ impl WorkVolume {
         size: ByteSize,
     ) -> Result<Self, SandboxError> {
         let request = VolumeRequest {
-            role,
+            role: role.into(),
             size,
             writable: false,
         };
@@ -174,20 +170,23 @@ impl WorkVolume {
         Ok(batch.remove(0))
     }
 
-    /// Makes one volume per request for `job` and one holder that keeps them all mounted.
+    /// Makes one volume per request for `job` and one holder that keeps them all mounted, to
+    /// the end even when the caller stops waiting ([`Sweeper::finish`]).
     pub async fn create_batch(
         sandbox: &Sandbox,
         job: &JobId,
-        requests: &[VolumeRequest<'_>],
+        requests: &[VolumeRequest],
     ) -> Result<Vec<Self>, SandboxError> {
-        Self::create_batch_for(sandbox, &job.to_string(), requests).await
+        let (owned, owner, requests) = (sandbox.clone(), job.to_string(), requests.to_vec());
+        let make = async move { Self::make_batch(&owned, &owner, &requests).await };
+        sandbox.sweeper.finish("create volumes", make).await
     }
 
-    /// [`WorkVolume::create_batch`] labelled `kiln.job=owner`.
-    async fn create_batch_for(
+    /// [`WorkVolume::create_batch`] labelled `kiln.job=owner`, in the caller's task.
+    async fn make_batch(
         sandbox: &Sandbox,
         owner: &str,
-        requests: &[VolumeRequest<'_>],
+        requests: &[VolumeRequest],
     ) -> Result<Vec<Self>, SandboxError> {
         let docker = sandbox.docker();
         let mut labels = owner_labels(owner);
@@ -228,13 +227,7 @@ impl WorkVolume {
                 names
                     .iter()
                     .zip(&roots)
-                    .map(|(name, root)| Mount {
-                        target: Some(root.clone()),
-                        source: Some(name.clone()),
-                        typ: Some(MountType::VOLUME),
-                        read_only: Some(false),
-                        ..Default::default()
-                    })
+                    .map(|(name, root)| volume_mount(root, name, false))
                     .collect(),
             );
         }
@@ -436,10 +429,10 @@ impl Drop for Batch {
 async fn create_volume(
     docker: &Docker,
     owner: &str,
-    request: &VolumeRequest<'_>,
+    request: &VolumeRequest,
 ) -> Result<String, SandboxError> {
     let mut labels = owner_labels(owner);
-    labels.insert("kiln.role".into(), request.role.into());
+    labels.insert("kiln.role".into(), request.role.clone());
     let root = if request.writable {
         format!("mode=0700,uid={0},gid={0}", super::SANDBOX_UID)
     } else {
