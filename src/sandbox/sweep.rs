@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bollard::Docker;
+use futures_util::future::join_all;
 use tokio::task::JoinSet;
 use tracing::{Instrument, info_span};
 
@@ -62,15 +63,22 @@ impl Sweeper {
     fn remove(&self, docker: Docker, container: String, volumes: Vec<WorkVolume>) {
         let parent = tracing::Span::current();
         self.spawn(async move {
-            if !container.is_empty() {
-                super::remove_container(&docker, &container)
-                    .instrument(info_span!(parent: &parent, "container.remove"))
-                    .await;
-            }
-            // A volume is in use while its container exists: removed after it.
-            for volume in volumes {
-                volume.remove().await;
-            }
+            // The volumes whose batch this frees: its holder goes while the container does, and
+            // the volumes, mounted by both, after them.
+            let mut batches: Vec<_> = volumes
+                .into_iter()
+                .filter_map(WorkVolume::last_of_batch)
+                .collect();
+            let container = async {
+                if !container.is_empty() {
+                    super::remove_container(&docker, &container)
+                        .instrument(info_span!(parent: &parent, "container.remove"))
+                        .await;
+                }
+            };
+            let holders = join_all(batches.iter_mut().map(|b| b.remove_holder()));
+            tokio::join!(container, holders);
+            join_all(batches.into_iter().map(|b| b.remove_volumes())).await;
         });
     }
 }

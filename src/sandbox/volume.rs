@@ -56,7 +56,7 @@ pub struct WorkVolume {
 }
 
 /// A holder container and the volumes it keeps mounted; it goes with its last volume.
-struct Batch {
+pub(super) struct Batch {
     docker: Docker,
     holder: String,
     volumes: Vec<String>,
@@ -392,19 +392,34 @@ impl WorkVolume {
     /// Gives the volume up. When it was its batch's last, the holder and every volume of the
     /// batch are removed; failures are logged, the job's final reap retries.
     pub async fn remove(self) {
-        if let Some(batch) = Arc::into_inner(self.batch) {
+        if let Some(batch) = self.last_of_batch() {
             batch.remove().await;
         }
+    }
+
+    /// Gives the volume up; its batch, to be removed, when it was the batch's last.
+    pub(super) fn last_of_batch(self) -> Option<Batch> {
+        Arc::into_inner(self.batch)
     }
 }
 
 impl Batch {
     async fn remove(mut self) {
-        let (holder, volumes) = (
-            std::mem::take(&mut self.holder),
-            std::mem::take(&mut self.volumes),
-        );
-        remove_container(&self.docker, &holder).await;
+        self.remove_holder().await;
+        self.remove_volumes().await;
+    }
+
+    /// Removes the holder container; the volumes stay until [`Batch::remove_volumes`].
+    pub(super) async fn remove_holder(&mut self) {
+        let holder = std::mem::take(&mut self.holder);
+        if !holder.is_empty() {
+            remove_container(&self.docker, &holder).await;
+        }
+    }
+
+    /// Removes the batch's volumes, side by side: call it once no container mounts them.
+    pub(super) async fn remove_volumes(mut self) {
+        let volumes = std::mem::take(&mut self.volumes);
         remove_volumes(&self.docker, &volumes).await;
     }
 }
@@ -413,7 +428,7 @@ impl Batch {
 /// mid-stage) is removed in the background, and [`Sandbox::swept`] waits for it.
 impl Drop for Batch {
     fn drop(&mut self) {
-        if self.holder.is_empty() {
+        if self.holder.is_empty() && self.volumes.is_empty() {
             return;
         }
         let batch = Batch {
@@ -463,10 +478,11 @@ async fn create_volume(
 }
 
 async fn remove_volumes(docker: &Docker, names: &[String]) {
-    for name in names {
+    let removals = names.iter().map(|name| async move {
         let opts = RemoveVolumeOptions { force: true };
         if let Ok(Err(e)) = bounded("remove volume", docker.remove_volume(name, Some(opts))).await {
             tracing::warn!(volume = name, "could not remove volume: {e}");
         }
-    }
+    });
+    futures_util::future::join_all(removals).await;
 }
