@@ -477,12 +477,37 @@ async fn create_volume(
     Ok(volume.name)
 }
 
+/// Removes the volumes `names`, side by side.
 async fn remove_volumes(docker: &Docker, names: &[String]) {
-    let removals = names.iter().map(|name| async move {
+    futures_util::future::join_all(names.iter().map(|name| remove_volume(docker, name))).await;
+}
+
+/// How long a volume still in use is asked again: the container that mounts it may be being
+/// removed at the same moment (a stage cancelled as it was made drops its container and its
+/// volume apart).
+const IN_USE_GRACE: Duration = Duration::from_secs(10);
+
+/// Removes the volume `name`; one still mounted is asked again until [`IN_USE_GRACE`] has
+/// passed. Failures are logged: the job's final reap or `kiln gc` retries.
+async fn remove_volume(docker: &Docker, name: &str) {
+    let deadline = tokio::time::Instant::now() + IN_USE_GRACE;
+    loop {
         let opts = RemoveVolumeOptions { force: true };
-        if let Ok(Err(e)) = bounded("remove volume", docker.remove_volume(name, Some(opts))).await {
-            tracing::warn!(volume = name, "could not remove volume: {e}");
+        match bounded("remove volume", docker.remove_volume(name, Some(opts))).await {
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            })) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(volume = name, "could not remove volume: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(volume = name, "{e}");
+                return;
+            }
+            Ok(Ok(())) => return,
         }
-    });
-    futures_util::future::join_all(removals).await;
+    }
 }
