@@ -1,6 +1,7 @@
 //! Workspace volumes made several to a holder container, on the real engine: each volume is its
 //! own empty filesystem, the holder goes with its batch's last volume, and nothing is left
-//! behind, whether volumes are given up, dropped mid-use or never used.
+//! behind, whether volumes are given up, dropped mid-use, still mounted as they are given up,
+//! asked for and abandoned while they are made, or never used.
 
 mod common;
 
@@ -127,6 +128,42 @@ fn pooled_volumes_are_separate_and_leave_nothing_behind() {
         while !(holders().is_empty() && volumes().is_empty()) {
             assert!(Instant::now() < deadline, "a dropped batch was not removed");
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+
+        // A volume still mounted by a container on its way out (a cancelled stage's, removed
+        // at the same moment) is removed once that container is gone, not left behind.
+        let mounted = solo.workspace_volume(size).await.expect("a volume");
+        let user = Command::new("docker")
+            .args(["run", "-d", "--rm", "--network", "none", "-v"])
+            .arg(format!("{}:/w", mounted.name()))
+            .args([common::BUSYBOX, "sleep", "1"])
+            .output()
+            .expect("docker CLI runs");
+        assert!(
+            user.status.success(),
+            "{}",
+            String::from_utf8_lossy(&user.stderr)
+        );
+        mounted.remove().await;
+        assert!(holders().is_empty(), "holders left: {:?}", holders());
+        assert!(
+            volumes().is_empty(),
+            "a volume in use was given up: {:?}",
+            volumes()
+        );
+
+        // Asking for a volume and giving up waiting while its batch is made (a job cancelled)
+        // leaves the batch to be finished and released, not half made and unknown.
+        for wait_ms in [5, 40, 120] {
+            let asked = tokio::time::timeout(
+                Duration::from_millis(wait_ms),
+                solo.workspace_volume(ByteSize::mib(2)),
+            )
+            .await;
+            drop(asked);
+            solo.release_spare_volumes().await;
+            assert!(holders().is_empty(), "holders left: {:?}", holders());
+            assert!(volumes().is_empty(), "volumes left: {:?}", volumes());
         }
     });
 }
