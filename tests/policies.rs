@@ -323,7 +323,10 @@ fn inspect_shows_metadata_exports_and_the_pin() {
     assert!(out.status.success(), "{}", text(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["name"], "secrets");
-    assert_eq!(info["abi_version"], 1);
+    assert_eq!(
+        info["abi_version"], 2,
+        "the SDK's policies read the binary input"
+    );
     assert_eq!(info["imports"], serde_json::json!([]));
     for export in [
         "memory",

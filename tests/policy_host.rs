@@ -142,13 +142,17 @@ fn wasi_and_unknown_imports_are_refused_at_load() {
 fn a_wrong_abi_version_or_missing_export_is_refused() {
     let wrong = wat::parse_str(
         r#"(module (memory (export "memory") 1)
-            (func (export "kiln_abi_version") (result i32) (i32.const 2))
+            (func (export "kiln_abi_version") (result i32) (i32.const 3))
             (func (export "kiln_alloc") (param i32) (result i32) (i32.const 0))
             (func (export "kiln_evaluate") (param i32 i32) (result i64) (i64.const 0))
             (func (export "kiln_metadata") (result i64) (i64.const 0)))"#,
     )
     .unwrap();
-    assert_eq!(evaluate(&wrong).unwrap_err(), PolicyFailure::AbiMismatch(2));
+    assert_eq!(
+        engine().load(&wrong).err().unwrap(),
+        PolicyFailure::AbiMismatch(3),
+        "an unknown version is refused at load"
+    );
     let missing = wat::parse_str(r#"(module (memory (export "memory") 1) (func (export "kiln_abi_version") (result i32) (i32.const 1)))"#).unwrap();
     assert!(matches!(
         engine().load(&missing).err().unwrap(),

@@ -287,7 +287,7 @@ fn inspect(path: &Path, json: bool, engine: &PolicyEngine) -> Result<ExitCode, E
     let report = serde_json::json!({
         "module": path.display().to_string(),
         "sha256": policy.sha256,
-        "abi_version": kiln::policy::ABI_VERSION,
+        "abi_version": policy.abi(),
         "name": metadata.name,
         "version": metadata.version,
         "description": metadata.description,
@@ -302,7 +302,7 @@ fn inspect(path: &Path, json: bool, engine: &PolicyEngine) -> Result<ExitCode, E
             "{} {} (ABI {})",
             metadata.name,
             metadata.version,
-            kiln::policy::ABI_VERSION
+            policy.abi()
         );
         println!("  {}", metadata.description);
         println!("  sha256:  {}", policy.sha256);

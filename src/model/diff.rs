@@ -28,6 +28,20 @@ pub enum FileStatus {
     TypeChanged,
 }
 
+impl FileStatus {
+    /// The name it is serialized under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileStatus::Added => "added",
+            FileStatus::Modified => "modified",
+            FileStatus::Deleted => "deleted",
+            FileStatus::Renamed => "renamed",
+            FileStatus::Copied => "copied",
+            FileStatus::TypeChanged => "type_changed",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FileDiff {
     /// The path after the change (before it, for a deletion).
@@ -72,4 +86,31 @@ pub enum LineKind {
     Context,
     Added,
     Removed,
+}
+
+impl LineKind {
+    /// The name it is serialized under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LineKind::Context => "context",
+            LineKind::Added => "added",
+            LineKind::Removed => "removed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_name_is_the_one_serde_writes() {
+        use FileStatus::*;
+        for status in [Added, Modified, Deleted, Renamed, Copied, TypeChanged] {
+            assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+        }
+        for kind in [LineKind::Context, LineKind::Added, LineKind::Removed] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.as_str());
+        }
+    }
 }

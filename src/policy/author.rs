@@ -8,7 +8,7 @@ use std::process::Stdio;
 use serde::Deserialize;
 
 use super::gate::{GateInput, JobInfo, TestInfo};
-use super::host::{Limits, PolicyEngine};
+use super::host::{Limits, PolicyEngine, Reads};
 use super::{Decision, Finding};
 use crate::model::Diff;
 
@@ -192,6 +192,7 @@ edition = "2024"
 [dependencies]
 serde = { version = "1", features = ["derive"] }
 serde_json = "1"
+postcard = { version = "1", default-features = false, features = ["alloc"] }
 "#;
     let lib = TEMPLATE_LIB.replace("name = \"template\"", &format!("name = \"{name}\""));
     let files: [(&str, &str); 8] = [
@@ -349,10 +350,9 @@ pub fn test(
             }],
             reviewer: None,
         };
-        let mut bytes = serde_json::to_value(&input).expect("the input serializes");
-        bytes["abi"] = serde_json::json!(super::ABI_VERSION);
-        bytes["config"] = case.config;
-        let bytes = serde_json::to_vec(&bytes).expect("the input serializes");
+        // The whole diff, encoded as the gate would for the module's ABI version.
+        let common = super::gate::common(&input, Reads::Lines, policy.abi());
+        let bytes = super::gate::with_config(&common, policy.abi(), &case.config);
         let (verdict, log) = engine.evaluate_logged(&policy, &bytes, Limits::default());
         let mismatch = match verdict {
             Err(failure) => Some(format!("  the policy failed: {failure}")),

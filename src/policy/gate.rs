@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::bundle::{Bundle, BundledPolicy, Condition, Mode};
 use super::host::{Limits, Policy, PolicyEngine, PolicyFailure, Reads};
-use super::{Decision, Finding, Severity, Verdict};
+use super::{Decision, Finding, Severity, Verdict, wire};
 use crate::model::{Diff, DiffStats, FileStatus};
 
 /// What policies learn about the job (ABI `input.job`).
@@ -153,9 +153,36 @@ impl<'a> SlimInput<'a> {
 /// `{"abi":1,` and the fields of `value`, without the closing brace: each policy's config is
 /// spliced in after.
 fn prefix(value: &impl Serialize) -> Vec<u8> {
-    let mut bytes = format!("{{\"abi\":{},", super::ABI_VERSION).into_bytes();
+    let mut bytes = b"{\"abi\":1,".to_vec();
     let rest = serde_json::to_vec(value).expect("the gate input serializes");
     bytes.extend_from_slice(&rest[1..rest.len() - 1]);
+    bytes
+}
+
+/// `input` left at `reads`, encoded for ABI `abi`, without the policy's config.
+pub(super) fn common(input: &GateInput<'_>, reads: Reads, abi: i32) -> Vec<u8> {
+    match (abi, reads) {
+        (1, Reads::Lines) => prefix(input),
+        (1, _) => prefix(&SlimInput::new(input, reads)),
+        _ => wire::common(
+            &input.job,
+            input.diff,
+            &input.tests,
+            input.reviewer.as_ref(),
+            reads,
+        ),
+    }
+}
+
+/// One policy's whole input: `common` (from [`common`], for ABI `abi`) and its `config`.
+pub(super) fn with_config(common: &[u8], abi: i32, config: &serde_json::Value) -> Vec<u8> {
+    if abi != 1 {
+        return wire::with_config(common, config);
+    }
+    let mut bytes = common.to_vec();
+    bytes.extend_from_slice(b",\"config\":");
+    bytes.extend_from_slice(&serde_json::to_vec(config).expect("config is JSON"));
+    bytes.push(b'}');
     bytes
 }
 
@@ -187,22 +214,24 @@ impl Gate {
     }
 
     pub fn evaluate(&self, input: &GateInput<'_>) -> GateResult {
-        // The input is the same for every policy but its config (and how much of the diff it
-        // reads): serialize each variant once, and splice each config in before the closing brace.
-        let needs = |r: Reads| {
-            self.loaded
-                .iter()
-                .any(|l| matches!(l, Ok((_, reads)) if *reads == r))
-        };
-        let full = prefix(input);
-        let files = needs(Reads::Files).then(|| prefix(&SlimInput::new(input, Reads::Files)));
-        let stats = needs(Reads::Stats).then(|| prefix(&SlimInput::new(input, Reads::Stats)));
-        let common = |reads: Reads| -> &[u8] {
-            match reads {
-                Reads::Files => files.as_deref().unwrap_or(&full),
-                Reads::Stats => stats.as_deref().unwrap_or(&full),
-                Reads::Lines => &full,
+        // The input is the same for every policy but its config, how much of the diff it
+        // reads and its ABI's encoding: encode each variant needed once, and splice each config
+        // on after.
+        let mut commons: Vec<((Reads, i32), Vec<u8>)> = Vec::new();
+        for (policy, reads) in self.loaded.iter().flatten() {
+            let key = (*reads, policy.abi());
+            if !commons.iter().any(|(k, _)| *k == key) {
+                commons.push((key, common(input, key.0, key.1)));
             }
+        }
+        let common = |loaded: &Result<(Policy, Reads), PolicyFailure>| -> &[u8] {
+            let Ok((policy, reads)) = loaded else {
+                return &[];
+            };
+            commons
+                .iter()
+                .find(|(k, _)| *k == (*reads, policy.abi()))
+                .map_or(&[], |(_, bytes)| bytes)
         };
         // Each policy runs in its own store, so the bundle's policies run side by side.
         let parent = tracing::Span::current();
@@ -213,7 +242,7 @@ impl Gate {
                 .iter()
                 .zip(&self.loaded)
                 .map(|(policy, loaded)| {
-                    let bytes = common(loaded.as_ref().map(|(_, r)| *r).unwrap_or_default());
+                    let bytes = common(loaded);
                     let parent = &parent;
                     scope.spawn(move || {
                         let span = tracing::info_span!(
@@ -297,12 +326,7 @@ impl Gate {
         let mut failed = true;
         let verdict = match loaded {
             Ok((module, _)) => {
-                let mut bytes = common.to_vec();
-                bytes.extend_from_slice(b",\"config\":");
-                bytes.extend_from_slice(
-                    &serde_json::to_vec(&policy.config).expect("config is JSON"),
-                );
-                bytes.push(b'}');
+                let bytes = with_config(common, module.abi(), &policy.config);
                 let limits = Limits {
                     fuel: policy.fuel.unwrap_or(Limits::default().fuel),
                     ..Limits::default()

@@ -10,7 +10,7 @@ use wasmtime::{
     Trap, ValType,
 };
 
-use super::{ABI_VERSION, Verdict};
+use super::{ABI_VERSIONS, Verdict};
 use crate::model::fs::create_private_dir;
 
 /// The largest module file kiln loads.
@@ -65,7 +65,7 @@ pub enum PolicyFailure {
     ForbiddenImport(String),
     #[error("module lacks the export `{0}` the ABI requires, or it has the wrong type")]
     MissingExport(&'static str),
-    #[error("module speaks ABI version {0}; kiln speaks {ABI_VERSION}")]
+    #[error("module speaks ABI version {0}; kiln speaks {first} and {last}", first = ABI_VERSIONS[0], last = ABI_VERSIONS[1])]
     AbiMismatch(i32),
     #[error("module ran out of fuel (an endless loop, or more work than the limit allows)")]
     OutOfFuel,
@@ -108,14 +108,20 @@ pub enum Reads {
     Stats,
 }
 
-/// A loaded module: compiled, checked against the ABI, with its sha256.
+/// A loaded module: compiled, checked against the ABI, with its sha256 and ABI version.
 #[derive(Clone)]
 pub struct Policy {
     pub sha256: String,
     module: Module,
+    abi: i32,
 }
 
 impl Policy {
+    /// The ABI version the module speaks (one of [`ABI_VERSIONS`]): how its input is encoded.
+    pub fn abi(&self) -> i32 {
+        self.abi
+    }
+
     pub fn imports(&self) -> Vec<String> {
         self.module
             .imports()
@@ -198,7 +204,13 @@ impl PolicyEngine {
             None => self.compile(bytes, cached.as_deref())?,
         };
         check_abi(&module)?;
-        Ok(Policy { sha256, module })
+        // Asked once here: the encoding of every input the module is given depends on it.
+        let (_, _, abi) = self.instantiate(&module, Limits::default())?;
+        Ok(Policy {
+            sha256,
+            module,
+            abi,
+        })
     }
 
     fn compile(&self, bytes: &[u8], cache: Option<&Path>) -> Result<Module, PolicyFailure> {
@@ -221,7 +233,8 @@ impl PolicyEngine {
         Ok(module)
     }
 
-    /// Runs the module on `input` (the ABI's input JSON) in a fresh instance.
+    /// Runs the module on `input` (encoded for its ABI version, [`Policy::abi`]) in a fresh
+    /// instance.
     pub fn evaluate(
         &self,
         policy: &Policy,
@@ -239,8 +252,8 @@ impl PolicyEngine {
         input: &[u8],
         limits: Limits,
     ) -> (Result<Verdict, PolicyFailure>, String) {
-        let (mut store, instance) = match self.instantiate(policy, limits) {
-            Ok(ready) => ready,
+        let (mut store, instance) = match self.instantiate(&policy.module, limits) {
+            Ok((store, instance, _)) => (store, instance),
             Err(failure) => return (Err(failure), String::new()),
         };
         let verdict = Self::call_evaluate(&mut store, &instance, input);
@@ -279,7 +292,7 @@ impl PolicyEngine {
 
     /// The module's metadata (`kiln_metadata`), under the same limits as an evaluation.
     pub fn metadata(&self, policy: &Policy) -> Result<Metadata, PolicyFailure> {
-        let (mut store, instance) = self.instantiate(policy, Limits::default())?;
+        let (mut store, instance, _) = self.instantiate(&policy.module, Limits::default())?;
         let memory = instance
             .get_memory(&mut store, "memory")
             .ok_or(PolicyFailure::MissingExport("memory"))?;
@@ -292,11 +305,12 @@ impl PolicyEngine {
             .map_err(|e| PolicyFailure::MalformedOutput(format!("metadata: {e}")))
     }
 
+    /// A fresh instance of `module` under `limits`, and the ABI version it reports.
     fn instantiate(
         &self,
-        policy: &Policy,
+        module: &Module,
         limits: Limits,
-    ) -> Result<(Store<HostState>, wasmtime::Instance), PolicyFailure> {
+    ) -> Result<(Store<HostState>, wasmtime::Instance, i32), PolicyFailure> {
         let state = HostState {
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits.memory_bytes)
@@ -335,21 +349,22 @@ impl PolicyEngine {
                 },
             )
             .map_err(|e| PolicyFailure::Instantiate(e.to_string()))?;
-        let instance = linker
-            .instantiate(&mut store, &policy.module)
-            .map_err(|e| match e.downcast_ref::<Trap>() {
-                Some(_) => trap(e),
-                None => PolicyFailure::Instantiate(format!("{e:#}")),
-            })?;
+        let instance =
+            linker
+                .instantiate(&mut store, module)
+                .map_err(|e| match e.downcast_ref::<Trap>() {
+                    Some(_) => trap(e),
+                    None => PolicyFailure::Instantiate(format!("{e:#}")),
+                })?;
         let version = instance
             .get_typed_func::<(), i32>(&mut store, "kiln_abi_version")
             .map_err(|_| PolicyFailure::MissingExport("kiln_abi_version"))?
             .call(&mut store, ())
             .map_err(trap)?;
-        if version != ABI_VERSION {
+        if !ABI_VERSIONS.contains(&version) {
             return Err(PolicyFailure::AbiMismatch(version));
         }
-        Ok((store, instance))
+        Ok((store, instance, version))
     }
 }
 

@@ -7,6 +7,7 @@ mod bundle;
 mod gate;
 mod host;
 mod sarif;
+mod wire;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,8 +26,9 @@ pub fn default_cache_dir() -> Option<std::path::PathBuf> {
     crate::config::cache_dir().map(|dir| dir.join("policies"))
 }
 
-/// ABI version kiln speaks; a module reporting another is refused.
-pub const ABI_VERSION: i32 = 1;
+/// The ABI versions kiln speaks (a module reporting another is refused): 1, whose input is
+/// JSON, and 2, whose input is binary (`wire`), which the SDK's policies speak.
+pub const ABI_VERSIONS: [i32; 2] = [1, 2];
 
 /// A policy's verdict. Ordered by severity: combining takes the most severe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

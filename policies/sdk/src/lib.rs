@@ -1,6 +1,7 @@
 //! The kiln policy SDK: the ABI's input and output as Rust types, a glob matcher, and the
 //! [`policy!`] macro that exports what kiln calls. A policy is one function from [`Input`] to
-//! [`Output`]; see policies/ABI.md for what travels underneath.
+//! [`Output`]; see policies/ABI.md for what travels underneath. Policies built with it speak ABI
+//! version 2: the input comes in the binary encoding, read in place rather than parsed.
 
 use std::borrow::Cow;
 
@@ -72,6 +73,9 @@ pub struct FileDiff<'a> {
     pub deletions: usize,
     #[serde(borrow)]
     pub hunks: Vec<Hunk<'a>>,
+    /// Why the file comes without hunks: it was past the gate's diff budget.
+    #[serde(default, borrow)]
+    pub omitted: Option<Cow<'a, str>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -211,7 +215,43 @@ pub fn config_decision(input: &Input<'_>, default: Decision) -> Result<Decision,
 /// The plumbing the [`policy!`] macro exports; not for direct use.
 #[doc(hidden)]
 pub mod abi {
-    use super::{Decision, Input, Output};
+    use serde::Deserialize;
+
+    use super::{Decision, Diff, Input, Job, Output, TestResult};
+
+    /// The ABI version policies built with this SDK speak: the input in the binary encoding.
+    pub const VERSION: i32 = 2;
+
+    /// ABI 2's input as it travels (policies/ABI.md): the fields of [`Input`] in order, text
+    /// borrowed from kiln's buffer, the reviewer's verdict and the config as JSON text.
+    #[derive(Deserialize)]
+    struct Wire<'a> {
+        abi: u32,
+        job: Job,
+        #[serde(borrow)]
+        diff: Diff<'a>,
+        tests: Vec<TestResult>,
+        #[serde(borrow)]
+        reviewer: Option<&'a str>,
+        #[serde(borrow)]
+        config: &'a str,
+    }
+
+    /// Reads ABI 2's binary input into an [`Input`] whose text borrows from `bytes`.
+    pub fn read_input(bytes: &[u8]) -> Result<Input<'_>, String> {
+        let wire: Wire = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+        let json = |field: &str, text: &str| {
+            serde_json::from_str(text).map_err(|e| format!("`{field}` is not JSON: {e}"))
+        };
+        Ok(Input {
+            abi: wire.abi,
+            job: wire.job,
+            diff: wire.diff,
+            tests: wire.tests,
+            reviewer: wire.reviewer.map(|r| json("reviewer", r)).transpose()?,
+            config: json("config", wire.config)?,
+        })
+    }
 
     pub fn alloc(len: i32) -> i32 {
         let mut buffer = Vec::<u8>::with_capacity(len.max(0) as usize);
@@ -228,7 +268,7 @@ pub mod abi {
         ((ptr << 32) | len) as i64
     }
 
-    /// Parses the input, runs `evaluate`, serializes the output. An input or config the policy
+    /// Reads the input, runs `evaluate`, serializes the output. An input or config the policy
     /// cannot read is a deny, never an allow.
     ///
     /// # Safety
@@ -236,7 +276,7 @@ pub mod abi {
     pub unsafe fn evaluate(ptr: i32, len: i32, evaluate: fn(&Input<'_>) -> Result<Output, String>) -> i64 {
         // SAFETY: kiln wrote `len` bytes at `ptr`, which `alloc` returned for exactly that length.
         let bytes = unsafe { std::slice::from_raw_parts(ptr as usize as *const u8, len as usize) };
-        let output = match serde_json::from_slice::<Input>(bytes) {
+        let output = match read_input(bytes) {
             Ok(input) => evaluate(&input).unwrap_or_else(|e| failed(&e)),
             Err(e) => failed(&format!("cannot read the input: {e}")),
         };
@@ -266,7 +306,7 @@ macro_rules! policy {
      config_schema = $schema:expr, reads = $reads:expr, $evaluate:path) => {
         #[unsafe(no_mangle)]
         pub extern "C" fn kiln_abi_version() -> i32 {
-            1
+            $crate::abi::VERSION
         }
 
         #[unsafe(no_mangle)]
