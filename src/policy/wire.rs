@@ -4,6 +4,7 @@
 //! spliced on at the end (policies/ABI.md).
 
 use serde::Serialize;
+use serde::ser::{SerializeStruct, Serializer};
 
 use super::host::Reads;
 use crate::model::{Diff, FileDiff, Hunk, Line};
@@ -51,106 +52,99 @@ struct Wire<'a, J, T> {
     reviewer: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The diff as it travels, written straight from kiln's own (no copy of its lines is made):
+/// its files with their hunks (`Lines`), without (`Files`), or none (`Stats`).
 struct WireDiff<'a> {
-    files: Vec<WireFile<'a>>,
-    stats: WireStats,
-}
-
-#[derive(Serialize)]
-struct WireStats {
-    files_changed: u64,
-    additions: u64,
-    deletions: u64,
-}
-
-#[derive(Serialize)]
-struct WireFile<'a> {
-    path: &'a str,
-    old_path: Option<&'a str>,
-    status: &'static str,
-    old_mode: Option<&'a str>,
-    new_mode: Option<&'a str>,
-    binary: bool,
-    additions: u64,
-    deletions: u64,
-    hunks: Vec<WireHunk<'a>>,
-    omitted: Option<&'a str>,
-}
-
-#[derive(Serialize)]
-struct WireHunk<'a> {
-    header: &'a str,
-    old_start: u32,
-    old_lines: u32,
-    new_start: u32,
-    new_lines: u32,
-    lines: Vec<WireLine<'a>>,
-}
-
-#[derive(Serialize)]
-struct WireLine<'a> {
-    kind: &'static str,
-    old_line: Option<u32>,
-    new_line: Option<u32>,
-    content: &'a str,
+    diff: &'a Diff,
+    reads: Reads,
 }
 
 impl<'a> WireDiff<'a> {
     fn new(diff: &'a Diff, reads: Reads) -> Self {
-        let files = match reads {
-            Reads::Stats => Vec::new(),
-            Reads::Files => diff.files.iter().map(|f| file(f, false)).collect(),
-            Reads::Lines => diff.files.iter().map(|f| file(f, true)).collect(),
+        WireDiff { diff, reads }
+    }
+}
+
+impl Serialize for WireDiff<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let files: &[FileDiff] = match self.reads {
+            Reads::Stats => &[],
+            Reads::Files | Reads::Lines => &self.diff.files,
         };
-        WireDiff {
-            files,
-            stats: WireStats {
-                files_changed: diff.stats.files_changed as u64,
-                additions: diff.stats.additions as u64,
-                deletions: diff.stats.deletions as u64,
-            },
-        }
+        let lines = self.reads == Reads::Lines;
+        let stats = self.diff.stats;
+        let mut out = serializer.serialize_struct("Diff", 2)?;
+        out.serialize_field("files", &Seq(files, |f| WireFile(f, lines)))?;
+        out.serialize_field(
+            "stats",
+            &(
+                stats.files_changed as u64,
+                stats.additions as u64,
+                stats.deletions as u64,
+            ),
+        )?;
+        out.end()
     }
 }
 
-/// `f` as it travels; with its hunks only when `lines`.
-fn file(f: &FileDiff, lines: bool) -> WireFile<'_> {
-    WireFile {
-        path: &f.path,
-        old_path: f.old_path.as_deref(),
-        status: f.status.as_str(),
-        old_mode: f.old_mode.as_deref(),
-        new_mode: f.new_mode.as_deref(),
-        binary: f.binary,
-        additions: f.additions as u64,
-        deletions: f.deletions as u64,
-        hunks: if lines {
-            f.hunks.iter().map(hunk).collect()
-        } else {
-            Vec::new()
-        },
-        omitted: f.omitted.as_deref(),
+/// The items of a slice, each as the function shows it.
+struct Seq<'a, T, F>(&'a [T], F);
+
+impl<'a, T, V: Serialize, F: Fn(&'a T) -> V> Serialize for Seq<'a, T, F> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(&self.1))
     }
 }
 
-fn hunk(h: &Hunk) -> WireHunk<'_> {
-    WireHunk {
-        header: &h.header,
-        old_start: h.old_start,
-        old_lines: h.old_lines,
-        new_start: h.new_start,
-        new_lines: h.new_lines,
-        lines: h.lines.iter().map(line).collect(),
+/// A file as it travels; with its hunks only when the policy reads lines.
+struct WireFile<'a>(&'a FileDiff, bool);
+
+impl Serialize for WireFile<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let (f, lines) = (self.0, self.1);
+        let hunks: &[Hunk] = if lines { &f.hunks } else { &[] };
+        let mut out = serializer.serialize_struct("FileDiff", 10)?;
+        out.serialize_field("path", &f.path)?;
+        out.serialize_field("old_path", &f.old_path)?;
+        out.serialize_field("status", f.status.as_str())?;
+        out.serialize_field("old_mode", &f.old_mode)?;
+        out.serialize_field("new_mode", &f.new_mode)?;
+        out.serialize_field("binary", &f.binary)?;
+        out.serialize_field("additions", &(f.additions as u64))?;
+        out.serialize_field("deletions", &(f.deletions as u64))?;
+        out.serialize_field("hunks", &Seq(hunks, WireHunk))?;
+        out.serialize_field("omitted", &f.omitted)?;
+        out.end()
     }
 }
 
-fn line(l: &Line) -> WireLine<'_> {
-    WireLine {
-        kind: l.kind.as_str(),
-        old_line: l.old_line,
-        new_line: l.new_line,
-        content: &l.content,
+struct WireHunk<'a>(&'a Hunk);
+
+impl Serialize for WireHunk<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let h = self.0;
+        let mut out = serializer.serialize_struct("Hunk", 6)?;
+        out.serialize_field("header", &h.header)?;
+        out.serialize_field("old_start", &h.old_start)?;
+        out.serialize_field("old_lines", &h.old_lines)?;
+        out.serialize_field("new_start", &h.new_start)?;
+        out.serialize_field("new_lines", &h.new_lines)?;
+        out.serialize_field("lines", &Seq(&h.lines, WireLine))?;
+        out.end()
+    }
+}
+
+struct WireLine<'a>(&'a Line);
+
+impl Serialize for WireLine<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let l = self.0;
+        let mut out = serializer.serialize_struct("Line", 4)?;
+        out.serialize_field("kind", l.kind.as_str())?;
+        out.serialize_field("old_line", &l.old_line)?;
+        out.serialize_field("new_line", &l.new_line)?;
+        out.serialize_field("content", &l.content)?;
+        out.end()
     }
 }
 
