@@ -680,3 +680,87 @@ fn a_change_larger_than_the_gate_reads_is_denied_whatever_the_policies_say() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("max_diff"), "{}", text(&out));
 }
+
+/// A module of ABI `version` that allows only when its input is framed as that version's
+/// encoding says (`first` its first byte, `last` its last bytes: the config, `{}`), and denies
+/// otherwise.
+fn framed(version: i32, first: u8, last: &[u8]) -> Vec<u8> {
+    let mut checks = format!("(i32.eq (i32.load8_u (local.get $p)) (i32.const {first}))");
+    for (back, byte) in last.iter().rev().enumerate() {
+        checks = format!(
+            "(i32.and {checks} (i32.eq (i32.load8_u (i32.add (local.get $p) (i32.sub (local.get $n) (i32.const {})))) (i32.const {byte})))",
+            back + 1
+        );
+    }
+    // allow: 34 bytes at 0; deny: 33 bytes at 128 (128 << 32 | 33).
+    wat::parse_str(format!(
+        r#"(module (memory (export "memory") 4)
+            (data (i32.const 0) "{{\"decision\":\"allow\",\"findings\":[]}}")
+            (data (i32.const 64) "{{\"name\":\"t\",\"version\":\"1\"}}")
+            (data (i32.const 128) "{{\"decision\":\"deny\",\"findings\":[]}}")
+            (func (export "kiln_abi_version") (result i32) (i32.const {version}))
+            (func (export "kiln_alloc") (param i32) (result i32) (i32.const 1024))
+            (func (export "kiln_evaluate") (param $p i32) (param $n i32) (result i64)
+              (if (result i64) {checks} (then (i64.const 34)) (else (i64.const 549755813921))))
+            (func (export "kiln_metadata") (result i64) (i64.const 274877906970)))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn each_module_gets_the_input_in_its_abi_version_s_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bundle = String::new();
+    // Version 1: a JSON object ending in its config; version 2: the abi varint first, and the
+    // config's JSON text last, its length (2) before it.
+    for (name, bytes) in [
+        ("json", framed(1, b'{', b"{}}")),
+        ("binary", framed(2, 2, b"\x02{}")),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), &bytes).unwrap();
+        let pin = kiln::policy::sha256_hex(&bytes);
+        bundle.push_str(&format!(
+            "[[policy]]\nname = \"{name}\"\nmodule = \"{name}.wasm\"\nsha256 = \"{pin}\"\n"
+        ));
+    }
+    // The same framing checks, crossed, deny: they can fail.
+    for (name, bytes) in [
+        ("json-as-binary", framed(1, 2, b"\x02{}")),
+        ("binary-as-json", framed(2, b'{', b"{}}")),
+    ] {
+        std::fs::write(dir.path().join(format!("{name}.wasm")), &bytes).unwrap();
+        let pin = kiln::policy::sha256_hex(&bytes);
+        bundle.push_str(&format!(
+            "[[policy]]\nname = \"{name}\"\nmodule = \"{name}.wasm\"\nsha256 = \"{pin}\"\n"
+        ));
+    }
+    std::fs::write(dir.path().join("bundle.toml"), bundle).unwrap();
+    let out = eval(
+        &dir.path().join("bundle.toml"),
+        "escalation-patterns/cases/clean.patch",
+        &["--format", "json"],
+    );
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let decisions: Vec<(String, String)> = result["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["decision"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            ("json".to_string(), "allow".to_string()),
+            ("binary".into(), "allow".into()),
+            ("json-as-binary".into(), "deny".into()),
+            ("binary-as-json".into(), "deny".into()),
+        ],
+        "{}",
+        text(&out)
+    );
+}
