@@ -190,15 +190,19 @@ impl WorkVolume {
     ) -> Result<Vec<Self>, SandboxError> {
         let docker = sandbox.docker();
         let mut labels = owner_labels(owner);
-        let mut names = Vec::new();
-        for request in requests {
-            match create_volume(docker, owner, request).await {
-                Ok(name) => names.push(name),
-                Err(e) => {
-                    remove_volumes(docker, &names).await;
-                    return Err(e);
-                }
-            }
+        // The volumes are made side by side; if any is refused, the others go.
+        let made = futures_util::future::join_all(
+            requests.iter().map(|r| create_volume(docker, owner, r)),
+        )
+        .await;
+        let names: Vec<String> = made
+            .iter()
+            .filter_map(|m| m.as_ref().ok())
+            .cloned()
+            .collect();
+        if let Some(Err(e)) = made.into_iter().find(Result::is_err) {
+            remove_volumes(docker, &names).await;
+            return Err(e);
         }
         labels.insert("kiln.role".into(), "holder".into());
         let roots: Vec<String> = (0..names.len()).map(|i| format!("/v{i}/kiln")).collect();
