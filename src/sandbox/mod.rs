@@ -63,6 +63,10 @@ pub enum SandboxError {
     #[error("the Docker engine did not finish `{0}` in time")]
     Stuck(&'static str),
     #[error(
+        "kiln's own task to {0} ended before it answered (a bug in kiln; `kiln gc` removes what it left)"
+    )]
+    Unfinished(&'static str),
+    #[error(
         "the operator config's [sandbox] runtime `{name}` is not registered with the Docker engine (it has: {known}); register it in /etc/docker/daemon.json `runtimes` and reload dockerd"
     )]
     RuntimeMissing { name: String, known: String },

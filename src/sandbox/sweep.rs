@@ -43,7 +43,8 @@ impl Sweeper {
     /// Runs `work` in a task of its own, to its end even when the caller stops waiting (its job
     /// was cancelled): a container or volume half made would be lost to Docker. What a caller
     /// gone no longer takes is dropped in the task, and so removed like anything dropped;
-    /// [`Sandbox::swept`] waits for the task. `op` names the work should the task fail.
+    /// [`Sandbox::swept`] waits for the task. `op` names the work should the task end without an
+    /// answer.
     pub(super) async fn finish<T: Send + 'static>(
         &self,
         op: &'static str,
@@ -55,7 +56,8 @@ impl Sweeper {
             // A caller gone, what it would have had is dropped here.
             let _ = done.send(work.await);
         });
-        result.await.unwrap_or(Err(SandboxError::Stuck(op)))
+        // The task ended without an answer only if it panicked (or no runtime could run it).
+        result.await.unwrap_or(Err(SandboxError::Unfinished(op)))
     }
 
     /// Removes `container`, then `volumes`; the removal's span is a child of the span that
@@ -141,7 +143,7 @@ impl Sandbox {
         };
         let span = info_span!("container.create", kiln.image = %spec.image);
         self.sweeper
-            .finish("create container", create.instrument(span))
+            .finish("create a container", create.instrument(span))
             .await
     }
 
