@@ -19,6 +19,7 @@ mod review;
 mod selection;
 mod spend;
 mod stage;
+mod stage_network;
 
 use std::path::PathBuf;
 use std::sync::Arc;
