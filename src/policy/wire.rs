@@ -21,7 +21,7 @@ pub(super) fn common(
     let wire = Wire {
         abi: 2,
         job,
-        diff: WireDiff::new(diff, reads),
+        diff: WireDiff { diff, reads },
         tests,
         reviewer: reviewer.map(|v| serde_json::to_string(v).expect("the verdict is JSON")),
     };
@@ -57,12 +57,6 @@ struct Wire<'a, J, T> {
 struct WireDiff<'a> {
     diff: &'a Diff,
     reads: Reads,
-}
-
-impl<'a> WireDiff<'a> {
-    fn new(diff: &'a Diff, reads: Reads) -> Self {
-        WireDiff { diff, reads }
-    }
 }
 
 impl Serialize for WireDiff<'_> {
