@@ -173,3 +173,208 @@ fn read_all(mut tar: impl std::io::Read) -> Vec<u8> {
     tar.read_to_end(&mut all).expect("a pipe reads to its end");
     all
 }
+
+/// A tar of `workspace/` holding `files` (name, mode, bytes), owned by the sandbox user.
+fn tar_of(files: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_uid(1000);
+    dir.set_gid(1000);
+    dir.set_cksum();
+    builder
+        .append_data(&mut dir, "workspace", std::io::empty())
+        .expect("tar in memory");
+    for (name, mode, bytes) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(*mode);
+        header.set_uid(1000);
+        header.set_gid(1000);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, format!("workspace/{name}"), bytes.as_slice())
+            .expect("tar in memory");
+    }
+    builder.into_inner().expect("tar in memory")
+}
+
+/// Each regular file of an archive: name under `workspace/`, uid and bytes.
+fn files_in(tar: &[u8]) -> Vec<(String, u64, Vec<u8>)> {
+    let mut archive = tar::Archive::new(tar);
+    let mut files: Vec<(String, u64, Vec<u8>)> = archive
+        .entries()
+        .expect("a tar")
+        .filter_map(|e| {
+            let mut e = e.expect("an entry");
+            if e.header().entry_type() != tar::EntryType::Regular {
+                return None;
+            }
+            let name = e.path().expect("a path").display().to_string();
+            let uid = e.header().uid().expect("a uid");
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut bytes).expect("an entry reads");
+            Some((name, uid, bytes))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Bytes no text survives: every byte value, Docker's detach keys (ctrl-p ctrl-q) among them,
+/// in a pseudo-random order, `len` of them.
+fn binary(len: usize) -> Vec<u8> {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut bytes: Vec<u8> = (0..=255u8).chain([0x10, 0x11, 0x10, 0x11]).collect();
+    while bytes.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        bytes.push(state as u8);
+    }
+    bytes
+}
+
+// Copies go through the holder's own stdin and stdout; one test, as it shares the pool's labels.
+#[test]
+fn copies_through_the_holder_are_exact_and_nothing_in_a_volume_can_end_them_early() {
+    common::require_busybox();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let sandbox = Sandbox::connect()
+            .await
+            .expect("the engine is up")
+            .with_volumes_per_holder(2);
+        let size = ByteSize::mib(16);
+        let a = sandbox.workspace_volume(size).await.expect("a volume");
+        let b = sandbox.workspace_volume(size).await.expect("a volume");
+        assert_eq!(holders().len(), 1, "both volumes share one holder");
+
+        // Binary bytes over many chunks, and files that look like the channel's end lines.
+        let files = vec![
+            ("blob.bin", 0o644, binary(3 << 20)),
+            ("end.txt", 0o600, b"KILN-END-0123456789abcdef0123456789abcdef 0\n".to_vec()),
+            ("ends.txt", 0o644, b"KILN-END-".repeat(10_000)),
+            ("empty", 0o644, Vec::new()),
+        ];
+        a.upload(tar_of(&files)).await.expect("upload");
+        let back = a
+            .read_workspace(64 << 20, read_all)
+            .await
+            .expect("download")
+            .expect("under the cap");
+        let mut sent: Vec<(String, u64, &[u8])> = files
+            .iter()
+            .map(|(n, _, bytes)| (format!("workspace/{n}"), 1000, bytes.as_slice()))
+            .collect();
+        sent.sort();
+        let got = files_in(&back);
+        let names = |files: Vec<(&String, u64)>| format!("{files:?}");
+        assert_eq!(
+            names(got.iter().map(|(n, uid, _)| (n, *uid)).collect()),
+            names(sent.iter().map(|(n, uid, _)| (n, *uid)).collect()),
+            "the same files come back, the sandbox user's"
+        );
+        for ((name, _, back), (_, _, sent)) in got.iter().zip(&sent) {
+            assert!(
+                back.as_slice() == *sent,
+                "{name}: {} bytes came back for {} sent, not the same",
+                back.len(),
+                sent.len()
+            );
+        }
+
+        // What a stage writes (any bytes, unreadable to others, an end line with a made-up
+        // nonce) comes back whole, and the channel goes on with the next copy.
+        let stage = Command::new("docker")
+            .args(["run", "--rm", "--network", "none", "--user", "1000:1000", "-v"])
+            .arg(format!("{}:/kiln", a.name()))
+            .args([
+                common::BUSYBOX,
+                "sh",
+                "-c",
+                "printf 'KILN-END-ffffffffffffffffffffffffffffffff 0\\nafter' > /kiln/workspace/forged \
+                 && chmod 000 /kiln/workspace/forged",
+            ])
+            .output()
+            .expect("docker CLI runs");
+        assert!(stage.status.success(), "{}", String::from_utf8_lossy(&stage.stderr));
+        let back = a
+            .read_workspace(64 << 20, read_all)
+            .await
+            .expect("download")
+            .expect("under the cap");
+        let forged = files_in(&back)
+            .into_iter()
+            .find(|(n, _, _)| n == "workspace/forged")
+            .expect("the stage's file is read although only its owner could");
+        assert_eq!(forged.2, b"KILN-END-ffffffffffffffffffffffffffffffff 0\nafter");
+
+        // A tar past its cap is refused, and the holder's other volume is served next.
+        let over = a.read_workspace(1 << 20, read_all).await.expect("download");
+        assert_eq!(over.map(|_| ()), Err(1 << 20));
+        b.upload(tar_with("b.txt", "b")).await.expect("upload after a refused copy");
+        let in_b = b
+            .read_workspace(1 << 20, read_all)
+            .await
+            .expect("download")
+            .expect("small");
+        assert_eq!(names_in(&in_b), ["workspace/b.txt"]);
+
+        // A holder gone fails the copy at once, and every later one, with the reason.
+        let holder = holders().pop().expect("the holder");
+        let killed = Command::new("docker")
+            .args(["kill", &holder])
+            .output()
+            .expect("docker CLI runs");
+        assert!(killed.status.success());
+        let started = Instant::now();
+        let lost = b.read_workspace(1 << 20, read_all).await;
+        let error = lost.expect_err("a copy through a killed holder fails").to_string();
+        assert!(error.contains("holder"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(10), "it failed late");
+        let again = b.upload(tar_with("c.txt", "c")).await;
+        assert!(again.is_err(), "a broken channel is not used again");
+
+        a.remove().await;
+        b.remove().await;
+        sandbox.release_spare_volumes().await;
+        assert!(holders().is_empty(), "holders left: {:?}", holders());
+        assert!(volumes().is_empty(), "volumes left: {:?}", volumes());
+    });
+}
+
+// A process whose runtime ends while removals are still handed over (an error path, a panic)
+// must end: a removal dropped unrun once started another, under the lock it was spawned under.
+#[test]
+fn a_runtime_ending_with_removals_pending_ends() {
+    common::require_busybox();
+    let (done, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+        runtime.block_on(async {
+            let sandbox = Sandbox::connect()
+                .await
+                .expect("the engine is up")
+                .with_volumes_per_holder(1);
+            let volume = sandbox
+                .workspace_volume(ByteSize::mib(2))
+                .await
+                .expect("a volume");
+            // Given up without `remove`: its batch's removal is handed to a task, which the
+            // runtime drops unrun as it ends.
+            drop(volume);
+        });
+        drop(runtime);
+        let _ = done.send(());
+    });
+    let finished = ended.recv_timeout(Duration::from_secs(30));
+    // What the dropped removal left is `kiln gc`'s to remove; here, the test's.
+    for (kind, ids) in [(["rm", "-f"], holders()), (["volume", "rm"], volumes())] {
+        if !ids.is_empty() {
+            let _ = Command::new("docker").args(kind).args(&ids).output();
+        }
+    }
+    assert!(finished.is_ok(), "the runtime did not end");
+}

@@ -2,6 +2,7 @@
 //! byte cap, kill it at its deadline, and remove it. Also the workspace volume each container
 //! works on (`volume`), and reaping what a crashed run left behind (`reap`).
 
+mod holder;
 mod output;
 mod reap;
 pub mod seccomp;

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bollard::Docker;
 use futures_util::future::join_all;
-use tokio::task::JoinSet;
+use tokio::task::JoinHandle;
 use tracing::{Instrument, info_span};
 
 use super::{ContainerSpec, Sandbox, SandboxError, WorkVolume, bounded, docker_err};
@@ -22,22 +22,24 @@ use super::{ContainerSpec, Sandbox, SandboxError, WorkVolume, bounded, docker_er
 /// The removals and creations under way, each in its own task.
 #[derive(Default)]
 pub(super) struct Sweeper {
-    tasks: Mutex<JoinSet<()>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Sweeper {
     /// Runs `removal` in the background, to be waited for by [`Sandbox::swept`].
     pub(super) fn spawn(&self, removal: impl Future<Output = ()> + Send + 'static) {
+        // Outside a runtime nothing can be removed; the job's reap or `kiln gc` will.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("no runtime to remove what a job made on");
+            return;
+        };
+        // Spawned before the list is locked: a runtime shutting down drops the task unrun, here,
+        // and what it drops may hand over removals of its own.
+        let task = runtime.spawn(removal);
         let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        // Finished removals are collected as new ones come, so a long-lived server keeps none.
-        while tasks.try_join_next().is_some() {}
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                tasks.spawn_on(removal, &runtime);
-            }
-            // Outside a runtime nothing can be removed; the job's reap or `kiln gc` will.
-            Err(_) => tracing::warn!("no runtime to remove what a job made on"),
-        }
+        // Finished tasks go as new ones come, so a long-lived server keeps none.
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
     }
 
     /// Runs `work` in a task of its own, to its end even when the caller stops waiting (its job
@@ -64,13 +66,13 @@ impl Sweeper {
     /// handed them over (a stage's, whose work it ends).
     fn remove(&self, docker: Docker, container: String, volumes: Vec<WorkVolume>) {
         let parent = tracing::Span::current();
+        // The volumes whose batch this frees, as names (see `Leftover`): its holder goes while
+        // the container does, and the volumes, mounted by both, after them.
+        let mut batches: Vec<_> = volumes
+            .into_iter()
+            .filter_map(WorkVolume::last_of_batch)
+            .collect();
         self.spawn(async move {
-            // The volumes whose batch this frees: its holder goes while the container does, and
-            // the volumes, mounted by both, after them.
-            let mut batches: Vec<_> = volumes
-                .into_iter()
-                .filter_map(WorkVolume::last_of_batch)
-                .collect();
             let container = async {
                 if !container.is_empty() {
                     super::remove_container(&docker, &container)
@@ -159,13 +161,13 @@ impl Sandbox {
     pub async fn swept(&self) {
         let since = Instant::now();
         loop {
-            let mut tasks =
+            let tasks =
                 std::mem::take(&mut *self.sweeper.tasks.lock().unwrap_or_else(|e| e.into_inner()));
             if tasks.is_empty() {
                 break;
             }
-            while let Some(done) = tasks.join_next().await {
-                if let Err(e) = done {
+            for task in tasks {
+                if let Err(e) = task.await {
                     tracing::warn!("a removal or creation did not finish: {e}");
                 }
             }

@@ -1,6 +1,7 @@
 //! Workspace volumes: size-capped tmpfs volumes, kept mounted by a tiny holder container, that
-//! trees are copied into and out of as tar through the Docker API. No host path is ever mounted
-//! into a container, and the disk cap is the filesystem's own size.
+//! trees are copied into and out of as tar through the holder's own stdin and stdout (its
+//! [`Channel`]). No host path is ever mounted into a container, and the disk cap is the
+//! filesystem's own size.
 //!
 //! Volumes are made in batches that share one holder: the holder's start is a container start,
 //! as dear as a stage's own. Workspace volumes come from the sandbox's [`VolumePool`], which
@@ -15,18 +16,16 @@ use std::time::Duration;
 
 use bollard::Docker;
 use bollard::models::VolumeCreateRequest;
-use bollard::query_parameters::{
-    DownloadFromContainerOptions, RemoveVolumeOptions, UploadToContainerOptions,
-};
+use bollard::query_parameters::RemoveVolumeOptions;
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use tracing::Instrument;
 
+use super::holder::{self, Channel};
 use super::spec::volume_mount;
 use super::sweep::Sweeper;
 use super::{
-    ContainerSpec, Sandbox, SandboxError, bounded, bounded_for, docker_err, owner_labels,
-    remove_container,
+    ContainerSpec, Sandbox, SandboxError, bounded, docker_err, owner_labels, remove_container,
 };
 use crate::model::pipe::{self, PipeReader};
 use crate::model::{ByteSize, JobId, Limits};
@@ -59,6 +58,8 @@ pub struct WorkVolume {
 pub(super) struct Batch {
     docker: Docker,
     holder: String,
+    /// The holder's stdin and stdout, that every copy into or out of the volumes goes through.
+    channel: Arc<Channel>,
     volumes: Vec<String>,
     /// Where a batch dropped without being removed is removed.
     sweeper: Arc<Sweeper>,
@@ -206,13 +207,16 @@ impl WorkVolume {
         }
         labels.insert("kiln.role".into(), "holder".into());
         let roots: Vec<String> = (0..names.len()).map(|i| format!("/v{i}/kiln")).collect();
+        // The volumes' pages are charged to the holder that unpacks into them: its memory is
+        // theirs (each capped by its size) and its own 16 MiB.
+        let volumes: u64 = requests.iter().map(|r| r.size.bytes()).sum();
         let holder_spec = ContainerSpec {
             image: HOLDER_IMAGE.into(),
-            command: vec!["sleep".into(), "2147483647".into()],
+            command: vec!["sh".into(), "-c".into(), holder::SCRIPT.into()],
             env: Vec::new(),
             limits: Limits {
-                memory: ByteSize::mib(16),
-                cpus: 0.1,
+                memory: ByteSize(ByteSize::mib(16).bytes() + volumes),
+                cpus: 1.0,
                 pids: 8,
                 ..Limits::default()
             },
@@ -226,7 +230,14 @@ impl WorkVolume {
             labels,
         };
         let mut body = holder_spec.to_create_body();
+        // Root of its container with the few capabilities a tar needs (see `holder`), reading
+        // requests on its stdin.
+        body.user = Some("0:0".into());
+        body.open_stdin = Some(true);
+        body.attach_stdin = Some(true);
+        body.stdin_once = Some(false);
         if let Some(host) = body.host_config.as_mut() {
+            host.cap_add = Some(holder::CAPABILITIES.map(String::from).to_vec());
             host.mounts = Some(
                 names
                     .iter()
@@ -242,15 +253,24 @@ impl WorkVolume {
                 return Err(docker_err("create the workspace holder")(e));
             }
         };
+        let channel = match Channel::attach(docker, &holder).await {
+            Ok(channel) => channel,
+            Err(e) => {
+                remove_container(docker, &holder).await;
+                remove_volumes(docker, &names).await;
+                return Err(e);
+            }
+        };
         let batch = Batch {
             docker: docker.clone(),
             holder,
+            channel: Arc::new(channel),
             volumes: names.clone(),
             sweeper: sandbox.sweeper.clone(),
         };
         if let Err(e) = bounded("start holder", docker.start_container(&batch.holder, None)).await?
         {
-            batch.remove().await;
+            batch.leftover().remove().await;
             return Err(docker_err("start the workspace holder")(e));
         }
         let batch = Arc::new(batch);
@@ -297,21 +317,12 @@ impl WorkVolume {
         tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
         limit: Duration,
     ) -> Result<(), SandboxError> {
-        let opts = UploadToContainerOptions {
-            path: self.root.clone(),
-            ..Default::default()
-        };
-        bounded_for(
-            limit,
-            "upload",
-            self.batch.docker.upload_to_container(
-                &self.batch.holder,
-                Some(opts),
-                bollard::body_try_stream(tar),
-            ),
-        )
-        .await?
-        .map_err(docker_err("copy the workspace into its volume"))
+        let (channel, root) = (self.batch.channel.clone(), self.root.clone());
+        let put = async move { channel.put(&root, tar, limit).await };
+        self.batch
+            .sweeper
+            .finish("copy the workspace into its volume", put)
+            .await
     }
 
     /// The workspace (entries `workspace/...`) as a tar, read by `read` on a blocking thread as
@@ -322,13 +333,14 @@ impl WorkVolume {
         cap: u64,
         read: impl FnOnce(PipeReader) -> T + Send + 'static,
     ) -> Result<Result<T, u64>, SandboxError> {
-        self.read_tar(format!("{}/workspace", self.root), cap, read)
+        self.read_tar((self.root.clone(), "workspace".into()), cap, read)
             .await
     }
 
     /// The whole volume (entries `kiln/...`) as a tar, refused past `cap` bytes.
     pub async fn download_all(&self, cap: u64) -> Result<Result<Vec<u8>, u64>, SandboxError> {
-        self.read_tar(self.root.clone(), cap, |mut tar| {
+        let (parent, name) = self.root.rsplit_once('/').expect("a root is /vN/kiln");
+        self.read_tar((parent.to_string(), name.to_string()), cap, |mut tar| {
             let mut all = Vec::new();
             // A pipe's reader never fails; a copy cut short is told apart by `read_tar`.
             let _ = tar.read_to_end(&mut all);
@@ -340,7 +352,7 @@ impl WorkVolume {
     #[tracing::instrument(name = "tar.out", skip_all)]
     async fn read_tar<T: Send + 'static>(
         &self,
-        path: String,
+        path: (String, String),
         cap: u64,
         read: impl FnOnce(PipeReader) -> T + Send + 'static,
     ) -> Result<Result<T, u64>, SandboxError> {
@@ -355,76 +367,47 @@ impl WorkVolume {
         Ok(fed?.map(|()| made))
     }
 
-    /// Sends the engine's archive of `path` to `tx` chunk by chunk; `Ok(Err(cap))` once it
-    /// passes `cap`. A reader that stops early ends the copy.
+    /// Sends a tar of `parent/name` in the holder to `tx` chunk by chunk, to the end even when
+    /// the caller stops waiting; `Ok(Err(cap))` once it passes `cap`. A reader that stops early
+    /// ends what it is sent.
     async fn feed(
         &self,
-        path: String,
+        (parent, name): (String, String),
         cap: u64,
         tx: tokio::sync::mpsc::Sender<Bytes>,
     ) -> Result<Result<(), u64>, SandboxError> {
-        let opts = DownloadFromContainerOptions { path };
-        let mut stream = self
-            .batch
-            .docker
-            .download_from_container(&self.batch.holder, Some(opts));
-        let mut total = 0u64;
         // Two minutes, plus a second for every 16 MiB the archive may hold.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(120 + (cap >> 24));
-        loop {
-            let next = tokio::time::timeout_at(deadline, stream.next())
-                .await
-                .map_err(|_| SandboxError::Stuck("download workspace"))?;
-            let chunk = match next {
-                None => return Ok(Ok(())),
-                Some(Err(e)) => return Err(docker_err("copy files out of a volume")(e)),
-                Some(Ok(chunk)) => chunk,
-            };
-            total += chunk.len() as u64;
-            if total > cap {
-                return Ok(Err(cap));
-            }
-            let sent = tokio::time::timeout_at(deadline, tx.send(chunk))
-                .await
-                .map_err(|_| SandboxError::Stuck("download workspace"))?;
-            if sent.is_err() {
-                return Ok(Ok(()));
-            }
-        }
+        let limit = Duration::from_secs(120 + (cap >> 24));
+        let channel = self.batch.channel.clone();
+        let get = async move { channel.get((&parent, &name), cap, tx, limit).await };
+        self.batch
+            .sweeper
+            .finish("copy files out of a volume", get)
+            .await
     }
 
     /// Gives the volume up. When it was its batch's last, the holder and every volume of the
     /// batch are removed; failures are logged, the job's final reap retries.
     pub async fn remove(self) {
-        if let Some(batch) = self.last_of_batch() {
-            batch.remove().await;
+        if let Some(leftover) = self.last_of_batch() {
+            leftover.remove().await;
         }
     }
 
-    /// Gives the volume up; its batch, to be removed, when it was the batch's last.
-    pub(super) fn last_of_batch(self) -> Option<Batch> {
-        Arc::into_inner(self.batch)
+    /// Gives the volume up; what its batch leaves to remove, when it was the batch's last.
+    pub(super) fn last_of_batch(self) -> Option<Leftover> {
+        Arc::into_inner(self.batch).map(Batch::leftover)
     }
 }
 
 impl Batch {
-    async fn remove(mut self) {
-        self.remove_holder().await;
-        self.remove_volumes().await;
-    }
-
-    /// Removes the holder container; the volumes stay until [`Batch::remove_volumes`].
-    pub(super) async fn remove_holder(&mut self) {
-        let holder = std::mem::take(&mut self.holder);
-        if !holder.is_empty() {
-            remove_container(&self.docker, &holder).await;
+    /// The batch's holder and volumes, to be removed; the batch itself is left empty.
+    fn leftover(mut self) -> Leftover {
+        Leftover {
+            docker: self.docker.clone(),
+            holder: std::mem::take(&mut self.holder),
+            volumes: std::mem::take(&mut self.volumes),
         }
-    }
-
-    /// Removes the batch's volumes, side by side: call it once no container mounts them.
-    pub(super) async fn remove_volumes(mut self) {
-        let volumes = std::mem::take(&mut self.volumes);
-        remove_volumes(&self.docker, &volumes).await;
     }
 }
 
@@ -435,13 +418,40 @@ impl Drop for Batch {
         if self.holder.is_empty() && self.volumes.is_empty() {
             return;
         }
-        let batch = Batch {
+        let leftover = Leftover {
             docker: self.docker.clone(),
             holder: std::mem::take(&mut self.holder),
             volumes: std::mem::take(&mut self.volumes),
-            sweeper: self.sweeper.clone(),
         };
-        self.sweeper.spawn(batch.remove());
+        self.sweeper.spawn(leftover.remove());
+    }
+}
+
+/// What a batch leaves to remove: names only, so that a removal dropped unrun (its runtime
+/// shutting down) drops nothing that would start another.
+pub(super) struct Leftover {
+    docker: Docker,
+    holder: String,
+    volumes: Vec<String>,
+}
+
+impl Leftover {
+    async fn remove(mut self) {
+        self.remove_holder().await;
+        self.remove_volumes().await;
+    }
+
+    /// Removes the holder container; the volumes stay until [`Leftover::remove_volumes`].
+    pub(super) async fn remove_holder(&mut self) {
+        let holder = std::mem::take(&mut self.holder);
+        if !holder.is_empty() {
+            remove_container(&self.docker, &holder).await;
+        }
+    }
+
+    /// Removes the volumes, side by side: call it once no container mounts them.
+    pub(super) async fn remove_volumes(self) {
+        remove_volumes(&self.docker, &self.volumes).await;
     }
 }
 
