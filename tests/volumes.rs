@@ -345,6 +345,81 @@ fn copies_through_the_holder_are_exact_and_nothing_in_a_volume_can_end_them_earl
     });
 }
 
+/// What the volume `name` holds, as `find` lists it from a container of its own.
+fn listing(name: &str) -> String {
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--network", "none", "--user", "0:0", "-v"])
+        .arg(format!("{name}:/v"))
+        .args([common::BUSYBOX, "find", "/v", "-mindepth", "1"])
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// A used volume given up while its batch lives on is emptied then: its files do not hold
+// memory until the batch's last volume goes.
+#[test]
+fn a_used_volume_is_emptied_as_it_is_given_up() {
+    common::require_busybox();
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let sandbox = Sandbox::connect()
+            .await
+            .expect("the engine is up")
+            .with_volumes_per_holder(2);
+        let a = sandbox
+            .workspace_volume(ByteSize::mib(8))
+            .await
+            .expect("a volume");
+        let b = sandbox
+            .workspace_volume(ByteSize::mib(8))
+            .await
+            .expect("a volume");
+        a.upload(tar_of(&[("a.txt", 0o644, b"a".to_vec())]))
+            .await
+            .expect("upload");
+        // What a stage leaves: hidden files, a link out, a folder it made unreadable.
+        let stage = Command::new("docker")
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                "none",
+                "--user",
+                "1000:1000",
+                "-v",
+            ])
+            .arg(format!("{}:/kiln", a.name()))
+            .args([
+                common::BUSYBOX,
+                "sh",
+                "-c",
+                "cd /kiln/workspace && touch .hidden ..twice && ln -s /etc out \
+                 && mkdir -p deep/er && touch deep/er/f && chmod 000 deep",
+            ])
+            .output()
+            .expect("docker CLI runs");
+        assert!(
+            stage.status.success(),
+            "{}",
+            String::from_utf8_lossy(&stage.stderr)
+        );
+        let name = a.name().to_string();
+        assert!(listing(&name).contains("..twice"), "{}", listing(&name));
+        a.remove().await;
+        assert_eq!(holders().len(), 1, "the batch lives on with b");
+        assert_eq!(listing(&name), "", "a volume given up still holds files");
+        b.remove().await;
+        assert!(holders().is_empty(), "holders left: {:?}", holders());
+        assert!(volumes().is_empty(), "volumes left: {:?}", volumes());
+    });
+}
+
 // A process whose runtime ends while removals are still handed over (an error path, a panic)
 // must end: a removal dropped unrun once started another, under the lock it was spawned under.
 #[test]

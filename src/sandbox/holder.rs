@@ -12,6 +12,7 @@
 //! - `put DIR - 0 NONCE`, then the tar in chunks, each a line with its length followed by that
 //!   many bytes, ended by a `0` line: unpacked under DIR.
 //! - `get PARENT NAME CAP NONCE`: a tar of PARENT/NAME, cut after CAP bytes.
+//! - `clear DIR - 0 NONCE`: everything under DIR removed (links are removed, never followed).
 //!
 //! An answer is what its request wrote on stdout (a `get`'s tar), then `KILN-END-NONCE RC` and
 //! a newline, RC the exit status. The nonce is 128 random bits only kiln and the holder see:
@@ -41,6 +42,7 @@ while read -r op dir name cap nonce; do
   case $op in
     put) while read -r n && [ "$n" -gt 0 ]; do dd bs="$n" count=1 iflag=fullblock 2>/dev/null; done | tar -x -C "$dir" ;;
     get) tar -c -C "$dir" "$name" | head -c "$cap" ;;
+    clear) (cd "$dir" && rm -rf -- * .[!.]* ..?*) ;;
     *) false ;;
   esac
   echo "KILN-END-$nonce $?"
@@ -118,6 +120,29 @@ impl Channel {
             }
         };
         let answered = within(limit, put).await;
+        keep(&mut slot, io, &answered);
+        answered
+    }
+
+    /// Removes everything under `dir` in the holder, within `limit`.
+    pub(super) async fn clear(&self, dir: &str, limit: Duration) -> Result<(), SandboxError> {
+        let (mut slot, mut io, nonce) = self.open().await?;
+        let clear = async {
+            let line = format!("clear {dir} - 0 {nonce}\n");
+            io.input
+                .write_all(line.as_bytes())
+                .await
+                .map_err(|e| holder_gone(&e))?;
+            io.input.flush().await.map_err(|e| holder_gone(&e))?;
+            match io.answer(&nonce, None).await? {
+                (0, _, _) => Ok(()),
+                (status, stderr, _) => Err(SandboxError::Docker {
+                    op: "empty a volume",
+                    message: format!("the holder's rm exited with {status}: {stderr}"),
+                }),
+            }
+        };
+        let answered = within(limit, clear).await;
         keep(&mut slot, io, &answered);
         answered
     }

@@ -67,11 +67,15 @@ impl Sweeper {
     fn remove(&self, docker: Docker, container: String, volumes: Vec<WorkVolume>) {
         let parent = tracing::Span::current();
         // The volumes whose batch this frees, as names (see `Leftover`): its holder goes while
-        // the container does, and the volumes, mounted by both, after them.
-        let mut batches: Vec<_> = volumes
-            .into_iter()
-            .filter_map(WorkVolume::last_of_batch)
-            .collect();
+        // the container does, and the volumes, mounted by both, after them. The others are
+        // emptied once the container is gone.
+        let (mut batches, mut emptied) = (Vec::new(), Vec::new());
+        for volume in volumes {
+            match volume.give_up() {
+                Ok(leftover) => batches.push(leftover),
+                Err(emptying) => emptied.push(emptying),
+            }
+        }
         self.spawn(async move {
             let container = async {
                 if !container.is_empty() {
@@ -79,6 +83,7 @@ impl Sweeper {
                         .instrument(info_span!(parent: &parent, "container.remove"))
                         .await;
                 }
+                join_all(emptied.into_iter().map(|e| e.empty())).await;
             };
             let holders = join_all(batches.iter_mut().map(|b| b.remove_holder()));
             tokio::join!(container, holders);

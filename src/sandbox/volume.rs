@@ -387,16 +387,44 @@ impl WorkVolume {
     }
 
     /// Gives the volume up. When it was its batch's last, the holder and every volume of the
-    /// batch are removed; failures are logged, the job's final reap retries.
+    /// batch are removed; otherwise it is emptied. Failures are logged, the job's final reap
+    /// retries.
     pub async fn remove(self) {
-        if let Some(leftover) = self.last_of_batch() {
-            leftover.remove().await;
+        match self.give_up() {
+            Ok(leftover) => leftover.remove().await,
+            Err(emptying) => emptying.empty().await,
         }
     }
 
-    /// Gives the volume up; what its batch leaves to remove, when it was the batch's last.
-    pub(super) fn last_of_batch(self) -> Option<Leftover> {
-        Arc::into_inner(self.batch).map(Batch::leftover)
+    /// Gives the volume up: what its batch leaves to remove when it was the batch's last,
+    /// otherwise the volume to empty.
+    pub(super) fn give_up(self) -> Result<Leftover, Emptying> {
+        let emptying = Emptying {
+            channel: self.batch.channel.clone(),
+            root: self.root.clone(),
+        };
+        Arc::into_inner(self.batch)
+            .map(Batch::leftover)
+            .ok_or(emptying)
+    }
+}
+
+/// A volume given up while its batch lives on: emptied then, so that its files do not hold
+/// memory until the batch's last volume goes. It is never handed out again.
+pub(super) struct Emptying {
+    channel: Arc<Channel>,
+    root: String,
+}
+
+impl Emptying {
+    pub(super) async fn empty(self) {
+        if let Err(e) = self
+            .channel
+            .clear(&self.root, Duration::from_secs(60))
+            .await
+        {
+            tracing::warn!("could not empty a used volume (it goes with its batch): {e}");
+        }
     }
 }
 
