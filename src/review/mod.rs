@@ -130,7 +130,7 @@ pub enum OutputError {
     Missing(String),
 }
 
-/// The one regular file `name` in `tar` (what the Docker archive API gives for a single path),
+/// The one regular file `name` in `tar` (a volume's tar as the holder packs it),
 /// read up to `cap` bytes. A link, a folder or anything else is refused: the reviewer's output is
 /// never followed anywhere.
 pub fn single_file_from_tar(tar: &[u8], name: &str, cap: u64) -> Result<Vec<u8>, OutputError> {

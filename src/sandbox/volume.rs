@@ -7,7 +7,7 @@
 //! as dear as a stage's own. Workspace volumes come from the sandbox's [`VolumePool`], which
 //! makes them several to a holder (a job's generator and tests; under `kiln serve`, several
 //! jobs'); a reviewer's workspace and output are one batch. Each volume still belongs to one
-//! stage and starts empty; a used one is freed with its batch.
+//! stage and starts empty; a used one is emptied as it is given up and removed with its batch.
 
 use std::collections::HashMap;
 use std::io::Read;
