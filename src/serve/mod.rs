@@ -189,11 +189,11 @@ impl Server {
 
 /// Makes the state folder (0700), its token file (0600, made once) and store, reaps what a dead
 /// server left, then serves until the process ends.
-/// Workspace volumes per holder container under serve: six jobs' generators and tests share one
-/// holder, so the holder's start is paid once for them (12 gave 1.33 the bare loop's throughput
-/// where 6 gave 1.09); a used volume is emptied as it is given up, so its files do not wait for
-/// the batch's last volume.
-const VOLUMES_PER_HOLDER: usize = 12;
+/// Workspace volumes per holder container under serve: twelve jobs' generators and tests share
+/// one holder, so the holder's start is paid once for them (`kiln bench serve`: 6 gave 1.09 the
+/// bare loop's throughput, 12 from 1.10 to 1.33, 24 from 1.11 to 1.55); a used volume is
+/// emptied as it is given up, so its files do not wait for the batch's last volume.
+const VOLUMES_PER_HOLDER: usize = 24;
 
 pub async fn serve(
     options: ServeOptions,
