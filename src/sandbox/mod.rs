@@ -4,6 +4,7 @@
 
 mod holder;
 mod output;
+mod pool;
 mod reap;
 pub mod seccomp;
 mod spec;
@@ -30,10 +31,10 @@ pub use sweep::Container;
 pub use volume::HOLDER_IMAGE;
 pub use volume::{VolumeRequest, WorkVolume};
 
+use pool::VolumePool;
 pub use reap::job_labels;
 use reap::owner_labels;
 use sweep::Sweeper;
-use volume::VolumePool;
 
 use crate::model::ByteSize;
 use crate::secrets::{Redactor, StreamRedactor};
